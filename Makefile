@@ -1,0 +1,56 @@
+# tfprod: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Python 3.10: python3.10 on PATH, else pyenv's.
+PYTHON310 ?= $(shell command -v python3.10 2>/dev/null || ls -1d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python 2>/dev/null | tail -n 1)
+
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONWARNINGS := ignore::FutureWarning
+
+.PHONY: help setup demo test test-unit test-e2e bench constraints clean
+
+help:
+	@echo "make demo   - set up .venv (Python 3.10) and run the main job (MNIST CNN pipeline)"
+	@echo "make test   - set up .venv and run the whole test suite (unit + e2e)"
+	@echo "make bench  - run the benchmarks in bench/ (slow; writes docs/benchmarks/)"
+
+$(VENV_PYTHON):
+	@if [ -z "$(PYTHON310)" ]; then \
+	  echo "error: Python 3.10 not found. Put python3.10 on PATH or install it with pyenv" \
+	       "(pyenv install 3.10.13); TFX 1.16 needs Python 3.10." >&2; exit 1; fi
+	"$(PYTHON310)" -m venv $(VENV)
+
+$(STAMP): $(VENV_PYTHON) setup.py constraints.txt
+	$(VENV_PYTHON) -m pip install --quiet --upgrade "pip==24.2"
+	$(VENV_PYTHON) -m pip install --quiet --constraint constraints.txt --editable ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tfprod run --config configs/mnist_cnn.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest -m "not e2e"
+
+test-e2e: $(STAMP)
+	$(VENV)/bin/pytest -m e2e
+
+bench: $(STAMP)
+	$(VENV_PYTHON) bench/pipeline_bench.py
+
+# Re-resolve and re-freeze constraints.txt from setup.py (needs network).
+constraints: $(VENV_PYTHON)
+	$(VENV_PYTHON) -m pip install --quiet --editable ".[test]"
+	$(VENV_PYTHON) -m pip freeze --all --exclude-editable | grep -v '^tfprod' > constraints.txt
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,64 @@
+"""A registry of model builders, keyed by the name used in ``model.name``.
+
+Builders register with ``@register("cnn")``. Each takes the experiment's
+ModelConfig and a ModelInputs description and returns an uncompiled Keras model.
+"""
+
+import dataclasses
+from typing import Callable, Dict, List, Tuple
+
+_BUILDERS: Dict[str, Callable] = {}
+
+
+class UnknownModelError(KeyError):
+    """model.name names no registered builder."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInputs:
+    """What the model is fed (after Transform) and what it predicts."""
+
+    feature_name: str
+    feature_shape: Tuple[int, ...]
+    num_classes: int
+    image_shape: Tuple[int, int, int] = (28, 28, 1)
+
+
+def register(name: str) -> Callable:
+    """Decorator that registers a builder under name; a second registration raises."""
+
+    def decorator(builder: Callable) -> Callable:
+        if name in _BUILDERS:
+            raise ValueError(f"a model named '{name}' is already registered "
+                             f"({_BUILDERS[name].__module__}.{_BUILDERS[name].__name__})")
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorator
+
+
+def _load_builtin_models() -> None:
+    # Importing the modules runs their @register decorators.
+    from models import cnn  # noqa: F401
+
+
+def registered_names() -> List[str]:
+    _load_builtin_models()
+    return sorted(_BUILDERS)
+
+
+def get_builder(name: str) -> Callable:
+    _load_builtin_models()
+    if name not in _BUILDERS:
+        raise UnknownModelError(
+            f"unknown model '{name}'; registered models are: {', '.join(sorted(_BUILDERS))}"
+        )
+    return _BUILDERS[name]
+
+
+def build_model(model_config, inputs: ModelInputs):
+    """Builds the registered model named by model_config.name."""
+    return get_builder(model_config.name)(model_config, inputs)

@@ -1,0 +1,77 @@
+"""The `tfprod` command line: a thin layer of argument parsing over the library."""
+
+import argparse
+import os
+import sys
+import warnings
+from typing import List, Optional
+
+# Quiet TensorFlow's C++ start-up chatter unless the user asked otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# Google Cloud client libraries (pulled in by TFX) warn about Python 3.10 on import.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
+
+
+def _add_run_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run the TFX pipeline locally (LocalDagRunner, SQLite metadata, Beam)",
+        description="Run the pipeline for an experiment config and push the model if blessed.")
+    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/mnist_cnn.yaml")
+    parser.add_argument("--data-dir", help="raw data directory (overrides data.data_dir)")
+    parser.add_argument("--output-dir", help="where the run writes (overrides runtime.output_dir)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set trainer.epochs=2 (repeatable)")
+    parser.add_argument("--verbose", action="store_true", help="show the full TFX/Beam logs")
+    parser.set_defaults(handler=_run_command)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from pipeline import config as config_lib
+    from pipeline import idx, local_runner
+
+    overrides = []
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.output_dir:
+        overrides.append(f"runtime.output_dir={args.output_dir}")
+    overrides += args.overrides
+    try:
+        experiment = config_lib.load_config(args.config, overrides)
+    except (config_lib.ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return local_runner.EXIT_BAD_CONFIG
+    print(f"tfprod run: {experiment.name} (model {experiment.model.name}) on "
+          f"{experiment.data.data_dir}\n  outputs: {experiment.runtime.output_dir}", flush=True)
+    try:
+        summary = local_runner.run_pipeline(
+            experiment, progress=lambda line: print(line, flush=True), verbose=args.verbose)
+    except config_lib.ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return local_runner.EXIT_BAD_CONFIG
+    except idx.IdxFormatError as error:
+        print(f"error: bad input data: {error}", file=sys.stderr)
+        return local_runner.EXIT_BAD_DATA
+    except local_runner.PipelineRunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(summary.format(), flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfprod", description="tfprod: a production ML pipeline on TFX and Keras.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    _add_run_parser(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""Typed, layered experiment configuration.
+
+An experiment is a tree of dataclasses (experiment -> data, model, trainer,
+eval, export, runtime). It is built in three layers: the dataclass defaults,
+then a YAML file from ``configs/``, then ``--set dotted.key=value`` overrides.
+The result is validated and written beside the run's outputs.
+"""
+
+import dataclasses
+import enum
+import os
+import typing
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and what is expected."""
+
+
+class DataFormat(str, enum.Enum):
+    """How the raw data in ``data.data_dir`` is laid out."""
+
+    IDX = "idx"  # train-/t10k- images and labels in IDX format (MNIST layout)
+
+
+class BeamMode(str, enum.Enum):
+    """How Beam's DirectRunner executes the data components."""
+
+    IN_PROCESS = "in_process"
+    MULTI_PROCESS = "multi_process"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the raw data is and how it is split and validated."""
+
+    format: DataFormat = DataFormat.IDX
+    data_dir: str = "data/mnist_sample"
+    # Fraction of the training files held out as the `eval` split (by a hash of
+    # the example, so the split is stable across runs).
+    eval_fraction: float = 0.1
+    image_height: int = 28
+    image_width: int = 28
+    num_classes: int = 10
+    # A curated schema (schema.pbtxt). When set, ImportSchemaGen replaces SchemaGen.
+    schema_path: Optional[str] = None
+
+    def validate(self) -> None:
+        _check(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "a number in (0, 1)",
+               self.eval_fraction)
+        _check(self.image_height > 0 and self.image_width > 0, "data.image_height/image_width",
+               "positive integers", (self.image_height, self.image_width))
+        _check(self.num_classes >= 2, "data.num_classes", "an integer >= 2", self.num_classes)
+
+
+@dataclasses.dataclass
+class CnnConfig:
+    """A VGG-style CNN: blocks of (conv, BatchNorm, ReLU) x convs_per_block, then max-pool."""
+
+    filters: List[int] = dataclasses.field(default_factory=lambda: [32, 64])
+    convs_per_block: int = 2
+    dense_units: int = 128
+    conv_dropout: float = 0.25
+    dense_dropout: float = 0.4
+
+    def validate(self) -> None:
+        _check(len(self.filters) > 0 and all(f > 0 for f in self.filters), "model.cnn.filters",
+               "a non-empty list of positive integers", self.filters)
+        _check(self.convs_per_block >= 1, "model.cnn.convs_per_block", "an integer >= 1",
+               self.convs_per_block)
+        _check(self.dense_units >= 1, "model.cnn.dense_units", "an integer >= 1", self.dense_units)
+        for key in ("conv_dropout", "dense_dropout"):
+            value = getattr(self, key)
+            _check(0.0 <= value < 1.0, f"model.cnn.{key}", "a number in [0, 1)", value)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which registered model to build, and each family's hyperparameters."""
+
+    name: str = "cnn"
+    cnn: CnnConfig = dataclasses.field(default_factory=CnnConfig)
+
+    def validate(self) -> None:
+        from models import registry  # Local import: models imports TensorFlow.
+
+        if self.name not in registry.registered_names():
+            raise ConfigError(
+                f"model.name: unknown model '{self.name}'; registered models are "
+                f"{', '.join(registry.registered_names())}"
+            )
+        self.cnn.validate()
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """How the Trainer fits the model."""
+
+    epochs: int = 4
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    # Caps the total number of training steps (e.g. for smoke runs), rounded up to whole
+    # epochs of at most max_steps steps each; null = no cap.
+    max_steps: Optional[int] = None
+    early_stopping_patience: int = 2
+    shuffle_buffer: int = 10000
+    seed: int = 42
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "trainer.epochs", "an integer >= 1", self.epochs)
+        _check(self.batch_size >= 1, "trainer.batch_size", "an integer >= 1", self.batch_size)
+        _check(self.learning_rate > 0, "trainer.learning_rate", "a positive number",
+               self.learning_rate)
+        _check(self.max_steps is None or self.max_steps >= 1, "trainer.max_steps",
+               "null or an integer >= 1", self.max_steps)
+        _check(self.early_stopping_patience >= 0, "trainer.early_stopping_patience",
+               "an integer >= 0", self.early_stopping_patience)
+        _check(self.shuffle_buffer >= 1, "trainer.shuffle_buffer", "an integer >= 1",
+               self.shuffle_buffer)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """When the Evaluator blesses a model (TFMA thresholds on the test split)."""
+
+    # The new model must reach at least this accuracy.
+    accuracy_threshold: float = 0.97
+    # ...and may not be worse than the last blessed model by more than this.
+    max_accuracy_drop: float = 0.01
+    split: str = "test"
+
+    def validate(self) -> None:
+        _check(0.0 <= self.accuracy_threshold <= 1.0, "eval.accuracy_threshold",
+               "a number in [0, 1]", self.accuracy_threshold)
+        _check(0.0 <= self.max_accuracy_drop <= 1.0, "eval.max_accuracy_drop",
+               "a number in [0, 1]", self.max_accuracy_drop)
+        _check(self.split in ("train", "eval", "test"), "eval.split", "train, eval or test",
+               self.split)
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """How the blessed model is named where it is pushed."""
+
+    model_name: str = "mnist_cnn"
+
+    def validate(self) -> None:
+        _check(bool(self.model_name) and "/" not in self.model_name
+               and self.model_name not in (".", ".."), "export.model_name",
+               "a non-empty name without '/'", self.model_name)
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """Where the run writes and how the local runner executes it."""
+
+    output_dir: str = "outputs/mnist_cnn"
+    beam_mode: BeamMode = BeamMode.IN_PROCESS
+    beam_workers: int = 2
+    enable_cache: bool = True
+
+    def validate(self) -> None:
+        _check(bool(self.output_dir), "runtime.output_dir", "a directory path", self.output_dir)
+        _check(self.beam_workers >= 1, "runtime.beam_workers", "an integer >= 1",
+               self.beam_workers)
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """One experiment: data, model, training, evaluation, export and runtime."""
+
+    name: str = "mnist_cnn"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def validate(self) -> None:
+        _check(bool(self.name), "name", "a non-empty string", self.name)
+        for section in (self.data, self.model, self.trainer, self.eval, self.export, self.runtime):
+            section.validate()
+
+    def check_paths(self) -> None:
+        """Checks that the paths the run reads exist (separate from validate: needs disk)."""
+        if not os.path.isdir(self.data.data_dir):
+            raise ConfigError(
+                f"data.data_dir: directory not found: {self.data.data_dir} "
+                "(pass --data-dir DIR or --set data.data_dir=DIR)"
+            )
+        if self.data.schema_path is not None and not os.path.isfile(self.data.schema_path):
+            raise ConfigError(f"data.schema_path: file not found: {self.data.schema_path}")
+
+
+def _check(condition: bool, key: str, expected: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+# --------------------------------------------------------------------------
+# Building dataclasses from plain dictionaries, with type checks.
+# --------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        names = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(names) + " or null"
+    if origin in (list, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Returns value converted to type tp, or raises ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
+        return _from_dict(tp, value, key)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}") from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config field type {tp!r} at {key}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _from_dict(cls: type, values: Dict[str, Any], prefix: str = "") -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key '{where}{unknown[0]}'; keys allowed here are: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> Dict[str, Any]:
+    """Converts a config dataclass to plain YAML/JSON-safe values (enums become strings)."""
+
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(config)
+
+
+def from_dict(values: Dict[str, Any]) -> ExperimentConfig:
+    """Builds and validates an ExperimentConfig from a plain dictionary."""
+    config = _from_dict(ExperimentConfig, values)
+    config.validate()
+    return config
+
+
+# --------------------------------------------------------------------------
+# Overrides, loading and saving.
+# --------------------------------------------------------------------------
+
+
+def _field_type(path: List[str]) -> Any:
+    """The declared type at a dotted path, or ConfigError for an unknown key."""
+    cls: Any = ExperimentConfig
+    for depth, name in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"unknown key '{'.'.join(path)}': '{'.'.join(path[:depth])}' "
+                              "is not a section")
+        hints = typing.get_type_hints(cls)
+        if name not in hints:
+            where = ".".join(path[:depth]) or "the top level"
+            raise ConfigError(
+                f"unknown key '{'.'.join(path)}'; keys allowed in {where} are: "
+                f"{', '.join(sorted(hints))}"
+            )
+        cls = hints[name]
+    return cls
+
+
+def apply_override(values: Dict[str, Any], override: str) -> None:
+    """Applies one ``dotted.key=value`` override to a plain config dictionary in place.
+
+    The value is read as YAML (``3`` is an int, ``true`` a bool, ``[16, 32]`` a
+    list, ``null`` None); for string fields the text is kept as written.
+    """
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' is not of the form dotted.key=value")
+    dotted_key, text = override.split("=", 1)
+    path = dotted_key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override '{override}' has an empty key part")
+    field_type = _field_type(path)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override '{override}': the value is not valid YAML ({error})") from error
+    plain_type = field_type
+    if typing.get_origin(field_type) is typing.Union:
+        plain_type = [a for a in typing.get_args(field_type) if a is not type(None)][0]
+    if plain_type is str and value is not None and not isinstance(value, str):
+        value = text
+    node = values
+    for name in path[:-1]:
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{override}': '{name}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _absolute_paths(config: ExperimentConfig) -> None:
+    config.data.data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
+    if config.data.schema_path:
+        config.data.schema_path = os.path.abspath(os.path.expanduser(config.data.schema_path))
+    config.runtime.output_dir = os.path.abspath(os.path.expanduser(config.runtime.output_dir))
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Loads defaults, then the YAML file (if any), then the overrides; validates.
+
+    Relative paths (data.data_dir, data.schema_path, runtime.output_dir) are taken
+    relative to the current directory and made absolute.
+
+    Raises:
+      ConfigError: for an unknown key, a wrong type, an invalid value or bad YAML.
+      FileNotFoundError: when the config file does not exist.
+    """
+    values: Dict[str, Any] = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as handle:
+            try:
+                loaded = yaml.safe_load(handle)
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path}: not valid YAML ({error})") from error
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        values = loaded
+    for override in overrides:
+        apply_override(values, override)
+    try:
+        config = from_dict(values)
+    except ConfigError as error:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{error}") from None
+    _absolute_paths(config)
+    return config
+
+
+def save_config(config: ExperimentConfig, path: str) -> None:
+    """Writes the final config as YAML (the file load_config reads back)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(to_dict(config), handle, sort_keys=False)

@@ -1,0 +1,165 @@
+"""create_pipeline(config): the one pipeline definition that every runner uses.
+
+ExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator
+-> AnomaliesGate -> Transform -> Trainer -> Evaluator (vs. the latest blessed
+model) -> Pusher. Building it has no side effects: nothing is read or written.
+"""
+
+import dataclasses
+import os
+from typing import List, Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from pipeline import config as config_lib
+from pipeline import features, ingestion, trainer, validation
+
+PREPROCESSING_FN = "pipeline.preprocessing.preprocessing_fn"
+RUN_FN = "pipeline.trainer.run_fn"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelinePaths:
+    """Where a run's artifacts, metadata and pushed models live."""
+
+    output_dir: str
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.output_dir, "pipeline")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.output_dir, "metadata.sqlite")
+
+    @property
+    def serving_dir(self) -> str:
+        return os.path.join(self.output_dir, "serving")
+
+    def serving_model_dir(self, model_name: str) -> str:
+        """<output-dir>/serving/<model_name>: the TF Serving base path (versions below it)."""
+        return os.path.join(self.serving_dir, model_name)
+
+    @property
+    def summary_path(self) -> str:
+        return os.path.join(self.output_dir, "run_summary.json")
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.output_dir, "config.yaml")
+
+
+def beam_pipeline_args(runtime: config_lib.RuntimeConfig) -> List[str]:
+    """DirectRunner arguments: in-process by default, or several worker processes."""
+    if runtime.beam_mode == config_lib.BeamMode.MULTI_PROCESS:
+        return ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                f"--direct_num_workers={runtime.beam_workers}"]
+    return ["--runner=DirectRunner", "--direct_running_mode=in_memory",
+            "--direct_num_workers=1"]
+
+
+def make_eval_config(eval_config: config_lib.EvalConfig) -> tfma.EvalConfig:
+    """TFMA config: accuracy on the test split, overall and per class, with thresholds."""
+    accuracy_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(
+            lower_bound={"value": eval_config.accuracy_threshold}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -eval_config.max_accuracy_drop}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(
+            signature_name=features.SERVING_DEFAULT_SIGNATURE,
+            label_key=features.LABEL_KEY,
+            prediction_key=features.PROBABILITIES_OUTPUT)],
+        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[features.LABEL_KEY])],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            # Thresholds gate the overall slice; per-class slices are reported only.
+            tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
+                              config='{"name": "accuracy"}',
+                              per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                                  slicing_specs=[tfma.SlicingSpec()],
+                                  threshold=accuracy_threshold)]),
+        ])])
+
+
+def create_pipeline(experiment: config_lib.ExperimentConfig,
+                    paths: Optional[PipelinePaths] = None,
+                    metadata_connection_config=None,
+                    extra_beam_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
+    """Builds the TFX pipeline for an experiment.
+
+    Args:
+      experiment: the validated experiment config.
+      paths: where the run writes; defaults to experiment.runtime.output_dir.
+      metadata_connection_config: MLMD connection; defaults to SQLite in the output dir.
+      extra_beam_args: Beam args appended after the runtime's (e.g. for another runner).
+    """
+    paths = paths or PipelinePaths(experiment.runtime.output_dir)
+    data = experiment.data
+
+    example_gen = ingestion.IdxExampleGen(input_base=data.data_dir,
+                                          eval_fraction=data.eval_fraction)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    if data.schema_path:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_path)
+    else:
+        # The schema describes the training data; eval and test are checked against it.
+        schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True,
+            exclude_splits=[ingestion.EVAL_SPLIT, ingestion.TEST_SPLIT])
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    anomalies_gate = validation.AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        splits_config=tfx.proto.SplitsConfig(
+            analyze=[ingestion.TRAIN_SPLIT],
+            transform=[ingestion.TRAIN_SPLIT, ingestion.EVAL_SPLIT]),
+        disable_statistics=True)
+    transform.add_upstream_node(anomalies_gate)
+
+    model_trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=[ingestion.TRAIN_SPLIT]),
+        eval_args=tfx.proto.EvalArgs(splits=[ingestion.EVAL_SPLIT]),
+        custom_config={trainer.EXPERIMENT_CONFIG_KEY: config_lib.to_dict(experiment)})
+
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=model_trainer.outputs["model"],
+        baseline_model=latest_blessed_model.outputs["model"],
+        eval_config=make_eval_config(experiment.eval),
+        example_splits=[experiment.eval.split])
+
+    pusher = tfx.components.Pusher(
+        model=model_trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=paths.serving_model_dir(experiment.export.model_name))))
+
+    if metadata_connection_config is None:
+        metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            paths.metadata_path)
+    return tfx.dsl.Pipeline(
+        pipeline_name=experiment.name,
+        pipeline_root=paths.pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+                    transform, model_trainer, latest_blessed_model, evaluator, pusher],
+        enable_cache=experiment.runtime.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args(experiment.runtime) + list(extra_beam_args or []))

@@ -1,0 +1,177 @@
+"""The Trainer's run_fn: builds the registered model, fits it, exports the SavedModel.
+
+TFX calls run_fn(fn_args) with the transformed examples, the Transform graph
+and the experiment config (in fn_args.custom_config).
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from models import registry
+from pipeline import config as config_lib
+from pipeline import features, signatures
+
+EXPERIMENT_CONFIG_KEY = "experiment"
+TRAINING_STATS_FILE = "training_stats.json"
+
+
+class ThroughputCallback(tf.keras.callbacks.Callback):
+    """Records the wall time and example count of each epoch's training (not validation)."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.epochs: List[Dict[str, float]] = []
+        self._start = 0.0
+        self._steps = 0
+        self._validation_seconds = 0.0
+        self._validation_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._steps = 0
+        self._validation_seconds = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+
+    def on_test_begin(self, logs=None):
+        self._validation_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self._validation_seconds += time.perf_counter() - self._validation_start
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._start - self._validation_seconds
+        examples = self._steps * self.batch_size
+        self.epochs.append({"epoch": epoch, "steps": self._steps, "examples": examples,
+                            "seconds": seconds, "examples_per_second": examples / seconds})
+
+    def steady_examples_per_second(self) -> Optional[float]:
+        """Throughput after the first epoch (which also traces graphs and fills caches)."""
+        later = self.epochs[1:] or self.epochs
+        if not later:
+            return None
+        return sum(e["examples"] for e in later) / sum(e["seconds"] for e in later)
+
+
+def count_records(file_pattern: List[str]) -> int:
+    files = tf.io.gfile.glob(file_pattern) if isinstance(file_pattern, str) else [
+        path for pattern in file_pattern for path in tf.io.gfile.glob(pattern)]
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1).numpy())
+
+
+def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput,
+                 batch_size: int, shuffle: bool, seed: int, shuffle_buffer: int,
+                 repeat: bool) -> tf.data.Dataset:
+    """Transformed tf.Examples -> (features, label) batches.
+
+    The serialized records are cached in memory after the first pass, shuffled
+    per epoch, then parsed a whole batch at a time.
+    """
+    files = [path for pattern in file_pattern for path in tf.io.gfile.glob(pattern)]
+    if not files:
+        raise FileNotFoundError(f"no transformed examples match {file_pattern}")
+    feature_spec = tf_transform_output.transformed_feature_spec()
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP",
+                                      num_parallel_reads=tf.data.AUTOTUNE).cache()
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size)
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, feature_spec)
+        label = parsed.pop(features.LABEL_KEY)
+        return parsed[features.IMAGE_TRANSFORMED_KEY], label
+
+    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def model_inputs(experiment: config_lib.ExperimentConfig) -> registry.ModelInputs:
+    data = experiment.data
+    return registry.ModelInputs(
+        feature_name=features.IMAGE_TRANSFORMED_KEY,
+        feature_shape=(data.image_height * data.image_width,),
+        num_classes=data.num_classes,
+        image_shape=(data.image_height, data.image_width, 1))
+
+
+def build_and_compile(experiment: config_lib.ExperimentConfig) -> tf.keras.Model:
+    """The registered model, compiled with the trainer's optimizer, loss and metrics."""
+    model = registry.build_model(experiment.model, model_inputs(experiment))
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(experiment.trainer.learning_rate),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return model
+
+
+def training_schedule(num_examples: int, trainer: config_lib.TrainerConfig) -> Dict[str, int]:
+    """Epochs and steps per epoch, honouring trainer.max_steps."""
+    steps_per_epoch = max(1, math.ceil(num_examples / trainer.batch_size))
+    epochs = trainer.epochs
+    if trainer.max_steps is not None and trainer.max_steps < steps_per_epoch * epochs:
+        steps_per_epoch = min(steps_per_epoch, trainer.max_steps)
+        epochs = math.ceil(trainer.max_steps / steps_per_epoch)
+    return {"epochs": epochs, "steps_per_epoch": steps_per_epoch}
+
+
+def run_fn(fn_args: Any) -> None:
+    """TFX Trainer entry point (GenericExecutor)."""
+    experiment = config_lib.from_dict(fn_args.custom_config[EXPERIMENT_CONFIG_KEY])
+    trainer = experiment.trainer
+    tf.keras.utils.set_random_seed(trainer.seed)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    num_train = count_records(fn_args.train_files)
+    num_eval = count_records(fn_args.eval_files)
+    schedule = training_schedule(num_train, trainer)
+    train_dataset = make_dataset(fn_args.train_files, tf_transform_output, trainer.batch_size,
+                                 shuffle=True, seed=trainer.seed,
+                                 shuffle_buffer=trainer.shuffle_buffer, repeat=True)
+    eval_dataset = make_dataset(fn_args.eval_files, tf_transform_output, trainer.batch_size,
+                                shuffle=False, seed=trainer.seed,
+                                shuffle_buffer=trainer.shuffle_buffer, repeat=False)
+
+    model = build_and_compile(experiment)
+    throughput = ThroughputCallback(trainer.batch_size)
+    callbacks = [
+        tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+        throughput,
+    ]
+    if trainer.early_stopping_patience > 0:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=trainer.early_stopping_patience,
+            restore_best_weights=True))
+    history = model.fit(train_dataset, epochs=schedule["epochs"],
+                        steps_per_epoch=schedule["steps_per_epoch"],
+                        validation_data=eval_dataset, callbacks=callbacks, verbose=2)
+
+    tf.saved_model.save(
+        model, fn_args.serving_model_dir,
+        signatures=signatures.make_serving_signatures(
+            model, tf_transform_output, experiment.data.image_height,
+            experiment.data.image_width))
+
+    stats = {
+        "train_examples": num_train,
+        "eval_examples": num_eval,
+        "batch_size": trainer.batch_size,
+        "epochs_run": len(history.epoch),
+        "steps_per_epoch": schedule["steps_per_epoch"],
+        "epochs": throughput.epochs,
+        "steady_examples_per_second": throughput.steady_examples_per_second(),
+        "history": {name: [float(v) for v in values] for name, values in history.history.items()},
+    }
+    tf.io.gfile.makedirs(fn_args.model_run_dir)
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_STATS_FILE), "w") as out:
+        json.dump(stats, out, indent=2)

@@ -1,0 +1,38 @@
+"""tfprod: raw data to production models with TFX, Keras, TF Serving, TFLite and Kubeflow."""
+
+from setuptools import find_packages, setup
+
+# The one list of dependencies. constraints.txt pins the whole resolved set.
+INSTALL_REQUIRES = [
+    "tfx[kfp]==1.16.0",
+    "apache-beam[gcp]==2.59.0",
+    "tensorflow==2.16.2",
+    "tf-keras==2.16.0",
+    "tensorflow-transform==1.16.0",
+    "tensorflow-model-analysis==0.47.1",
+    "tensorflow-data-validation==1.16.1",
+    "tensorflow-serving-api==2.16.1",
+    "ai-edge-litert==2.3.0",
+    "tflite-runtime==2.14.0",
+    "tensorflow-datasets",
+    "flatbuffers",
+    "matplotlib",
+    "jsonschema",
+    "pyyaml",
+    "setuptools<80",  # tfx and beam still import pkg_resources
+]
+
+TEST_REQUIRES = ["pytest", "pytest-timeout", "hypothesis"]
+
+setup(
+    name="tfprod",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "models", "models.*",
+                                    "serving", "serving.*", "mobile", "mobile.*",
+                                    "kubeflow", "kubeflow.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["tfprod = pipeline.cli:main"]},
+)

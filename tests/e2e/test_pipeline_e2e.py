@@ -1,0 +1,181 @@
+"""The whole pipeline through `tfprod run`, on real MNIST data in temp dirs.
+
+Real TFX components, ML Metadata (SQLite), Beam DirectRunner and TFMA; the
+CLI runs in a subprocess exactly as a user would run it.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import features
+from tests.conftest import MNIST_CONFIG, REPO_ROOT, SAMPLE_DIR, write_idx_dataset
+
+pytestmark = pytest.mark.e2e
+
+TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")
+RUN_TIMEOUT_SECONDS = 1200
+
+
+def run_tfprod(*args):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([TFPROD, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT_SECONDS)
+
+
+def read_summary(output_dir):
+    return json.loads((pathlib.Path(output_dir) / "run_summary.json").read_text())
+
+
+def tree_digest(directory):
+    digest = hashlib.sha256()
+    for path in sorted(pathlib.Path(directory).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(directory)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("mnist_run")
+    result = run_tfprod("run", "--config", str(MNIST_CONFIG), "--data-dir", str(SAMPLE_DIR),
+                        "--output-dir", str(output_dir), "--set", "trainer.epochs=3")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output_dir, result
+
+
+@pytest.fixture(scope="module")
+def pushed_model(first_run):
+    summary = read_summary(first_run[0])
+    return tf.saved_model.load(summary["pushed_model_dir"])
+
+
+def test_first_run_is_blessed_and_pushed_in_tf_serving_layout(first_run):
+    output_dir, result = first_run
+    summary = read_summary(output_dir)
+    assert summary["status"] == "succeeded"
+    assert summary["blessed"] is True
+    serving_base = pathlib.Path(output_dir) / "serving" / "mnist_cnn"
+    versions = [p for p in serving_base.iterdir() if p.is_dir()]
+    assert len(versions) == 1 and versions[0].name.isdigit()
+    assert summary["pushed_model_dir"] == str(versions[0])
+    assert (versions[0] / "saved_model.pb").is_file()
+    assert (versions[0] / "variables" / "variables.index").is_file()
+    assert set(summary["component_seconds"]) == {
+        "IdxExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+        "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator",
+        "Pusher"}
+    assert (pathlib.Path(output_dir) / "config.yaml").is_file()
+    assert (pathlib.Path(output_dir) / "metadata.sqlite").is_file()
+    # Progress per component while running, then the summary.
+    assert "[1/10] IdxExampleGen ..." in result.stdout
+    assert "Trainer done in" in result.stdout
+    assert f"Blessed: yes. Pushed to {versions[0]}" in result.stdout
+
+
+def test_test_split_accuracy_is_high_and_matches_the_model(first_run, pushed_model, mnist_sample):
+    summary = read_summary(first_run[0])
+    assert summary["metrics"]["example_count"] == 2000
+    assert summary["metrics"]["accuracy"] >= 0.95
+    # Recompute accuracy from the pushed model itself on the same test images.
+    _, _, test_images, test_labels = mnist_sample
+    outputs = pushed_model.signatures[features.SERVING_RAW_SIGNATURE](
+        image=tf.constant(test_images, tf.float32))
+    predicted = outputs[features.CLASS_ID_OUTPUT].numpy()
+    accuracy = float(np.mean(predicted == test_labels))
+    assert accuracy >= 0.95
+    assert accuracy == pytest.approx(summary["metrics"]["accuracy"], abs=1e-3)
+    # Per-class slices are reported too.
+    assert set(summary["slice_metrics"]) == {f"label={digit}" for digit in range(10)}
+
+
+def test_both_prediction_signatures_agree(pushed_model, mnist_sample):
+    _, _, test_images, _ = mnist_sample
+    images = test_images[:64]
+    serialized = [tf.train.Example(features=tf.train.Features(feature={
+        features.IMAGE_KEY: tf.train.Feature(
+            int64_list=tf.train.Int64List(value=image.ravel().astype(np.int64)))
+    })).SerializeToString() for image in images]
+    from_examples = pushed_model.signatures[features.SERVING_DEFAULT_SIGNATURE](
+        examples=tf.constant(serialized))
+    from_raw = pushed_model.signatures[features.SERVING_RAW_SIGNATURE](
+        image=tf.constant(images, tf.float32))
+    np.testing.assert_allclose(from_examples[features.PROBABILITIES_OUTPUT].numpy(),
+                               from_raw[features.PROBABILITIES_OUTPUT].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(from_examples[features.CLASS_ID_OUTPUT].numpy(),
+                                  from_raw[features.CLASS_ID_OUTPUT].numpy())
+    # The transform signature exposes the shared preprocessing graph.
+    labelled = [tf.train.Example(features=tf.train.Features(feature={
+        features.IMAGE_KEY: tf.train.Feature(
+            int64_list=tf.train.Int64List(value=images[0].ravel().astype(np.int64))),
+        features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[3])),
+    })).SerializeToString()]
+    transformed = pushed_model.signatures[features.TRANSFORM_SIGNATURE](
+        examples=tf.constant(labelled))
+    np.testing.assert_allclose(transformed[features.IMAGE_TRANSFORMED_KEY].numpy()[0],
+                               images[0].ravel() / 255.0, rtol=1e-6)
+
+
+def test_worse_model_is_not_blessed_and_the_served_version_stays(first_run):
+    output_dir, _ = first_run
+    serving_base = pathlib.Path(output_dir) / "serving" / "mnist_cnn"
+    before = tree_digest(serving_base)
+    result = run_tfprod("run", "--config", str(MNIST_CONFIG), "--data-dir", str(SAMPLE_DIR),
+                        "--output-dir", str(output_dir), "--set", "trainer.max_steps=1",
+                        "--set", "eval.accuracy_threshold=0.0")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = read_summary(output_dir)
+    # Even with no absolute floor, it is clearly worse than the last blessed model.
+    assert summary["blessed"] is False
+    assert summary["pushed_model_dir"] is None
+    assert summary["metrics"]["accuracy"] < 0.9
+    assert "Blessed: NO" in result.stdout
+    assert tree_digest(serving_base) == before
+    assert len([p for p in serving_base.iterdir() if p.is_dir()]) == 1
+
+
+def _corrupt_run(tmp_path, mnist_sample, train_images, test_images, test_labels):
+    train_labels = mnist_sample[1][:len(train_images)]
+    data_dir = write_idx_dataset(tmp_path / "data", train_images, train_labels, test_images,
+                                 test_labels)
+    output_dir = tmp_path / "out"
+    result = run_tfprod("run", "--config", str(MNIST_CONFIG), "--data-dir", str(data_dir),
+                        "--output-dir", str(output_dir))
+    return output_dir, result
+
+
+def _assert_stopped_at_validation(output_dir, result, feature_name):
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "anomalies" in result.stderr and f"feature '{feature_name}'" in result.stderr
+    assert not (output_dir / "serving").exists()
+    assert not (output_dir / "pipeline" / "Trainer").exists()
+    summary = read_summary(output_dir)
+    assert summary["status"] == "failed"
+    assert summary["failed_component"] == "AnomaliesGate"
+    assert summary["blessed"] is False and summary["pushed_model_dir"] is None
+
+
+def test_labels_out_of_range_stop_the_run_at_validation(tmp_path, mnist_sample):
+    train_images, _, test_images, test_labels = mnist_sample
+    bad_labels = test_labels[:100].copy()
+    bad_labels[::10] = 11
+    output_dir, result = _corrupt_run(tmp_path, mnist_sample, train_images[:500],
+                                      test_images[:100], bad_labels)
+    _assert_stopped_at_validation(output_dir, result, "label")
+    assert "split 'test'" in result.stderr
+
+
+def test_images_of_another_size_stop_the_run_at_validation(tmp_path, mnist_sample):
+    train_images, _, _, test_labels = mnist_sample
+    padded = np.pad(train_images[:500], ((0, 0), (2, 2), (2, 2)))  # 32x32 images
+    output_dir, result = _corrupt_run(tmp_path, mnist_sample, padded, padded[:100],
+                                      test_labels[:100])
+    _assert_stopped_at_validation(output_dir, result, "image")

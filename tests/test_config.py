@@ -1,0 +1,115 @@
+"""Config loading, layered overrides and validation."""
+
+import pytest
+import yaml
+
+from pipeline import config as config_lib
+from tests.conftest import MNIST_CONFIG
+
+
+def test_defaults_validate():
+    config_lib.ExperimentConfig().validate()
+
+
+def test_loads_the_shipped_config():
+    config = config_lib.load_config(str(MNIST_CONFIG))
+    assert config.name == "mnist_cnn"
+    assert config.model.name == "cnn"
+    assert config.data.format is config_lib.DataFormat.IDX
+    assert config.runtime.beam_mode is config_lib.BeamMode.IN_PROCESS
+    assert config.data.data_dir.endswith("data/mnist_sample")
+    assert config.data.data_dir.startswith("/")  # made absolute
+
+
+def test_overrides_apply_after_the_file_with_types():
+    config = config_lib.load_config(str(MNIST_CONFIG), [
+        "trainer.epochs=7", "trainer.learning_rate=0.01", "model.cnn.filters=[8, 16]",
+        "runtime.enable_cache=false", "runtime.beam_mode=multi_process",
+        "export.model_name=123", "trainer.max_steps=null", "trainer.max_steps=5"])
+    assert config.trainer.epochs == 7
+    assert config.trainer.learning_rate == pytest.approx(0.01)
+    assert config.model.cnn.filters == [8, 16]
+    assert config.runtime.enable_cache is False
+    assert config.runtime.beam_mode is config_lib.BeamMode.MULTI_PROCESS
+    assert config.export.model_name == "123"  # kept as text for a string field
+    assert config.trainer.max_steps == 5  # the last override wins
+
+
+def test_int_accepted_for_float_but_not_bool_for_int():
+    config = config_lib.load_config(None, ["trainer.learning_rate=1"])
+    assert isinstance(config.trainer.learning_rate, float)
+    with pytest.raises(config_lib.ConfigError, match=r"trainer.epochs: expected int, got True"):
+        config_lib.load_config(None, ["trainer.epochs=true"])
+
+
+def test_unknown_key_lists_the_allowed_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"epoch": 3}}))
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.load_config(str(path))
+    message = str(error.value)
+    assert "trainer.epoch" in message and "epochs" in message and str(path) in message
+    with pytest.raises(config_lib.ConfigError, match=r"unknown key 'trainer.epoch'.*epochs"):
+        config_lib.load_config(None, ["trainer.epoch=3"])
+    with pytest.raises(config_lib.ConfigError, match=r"unknown key 'nosuch.key'; keys allowed in the top level"):
+        config_lib.load_config(None, ["nosuch.key=1"])
+    with pytest.raises(config_lib.ConfigError, match=r"not a section"):
+        config_lib.load_config(None, ["trainer.epochs.x=1"])
+
+
+def test_wrong_types_are_reported():
+    cases = {
+        "trainer.epochs=three": r"trainer.epochs: expected int, got 'three'",
+        "model.cnn.filters=32": r"model.cnn.filters: expected list of int",
+        "model.cnn.filters=[32, x]": r"model.cnn.filters\[1\]: expected int",
+        "runtime.beam_mode=spark": r"runtime.beam_mode: expected one of 'in_process', 'multi_process'",
+        "trainer=5": r"trainer: expected a mapping",
+    }
+    for override, pattern in cases.items():
+        with pytest.raises(config_lib.ConfigError, match=pattern):
+            config_lib.load_config(None, [override])
+
+
+def test_invalid_values_are_reported():
+    cases = {
+        "data.eval_fraction=1.5": r"data.eval_fraction: expected a number in \(0, 1\)",
+        "trainer.batch_size=0": r"trainer.batch_size: expected an integer >= 1",
+        "eval.accuracy_threshold=2": r"eval.accuracy_threshold",
+        "model.name=resnet9000": r"unknown model 'resnet9000'; registered models are .*cnn",
+        "export.model_name=a/b": r"export.model_name",
+    }
+    for override, pattern in cases.items():
+        with pytest.raises(config_lib.ConfigError, match=pattern):
+            config_lib.load_config(None, [override])
+
+
+def test_malformed_override_and_files(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match=r"not of the form dotted.key=value"):
+        config_lib.load_config(None, ["trainer.epochs"])
+    with pytest.raises(FileNotFoundError, match=r"config file not found"):
+        config_lib.load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(config_lib.ConfigError, match=r"mapping of keys at the top level"):
+        config_lib.load_config(str(bad))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer: {epochs: [1,\n")
+    with pytest.raises(config_lib.ConfigError, match=r"not valid YAML"):
+        config_lib.load_config(str(broken))
+
+
+def test_missing_paths_are_reported(tmp_path):
+    config = config_lib.load_config(None, [f"data.data_dir={tmp_path / 'absent'}"])
+    with pytest.raises(config_lib.ConfigError, match=r"data.data_dir: directory not found"):
+        config.check_paths()
+    config = config_lib.load_config(None, [f"data.data_dir={tmp_path}",
+                                           f"data.schema_path={tmp_path / 'none.pbtxt'}"])
+    with pytest.raises(config_lib.ConfigError, match=r"data.schema_path: file not found"):
+        config.check_paths()
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    config = config_lib.load_config(str(MNIST_CONFIG), ["trainer.epochs=2"])
+    path = tmp_path / "out" / "config.yaml"
+    config_lib.save_config(config, str(path))
+    assert config_lib.load_config(str(path)) == config

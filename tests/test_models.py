@@ -1,0 +1,62 @@
+"""The model registry and the registered builders."""
+
+import numpy as np
+import pytest
+
+from models import registry
+from pipeline import config as config_lib
+from pipeline import trainer
+
+INPUTS = registry.ModelInputs(feature_name="image_xf", feature_shape=(784,), num_classes=10)
+
+
+def test_unknown_name_lists_registered_models():
+    with pytest.raises(registry.UnknownModelError) as error:
+        registry.get_builder("vgg1000")
+    assert "unknown model 'vgg1000'" in str(error.value)
+    assert "cnn" in str(error.value)
+
+
+def test_registering_a_name_twice_raises():
+    with pytest.raises(ValueError, match=r"already registered"):
+        registry.register("cnn")(lambda config, inputs: None)
+
+
+@pytest.mark.parametrize("name", registry.registered_names())
+def test_every_registered_model_builds_with_the_right_output_shape(name):
+    model_config = config_lib.ModelConfig(name=name)
+    model = registry.build_model(model_config, INPUTS)
+    batch = np.random.RandomState(0).rand(3, 784).astype(np.float32)
+    probabilities = model(batch, training=False).numpy()
+    assert probabilities.shape == (3, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_cnn_follows_its_config():
+    small = config_lib.ModelConfig(cnn=config_lib.CnnConfig(
+        filters=[4, 8, 16], convs_per_block=1, dense_units=8, conv_dropout=0.0, dense_dropout=0.0))
+    model = registry.build_model(small, INPUTS)
+    conv_layers = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [layer.filters for layer in conv_layers] == [4, 8, 16]
+    assert not any(layer.__class__.__name__ == "Dropout" for layer in model.layers)
+    default = registry.build_model(config_lib.ModelConfig(), INPUTS)
+    assert sum(layer.__class__.__name__ == "BatchNormalization" for layer in default.layers) == 5
+    assert sum(layer.__class__.__name__ == "Dropout" for layer in default.layers) == 3
+
+
+def test_cnn_handles_other_image_sizes_and_class_counts():
+    inputs = registry.ModelInputs(feature_name="image_xf", feature_shape=(32 * 32,),
+                                  num_classes=3, image_shape=(32, 32, 1))
+    model = registry.build_model(config_lib.ModelConfig(), inputs)
+    assert model(np.zeros((2, 1024), np.float32)).shape == (2, 3)
+
+
+def test_training_schedule_honours_max_steps():
+    assert trainer.training_schedule(1000, config_lib.TrainerConfig(epochs=3, batch_size=100)) == {
+        "epochs": 3, "steps_per_epoch": 10}
+    assert trainer.training_schedule(1000, config_lib.TrainerConfig(
+        epochs=3, batch_size=100, max_steps=1)) == {"epochs": 1, "steps_per_epoch": 1}
+    assert trainer.training_schedule(1000, config_lib.TrainerConfig(
+        epochs=3, batch_size=100, max_steps=25)) == {"epochs": 3, "steps_per_epoch": 10}
+    assert trainer.training_schedule(1001, config_lib.TrainerConfig(
+        epochs=1, batch_size=100)) == {"epochs": 1, "steps_per_epoch": 11}
