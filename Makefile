@@ -5,8 +5,12 @@ SHELL := /bin/bash
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Python 3.10: python3.10 on PATH, else pyenv's.
-PYTHON310 ?= $(shell command -v python3.10 2>/dev/null || ls -1d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python 2>/dev/null | tail -n 1)
+# Python 3.10: python3.10 on PATH, else pyenv's. Each candidate must really run as 3.10
+# (a pyenv shim can be on PATH without 3.10 being selected).
+PYTHON310 ?= $(shell for candidate in "$$(command -v python3.10)" \
+    $$(ls -1d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python 2>/dev/null | sort -rV); do \
+  [ -n "$$candidate" ] && "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' \
+    >/dev/null 2>&1 && { echo "$$candidate"; break; }; done)
 
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2

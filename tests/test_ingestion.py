@@ -81,3 +81,32 @@ def test_eval_fraction_travels_in_custom_config():
     settings = ingestion._read_custom_config(
         {standard_component_specs.CUSTOM_CONFIG_KEY: proto_utils.proto_to_json(packed)})
     assert settings == {"eval_fraction": 0.25}
+
+
+@pytest.mark.e2e
+def test_multi_process_beam_gives_the_same_splits(tiny_idx_dir, tmp_path):
+    """Beam's DirectRunner with 2 worker processes (runtime.beam_mode=multi_process)."""
+    from tfx.dsl.components.base import base_beam_executor
+
+    from pipeline import config as config_lib, pipeline as pipeline_lib
+
+    runtime = config_lib.RuntimeConfig(beam_mode=config_lib.BeamMode.MULTI_PROCESS,
+                                       beam_workers=2)
+    args = pipeline_lib.beam_pipeline_args(runtime)
+    assert "--direct_running_mode=multi_processing" in args
+    component = ingestion.IdxExampleGen(input_base=str(tiny_idx_dir), eval_fraction=0.2)
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "multi")
+    exec_properties = dict(component.exec_properties)
+    exec_properties[standard_component_specs.OUTPUT_DATA_FORMAT_KEY] = (
+        example_gen_pb2.FORMAT_TF_EXAMPLE)
+    executor = ingestion.IdxExampleGenExecutor(
+        base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=args))
+    executor.Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
+    in_process = _run_executor(tiny_idx_dir, tmp_path / "single", eval_fraction=0.2)
+    for split in ("train", "eval", "test"):
+        multi = sorted(e.SerializeToString(deterministic=True)
+                       for e in _read_split(examples.uri, split))
+        single = sorted(e.SerializeToString(deterministic=True)
+                        for e in _read_split(in_process.uri, split))
+        assert multi == single and len(multi) > 0
