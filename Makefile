@@ -5,6 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+UV_VERSION := 0.13.9
 # Python 3.10: python3.10 on PATH, else pyenv's. Each candidate must really run as 3.10
 # (a pyenv shim can be on PATH without 3.10 being selected).
 PYTHON310 ?= $(shell for candidate in "$$(command -v python3.10)" \
@@ -29,9 +30,12 @@ $(VENV_PYTHON):
 	       "(pyenv install 3.10.13); TFX 1.16 needs Python 3.10." >&2; exit 1; fi
 	"$(PYTHON310)" -m venv $(VENV)
 
+# uv installs the pinned set in a minute or two where pip takes many; both honour
+# constraints.txt, so the result is the same environment.
 $(STAMP): $(VENV_PYTHON) setup.py constraints.txt
-	$(VENV_PYTHON) -m pip install --quiet --upgrade "pip==24.2"
-	$(VENV_PYTHON) -m pip install --quiet --constraint constraints.txt --editable ".[test]"
+	$(VENV_PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip install --quiet --python $(VENV_PYTHON) --constraint constraints.txt \
+	  --editable ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -53,8 +57,9 @@ bench: $(STAMP)
 
 # Re-resolve and re-freeze constraints.txt from setup.py (needs network).
 constraints: $(VENV_PYTHON)
-	$(VENV_PYTHON) -m pip install --quiet --editable ".[test]"
-	$(VENV_PYTHON) -m pip freeze --all --exclude-editable | grep -v '^tfprod' > constraints.txt
+	$(VENV_PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip install --quiet --python $(VENV_PYTHON) --editable ".[test]"
+	$(VENV)/bin/uv pip freeze --python $(VENV_PYTHON) --exclude-editable > constraints.txt
 
 clean:
 	rm -rf outputs .pytest_cache
