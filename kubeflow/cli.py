@@ -68,14 +68,14 @@ def _compile_command(args: argparse.Namespace) -> int:
 
 def _submit_command(args: argparse.Namespace) -> int:
     from kubeflow import submit
-    from kubeflow.errors import CompileError, SubmitError
+    from kubeflow.errors import CompileError, ParameterError, SubmitError
 
     try:
         parameters = submit.parse_parameters(args.params)
         run = submit.submit(args.package, args.host, experiment_name=args.experiment,
                             parameters=parameters, pipeline_root=args.pipeline_root,
                             run_name=args.run_name, namespace=args.namespace)
-    except (CompileError, FileNotFoundError) as error:
+    except (CompileError, ParameterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except SubmitError as error:

@@ -15,3 +15,7 @@ class SubmitError(KubeflowError):
 
 class ManifestError(KubeflowError):
     """A Kubernetes manifest does not parse or does not match its schema."""
+
+
+class ParameterError(KubeflowError):
+    """A --param is malformed or not a parameter of the pipeline."""

@@ -145,7 +145,10 @@ def validate_resource(resource: Dict[str, Any]) -> None:
         if errors:
             error = jsonschema.exceptions.best_match(errors)
             path = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-            raise ManifestError(f"{where}: {path}: {error.message}")
+            # The trimmed schemas describe the rules that come from operators' webhooks.
+            rule = error.schema.get("description") if isinstance(error.schema, dict) else None
+            raise ManifestError(f"{where}: {path}: {error.message}"
+                                + (f" (rule: {rule})" if rule else ""))
         return
     try:
         kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)

@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence
 import yaml
 
 from kubeflow import compiler
-from kubeflow.errors import SubmitError
+from kubeflow.errors import ParameterError, SubmitError
 
 
 @dataclasses.dataclass
@@ -30,13 +30,13 @@ def parse_parameters(pairs: Sequence[str]) -> Dict[str, object]:
     """``k=v`` strings -> a dict; values are read as YAML scalars (``3``, ``true``, text).
 
     Raises:
-      SubmitError: an entry is not of the form key=value.
+      ParameterError: an entry is not of the form key=value.
     """
     parameters: Dict[str, object] = {}
     for pair in pairs:
         key, separator, text = pair.partition("=")
         if not separator or not key.strip():
-            raise SubmitError(f"--param {pair!r}: expected key=value, e.g. --param "
+            raise ParameterError(f"--param {pair!r}: expected key=value, e.g. --param "
                               f"{compiler.DATA_DIR_PARAMETER}=gs://bucket/mnist")
         value = yaml.safe_load(text) if text.strip() else ""
         parameters[key.strip()] = value if isinstance(value, (int, float, bool)) else text
@@ -49,7 +49,7 @@ def check_parameters(package_path: str, parameters: Dict[str, object]) -> None:
     known = set(pipeline_spec.root.input_definitions.parameters)
     unknown = sorted(set(parameters) - known)
     if unknown:
-        raise SubmitError(f"--param {unknown[0]}: not a parameter of this pipeline; its "
+        raise ParameterError(f"--param {unknown[0]}: not a parameter of this pipeline; its "
                           f"parameters are: {', '.join(sorted(known)) or 'none'}")
 
 
@@ -70,7 +70,8 @@ def submit(package_path: str, host: str, experiment_name: str = "tfprod",
       existing_token: a bearer token, where the API requires one.
 
     Raises:
-      SubmitError: a parameter is unknown, or the API refused or could not be reached.
+      ParameterError: a parameter is not one of the pipeline's.
+      SubmitError: the API refused a request or could not be reached.
     """
     import kfp
     import kfp_server_api
