@@ -16,6 +16,7 @@ Split-train/ and Split-eval/), --transform-output the transform_graph artifact.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -69,6 +70,18 @@ def is_chief(tf_config: Dict[str, Any]) -> bool:
     return "chief" not in tf_config["cluster"] and task["type"] == "worker" and task["index"] == 0
 
 
+@dataclasses.dataclass
+class WorkerFnArgs:
+    """The fields of TFX's FnArgs that pipeline.trainer.run_fn reads."""
+
+    train_files: List[str]
+    eval_files: List[str]
+    transform_output: str
+    serving_model_dir: str
+    model_run_dir: str
+    custom_config: Dict[str, Any]
+
+
 def split_files(examples_uri: str, split: str) -> List[str]:
     """The file pattern of one split of a TFX Examples artifact."""
     return [os.path.join(examples_uri, f"Split-{split}", "*")]
@@ -95,7 +108,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     import tensorflow as tf
-    from tfx import v1 as tfx
 
     from pipeline import config as config_lib
     from pipeline import ingestion, trainer
@@ -104,7 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     chief = is_chief(tf_config)
     output_dir = args.output_dir if chief else tempfile.mkdtemp(prefix="worker-")
-    fn_args = tfx.components.FnArgs(
+    fn_args = WorkerFnArgs(
         train_files=split_files(args.examples, ingestion.TRAIN_SPLIT),
         eval_files=split_files(args.examples, ingestion.EVAL_SPLIT),
         transform_output=args.transform_output,
