@@ -1,6 +1,7 @@
 """`tfprod kubeflow compile|submit|validate-manifests`: argument parsing over the library."""
 
 import argparse
+import os
 import sys
 
 # Exit codes, as for `tfprod run`: 2 a bad config, argument or manifest; 1 the API failed.
@@ -19,7 +20,8 @@ def register(subparsers) -> None:
     compile_parser = commands.add_parser(
         "compile", help="compile the pipeline of a config into a KFP v2 YAML package")
     compile_parser.add_argument("--config", required=True, help="experiment YAML")
-    compile_parser.add_argument("--output", required=True, help="where to write, e.g. pipeline.yaml")
+    compile_parser.add_argument("--output", required=True,
+                                help="where to write, e.g. pipeline.yaml")
     compile_parser.add_argument("--set", dest="overrides", action="append", default=[],
                                 metavar="KEY=VALUE",
                                 help="override a config key, e.g. --set kubeflow.trainer_gpus=1")
@@ -43,7 +45,11 @@ def register(subparsers) -> None:
     validate_parser = commands.add_parser(
         "validate-manifests", help="render the Kustomize base/overlays and validate them offline")
     validate_parser.add_argument("--manifests", default=None,
-                                 help="manifests directory (default: the packaged kubeflow/manifests)")
+                                 help="manifests directory (default: kubeflow/manifests)")
+    validate_parser.add_argument("--config", help="also check that the overlays point at this "
+                                 "config's model directory (kubeflow.output_dir) and image")
+    validate_parser.add_argument("--set", dest="overrides", action="append", default=[],
+                                 metavar="KEY=VALUE", help="override a config key (repeatable)")
     validate_parser.set_defaults(handler=_validate_command)
 
 
@@ -87,14 +93,25 @@ def _submit_command(args: argparse.Namespace) -> int:
 
 
 def _validate_command(args: argparse.Namespace) -> int:
-    from kubeflow import manifests
+    from kubeflow import compiler, manifests
     from kubeflow.errors import ManifestError
+    from pipeline import config as config_lib
 
     try:
         checked = manifests.validate_tree(args.manifests)
-    except ManifestError as error:
+        if args.config:
+            experiment = config_lib.load_config(args.config, args.overrides)
+            root = args.manifests or manifests.MANIFESTS_DIR
+            for overlay in manifests.OVERLAYS:
+                manifests.check_wiring(
+                    manifests.render(os.path.join(root, "overlays", overlay)),
+                    experiment.kubeflow.output_dir, experiment.export.model_name,
+                    compiler.image_reference(experiment.kubeflow))
+    except (ManifestError, config_lib.ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     for name, kinds in checked.items():
         print(f"{name}: {', '.join(kinds)} valid")
+    if args.config:
+        print(f"overlays point at {args.config}'s model directory and image")
     return 0

@@ -7,7 +7,6 @@ machines), so what is checked is the compiled spec itself.
 
 import json
 import os
-import pathlib
 
 import pytest
 import yaml

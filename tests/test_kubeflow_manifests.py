@@ -8,8 +8,6 @@ cross-checks the renderer where kubectl is installed.
 
 import copy
 import json
-import os
-import pathlib
 import shutil
 import subprocess
 
@@ -127,8 +125,13 @@ def test_validate_tree_rejects_a_broken_file(tmp_path):
 
 
 def test_cli_validate_manifests(capsys):
-    assert cli.main(["kubeflow", "validate-manifests"]) == 0
-    assert "InferenceService/mnist-cnn" in capsys.readouterr().out
+    assert cli.main(["kubeflow", "validate-manifests", "--config", str(MNIST_CONFIG)]) == 0
+    out = capsys.readouterr().out
+    assert "InferenceService/mnist-cnn" in out and "model directory" in out
+    # A config whose bucket differs from the manifests' is caught.
+    assert cli.main(["kubeflow", "validate-manifests", "--config", str(MNIST_CONFIG), "--set",
+                     "kubeflow.output_dir=gs://elsewhere/mnist_cnn"]) == 2
+    assert "storageUri" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
