@@ -112,7 +112,7 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
 
     example_gen = ingestion.IdxExampleGen(
         input_base=data.data_dir if data_dir is None else data_dir,
-                                          eval_fraction=data.eval_fraction)
+        eval_fraction=data.eval_fraction)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if data.schema_path:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_path)
