@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "flatbuffers",
     "matplotlib",
     "jsonschema",
+    "kubernetes-validate==1.37.0",  # offline Kubernetes schemas for kubeflow/manifests
     "pyyaml",
     "setuptools<80",  # tfx and beam still import pkg_resources
 ]

@@ -1,7 +1,7 @@
 """Typed, layered experiment configuration.
 
 An experiment is a tree of dataclasses (experiment -> data, model, trainer,
-eval, export, runtime). It is built in three layers: the dataclass defaults,
+eval, export, runtime, kubeflow). It is built in three layers: the dataclass defaults,
 then a YAML file from ``configs/``, then ``--set dotted.key=value`` overrides.
 The result is validated and written beside the run's outputs.
 """
@@ -167,6 +167,77 @@ class RuntimeConfig:
                self.beam_workers)
 
 
+class BeamRunner(str, enum.Enum):
+    """Which Beam runner the data components use when the pipeline runs on Kubeflow."""
+
+    DIRECT = "direct"  # DirectRunner inside each component's pod (multi-process)
+    DATAFLOW = "dataflow"  # Google Cloud Dataflow
+    FLINK = "flink"  # PortableRunner against a Beam job server in front of Flink
+    SPARK = "spark"  # PortableRunner against a Beam job server in front of Spark
+
+
+@dataclasses.dataclass
+class KubeflowConfig:
+    """How `tfprod kubeflow compile` builds the Kubeflow Pipelines v2 spec (kubeflow/)."""
+
+    # The pipeline's default container image (kubeflow/Dockerfile), as image:image_tag.
+    image: str = "ghcr.io/tfprod/tfprod"
+    image_tag: str = "0.1.0"
+    # The run's output directory on the cluster (a URI TensorFlow can open, e.g. gs://):
+    # the default pipeline root is <output_dir>/pipeline, models go to <output_dir>/serving.
+    output_dir: str = "gs://tfprod-artifacts/mnist_cnn"
+    # Default of the pipeline's `data_dir` runtime parameter.
+    data_dir: str = "gs://tfprod-artifacts/data/mnist"
+    beam_runner: BeamRunner = BeamRunner.DIRECT
+    # Worker processes of the DirectRunner in each pod (0 = one per CPU core).
+    beam_direct_workers: int = 0
+    # flink / spark: the Beam job server (host:port) and how it starts SDK workers.
+    beam_job_endpoint: Optional[str] = None
+    beam_environment_type: str = "EXTERNAL"
+    beam_environment_config: str = "localhost:50000"
+    # Appended to the runner's arguments (e.g. --project=P --region=R for Dataflow).
+    beam_args: List[str] = dataclasses.field(default_factory=list)
+    # Trainer pod resources (null/0 = not set). GPUs use the accelerator type below.
+    trainer_cpu_limit: Optional[float] = None
+    trainer_memory_limit_gb: Optional[float] = None
+    trainer_gpus: int = 0
+    trainer_gpu_type: str = "nvidia.com/gpu"
+    # Node labels the Trainer pod must run on, as "key=value" strings.
+    trainer_node_selector: List[str] = dataclasses.field(default_factory=list)
+    # The LatestBlessedModel resolver compiles to a KFP "resolver" executor, which only
+    # Vertex AI Pipelines runs; the open-source KFP backend rejects it. Off: the Evaluator
+    # has no baseline model on Kubeflow (only the absolute accuracy threshold applies).
+    baseline_resolver: bool = False
+
+    def validate(self) -> None:
+        _check(bool(self.image) and ":" not in self.image.rsplit("/", 1)[-1], "kubeflow.image",
+               "an image name without a tag (the tag is kubeflow.image_tag)", self.image)
+        _check(bool(self.image_tag) and ":" not in self.image_tag, "kubeflow.image_tag",
+               "a non-empty tag", self.image_tag)
+        for key in ("output_dir", "data_dir"):
+            _check(bool(getattr(self, key)), f"kubeflow.{key}", "a directory URI",
+                   getattr(self, key))
+        _check(self.beam_direct_workers >= 0, "kubeflow.beam_direct_workers", "an integer >= 0",
+               self.beam_direct_workers)
+        if self.beam_runner in (BeamRunner.FLINK, BeamRunner.SPARK):
+            _check(bool(self.beam_job_endpoint), "kubeflow.beam_job_endpoint",
+                   f"host:port of the Beam job server for the {self.beam_runner.value} runner",
+                   self.beam_job_endpoint)
+        if self.beam_runner == BeamRunner.DATAFLOW:
+            for flag in ("--project=", "--region="):
+                _check(any(arg.startswith(flag) for arg in self.beam_args), "kubeflow.beam_args",
+                       f"a {flag}... entry for the dataflow runner", self.beam_args)
+        for key in ("trainer_cpu_limit", "trainer_memory_limit_gb"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, f"kubeflow.{key}", "null or a positive number",
+                   value)
+        _check(self.trainer_gpus >= 0, "kubeflow.trainer_gpus", "an integer >= 0",
+               self.trainer_gpus)
+        for entry in self.trainer_node_selector:
+            _check("=" in entry and entry.split("=", 1)[0] != "",
+                   "kubeflow.trainer_node_selector", 'a list of "key=value" strings', entry)
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     """One experiment: data, model, training, evaluation, export and runtime."""
@@ -178,10 +249,12 @@ class ExperimentConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
 
     def validate(self) -> None:
         _check(bool(self.name), "name", "a non-empty string", self.name)
-        for section in (self.data, self.model, self.trainer, self.eval, self.export, self.runtime):
+        for section in (self.data, self.model, self.trainer, self.eval, self.export, self.runtime,
+                        self.kubeflow):
             section.validate()
 
     def check_paths(self) -> None:

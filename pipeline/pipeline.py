@@ -7,7 +7,7 @@ model) -> Pusher. Building it has no side effects: nothing is read or written.
 
 import dataclasses
 import os
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
@@ -87,7 +87,11 @@ def make_eval_config(eval_config: config_lib.EvalConfig) -> tfma.EvalConfig:
 def create_pipeline(experiment: config_lib.ExperimentConfig,
                     paths: Optional[PipelinePaths] = None,
                     metadata_connection_config=None,
-                    extra_beam_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
+                    extra_beam_args: Optional[List[str]] = None,
+                    data_dir: Optional[Union[str, tfx.dsl.experimental.RuntimeParameter]] = None,
+                    beam_args: Optional[List[str]] = None,
+                    pipeline_name: Optional[str] = None,
+                    baseline_resolver: bool = True) -> tfx.dsl.Pipeline:
     """Builds the TFX pipeline for an experiment.
 
     Args:
@@ -95,12 +99,20 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
       paths: where the run writes; defaults to experiment.runtime.output_dir.
       metadata_connection_config: MLMD connection; defaults to SQLite in the output dir.
       extra_beam_args: Beam args appended after the runtime's (e.g. for another runner).
+      data_dir: the raw data directory, or a RuntimeParameter for it (Kubeflow);
+        defaults to experiment.data.data_dir.
+      beam_args: Beam args used instead of the runtime's DirectRunner args (Kubeflow
+        picks the runner from its config section); extra_beam_args still follow them.
+      pipeline_name: defaults to experiment.name.
+      baseline_resolver: compare with the latest blessed model (a Resolver node). The
+        open-source Kubeflow Pipelines backend cannot run resolver nodes.
     """
     paths = paths or PipelinePaths(experiment.runtime.output_dir)
     data = experiment.data
 
-    example_gen = ingestion.IdxExampleGen(input_base=data.data_dir,
-                                          eval_fraction=data.eval_fraction)
+    example_gen = ingestion.IdxExampleGen(
+        input_base=data.data_dir if data_dir is None else data_dir,
+        eval_fraction=data.eval_fraction)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if data.schema_path:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_path)
@@ -132,16 +144,18 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
         eval_args=tfx.proto.EvalArgs(splits=[ingestion.EVAL_SPLIT]),
         custom_config={trainer.EXPERIMENT_CONFIG_KEY: config_lib.to_dict(experiment)})
 
-    latest_blessed_model = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    latest_blessed_model = None
+    if baseline_resolver:
+        latest_blessed_model = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("latest_blessed_model_resolver")
 
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=model_trainer.outputs["model"],
-        baseline_model=latest_blessed_model.outputs["model"],
+        baseline_model=(latest_blessed_model.outputs["model"] if latest_blessed_model else None),
         eval_config=make_eval_config(experiment.eval),
         example_splits=[experiment.eval.split])
 
@@ -155,11 +169,14 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
     if metadata_connection_config is None:
         metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata_path)
+    components = [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+                  transform, model_trainer, latest_blessed_model, evaluator, pusher]
+    if beam_args is None:
+        beam_args = beam_pipeline_args(experiment.runtime)
     return tfx.dsl.Pipeline(
-        pipeline_name=experiment.name,
+        pipeline_name=pipeline_name or experiment.name,
         pipeline_root=paths.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                    transform, model_trainer, latest_blessed_model, evaluator, pusher],
+        components=[component for component in components if component is not None],
         enable_cache=experiment.runtime.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=beam_pipeline_args(experiment.runtime) + list(extra_beam_args or []))
+        beam_pipeline_args=list(beam_args) + list(extra_beam_args or []))

@@ -1,0 +1,117 @@
+"""`tfprod kubeflow compile|submit|validate-manifests`: argument parsing over the library."""
+
+import argparse
+import os
+import sys
+
+# Exit codes, as for `tfprod run`: 2 a bad config, argument or manifest; 1 the API failed.
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def register(subparsers) -> None:
+    """Adds the `kubeflow` command and its subcommands to tfprod's parser."""
+    parser = subparsers.add_parser(
+        "kubeflow", help="compile for Kubeflow Pipelines v2, submit runs, check manifests",
+        description="Kubeflow Pipelines v2 and Kubernetes manifests (docs/kubeflow.md).")
+    commands = parser.add_subparsers(dest="kubeflow_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    compile_parser = commands.add_parser(
+        "compile", help="compile the pipeline of a config into a KFP v2 YAML package")
+    compile_parser.add_argument("--config", required=True, help="experiment YAML")
+    compile_parser.add_argument("--output", required=True,
+                                help="where to write, e.g. pipeline.yaml")
+    compile_parser.add_argument("--set", dest="overrides", action="append", default=[],
+                                metavar="KEY=VALUE",
+                                help="override a config key, e.g. --set kubeflow.trainer_gpus=1")
+    compile_parser.set_defaults(handler=_compile_command)
+
+    submit_parser = commands.add_parser(
+        "submit", help="upload a compiled package and start a run (kfp.Client)")
+    submit_parser.add_argument("--host", required=True,
+                               help="KFP API endpoint, e.g. http://localhost:8080")
+    submit_parser.add_argument("--package", default="pipeline.yaml",
+                               help="the compiled package (default: pipeline.yaml)")
+    submit_parser.add_argument("--experiment", default="tfprod", help="KFP experiment name")
+    submit_parser.add_argument("--param", dest="params", action="append", default=[],
+                               metavar="KEY=VALUE", help="a pipeline parameter (repeatable), "
+                               "e.g. --param data_dir=gs://bucket/mnist")
+    submit_parser.add_argument("--pipeline-root", help="overrides the package's pipeline root")
+    submit_parser.add_argument("--run-name", help="defaults to '<pipeline> <UTC time>'")
+    submit_parser.add_argument("--namespace", help="your namespace on a multi-user Kubeflow")
+    submit_parser.set_defaults(handler=_submit_command)
+
+    validate_parser = commands.add_parser(
+        "validate-manifests", help="render the Kustomize base/overlays and validate them offline")
+    validate_parser.add_argument("--manifests", default=None,
+                                 help="manifests directory (default: kubeflow/manifests)")
+    validate_parser.add_argument("--config", help="also check that the overlays point at this "
+                                 "config's model directory (kubeflow.output_dir) and image")
+    validate_parser.add_argument("--set", dest="overrides", action="append", default=[],
+                                 metavar="KEY=VALUE", help="override a config key (repeatable)")
+    validate_parser.set_defaults(handler=_validate_command)
+
+
+def _compile_command(args: argparse.Namespace) -> int:
+    from kubeflow import compiler
+    from kubeflow.errors import CompileError
+    from pipeline import config as config_lib
+
+    try:
+        experiment = config_lib.load_config(args.config, args.overrides)
+        compiled = compiler.compile_pipeline(experiment)
+    except (config_lib.ConfigError, FileNotFoundError, CompileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    compiler.write_package(compiled, args.output)
+    tasks = compiled.pipeline_spec["root"]["dag"]["tasks"]
+    print(f"wrote {args.output}: pipeline {compiled.name}, {len(tasks)} tasks, image "
+          f"{compiler.image_reference(experiment.kubeflow)}, Beam runner "
+          f"{experiment.kubeflow.beam_runner.value}")
+    return 0
+
+
+def _submit_command(args: argparse.Namespace) -> int:
+    from kubeflow import submit
+    from kubeflow.errors import CompileError, ParameterError, SubmitError
+
+    try:
+        parameters = submit.parse_parameters(args.params)
+        run = submit.submit(args.package, args.host, experiment_name=args.experiment,
+                            parameters=parameters, pipeline_root=args.pipeline_root,
+                            run_name=args.run_name, namespace=args.namespace)
+    except (CompileError, ParameterError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SubmitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"submitted run {run.run_name!r}: run_id {run.run_id}, pipeline {run.pipeline_id} "
+          f"version {run.pipeline_version_id}, experiment {run.experiment_id}")
+    return 0
+
+
+def _validate_command(args: argparse.Namespace) -> int:
+    from kubeflow import compiler, manifests
+    from kubeflow.errors import ManifestError
+    from pipeline import config as config_lib
+
+    try:
+        checked = manifests.validate_tree(args.manifests)
+        if args.config:
+            experiment = config_lib.load_config(args.config, args.overrides)
+            root = args.manifests or manifests.MANIFESTS_DIR
+            for overlay in manifests.OVERLAYS:
+                manifests.check_wiring(
+                    manifests.render(os.path.join(root, "overlays", overlay)),
+                    experiment.kubeflow.output_dir, experiment.export.model_name,
+                    compiler.image_reference(experiment.kubeflow))
+    except (ManifestError, config_lib.ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for name, kinds in checked.items():
+        print(f"{name}: {', '.join(kinds)} valid")
+    if args.config:
+        print(f"overlays point at {args.config}'s model directory and image")
+    return 0

@@ -1,0 +1,136 @@
+"""Entry point of the TFJob's workers: the pipeline's run_fn under MultiWorkerMirroredStrategy.
+
+The Kubeflow training operator sets TF_CONFIG in every replica, e.g.
+``{"cluster": {"worker": ["job-worker-0.ns.svc:2222", "job-worker-1.ns.svc:2222"]},
+"task": {"type": "worker", "index": 1}}``. MultiWorkerMirroredStrategy reads it; the
+chief (the "chief" task, or worker 0 when there is none) writes the SavedModel to
+--output-dir/serving_model and TensorBoard logs to --output-dir/model_run, the others
+write to a temporary directory (every worker must save, since saving is collective).
+
+The inputs are the outputs of a pipeline run's Transform (their URIs are in the KFP UI,
+or under the pipeline root): --examples is the transformed_examples artifact (with
+Split-train/ and Split-eval/), --transform-output the transform_graph artifact.
+
+    python -m kubeflow.train_worker --config /tfprod/configs/mnist_cnn.yaml \\
+        --examples URI --transform-output URI --output-dir URI
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional
+
+from kubeflow.errors import KubeflowError
+
+TF_CONFIG = "TF_CONFIG"
+CLUSTER_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
+
+
+def read_tf_config(environ: Mapping[str, str] = os.environ) -> Dict[str, Any]:
+    """Parses and checks TF_CONFIG as the training operator writes it.
+
+    Raises:
+      KubeflowError: TF_CONFIG is missing or not what MultiWorkerMirroredStrategy needs.
+    """
+    text = environ.get(TF_CONFIG)
+    if not text:
+        raise KubeflowError("TF_CONFIG is not set: run this as a TFJob replica (the training "
+                            "operator sets it), or set it by hand for a local test")
+    try:
+        tf_config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise KubeflowError(f"TF_CONFIG is not JSON: {error}") from error
+    cluster = tf_config.get("cluster")
+    task = tf_config.get("task")
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise KubeflowError("TF_CONFIG needs a 'cluster' mapping and a 'task' mapping")
+    unknown = sorted(set(cluster) - set(CLUSTER_TASK_TYPES))
+    if unknown:
+        raise KubeflowError(f"TF_CONFIG cluster has unknown task type '{unknown[0]}'")
+    if "ps" in cluster:
+        raise KubeflowError("TF_CONFIG has 'ps' tasks: that is ParameterServerStrategy; "
+                            "MultiWorkerMirroredStrategy takes only chief and worker replicas")
+    if not cluster.get("worker") and not cluster.get("chief"):
+        raise KubeflowError("TF_CONFIG cluster has no worker or chief addresses")
+    task_type, index = task.get("type"), task.get("index")
+    if task_type not in cluster or not isinstance(index, int) or not (
+            0 <= index < len(cluster[task_type])):
+        raise KubeflowError(f"TF_CONFIG task {task} is not one of the cluster's tasks")
+    return tf_config
+
+
+def is_chief(tf_config: Dict[str, Any]) -> bool:
+    """The chief writes the model: the 'chief' task, or worker 0 when there is no chief."""
+    task = tf_config["task"]
+    if task["type"] == "chief":
+        return True
+    return "chief" not in tf_config["cluster"] and task["type"] == "worker" and task["index"] == 0
+
+
+@dataclasses.dataclass
+class WorkerFnArgs:
+    """The fields of TFX's FnArgs that pipeline.trainer.run_fn reads."""
+
+    train_files: List[str]
+    eval_files: List[str]
+    transform_output: str
+    serving_model_dir: str
+    model_run_dir: str
+    custom_config: Dict[str, Any]
+
+
+def split_files(examples_uri: str, split: str) -> List[str]:
+    """The file pattern of one split of a TFX Examples artifact."""
+    return [os.path.join(examples_uri, f"Split-{split}", "*")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kubeflow.train_worker",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML (in the image)")
+    parser.add_argument("--examples", required=True, help="Transform's transformed_examples URI")
+    parser.add_argument("--transform-output", required=True, help="Transform's transform_graph URI")
+    parser.add_argument("--output-dir", required=True, help="where the chief writes the model")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key (repeatable)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        tf_config = read_tf_config()
+    except KubeflowError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    import tensorflow as tf
+
+    from pipeline import config as config_lib
+    from pipeline import ingestion, trainer
+
+    experiment = config_lib.load_config(args.config, args.overrides)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    chief = is_chief(tf_config)
+    output_dir = args.output_dir if chief else tempfile.mkdtemp(prefix="worker-")
+    fn_args = WorkerFnArgs(
+        train_files=split_files(args.examples, ingestion.TRAIN_SPLIT),
+        eval_files=split_files(args.examples, ingestion.EVAL_SPLIT),
+        transform_output=args.transform_output,
+        serving_model_dir=os.path.join(output_dir, "serving_model"),
+        model_run_dir=os.path.join(output_dir, "model_run"),
+        custom_config={trainer.EXPERIMENT_CONFIG_KEY: config_lib.to_dict(experiment)})
+    print(f"task {tf_config['task']} of {strategy.num_replicas_in_sync} replicas "
+          f"({'chief' if chief else 'worker'}); writing to {output_dir}", flush=True)
+    # Variables created inside the scope (the model, the optimizer) are mirrored and
+    # all-reduced across workers; Keras shards the datasets across workers.
+    with strategy.scope():
+        trainer.run_fn(fn_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

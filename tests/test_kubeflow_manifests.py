@@ -1,0 +1,186 @@
+"""kubeflow/manifests: the Kustomize base and overlays parse, render and validate offline.
+
+Kubernetes kinds are checked against the schemas bundled in kubernetes-validate (strict),
+the TFJob and InferenceService against the trimmed CRD schemas in kubeflow/schemas/.
+No cluster exists here, so nothing is applied; `kubectl kustomize` (client side only)
+cross-checks the renderer where kubectl is installed.
+"""
+
+import copy
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from kubeflow import manifests, train_worker
+from kubeflow.errors import KubeflowError, ManifestError
+from pipeline import cli
+from pipeline import config as config_lib
+from tests.conftest import MNIST_CONFIG, REPO_ROOT
+
+OVERLAY_DIRS = ["base"] + [f"overlays/{name}" for name in manifests.OVERLAYS]
+
+
+def rendered(relative):
+    return manifests.render(manifests.MANIFESTS_DIR / relative)
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    return config_lib.load_config(str(MNIST_CONFIG))
+
+
+def test_every_manifest_file_is_yaml_with_kind_and_name():
+    files = sorted(manifests.MANIFESTS_DIR.rglob("*.yaml"))
+    assert len(files) >= 9
+    for path in files:
+        for document in yaml.safe_load_all(path.read_text()):
+            assert document["apiVersion"] and document["kind"], path
+
+
+@pytest.mark.parametrize("relative", OVERLAY_DIRS)
+def test_rendered_resources_validate(relative):
+    resources = rendered(relative)
+    for resource in resources:
+        manifests.validate_resource(resource)
+        assert resource["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tfprod"
+        if resource["kind"] != "Namespace":
+            assert resource["metadata"]["namespace"] == "tfprod"
+
+
+def test_overlays_hold_the_serving_kinds():
+    kinds = {relative: sorted(r["kind"] for r in rendered(relative)) for relative in OVERLAY_DIRS}
+    assert kinds["base"] == ["Namespace", "ServiceAccount", "TFJob"]
+    assert kinds["overlays/kserve"] == ["InferenceService", "Namespace", "ServiceAccount", "TFJob"]
+    assert kinds["overlays/tf-serving"] == ["Deployment", "Namespace", "Service", "ServiceAccount",
+                                            "TFJob"]
+
+
+@pytest.mark.parametrize("relative", manifests.OVERLAYS)
+def test_manifests_point_at_the_configs_model_and_image(experiment, relative):
+    from kubeflow import compiler
+
+    manifests.check_wiring(rendered(f"overlays/{relative}"), experiment.kubeflow.output_dir,
+                           experiment.export.model_name,
+                           compiler.image_reference(experiment.kubeflow))
+
+
+def test_wiring_check_fails_on_a_wrong_storage_uri(experiment):
+    resources = rendered("overlays/kserve")
+    service = manifests.find(resources, "InferenceService")
+    service["spec"]["predictor"]["tensorflow"]["storageUri"] = "gs://bucket/serving/other"
+    with pytest.raises(ManifestError, match="serving/mnist_cnn"):
+        manifests.check_wiring(resources, experiment.kubeflow.output_dir,
+                               experiment.export.model_name, "ghcr.io/tfprod/tfprod:0.1.0")
+
+
+def _broken(kind, mutate, overlay="overlays/tf-serving"):
+    resources = rendered(overlay)
+    resource = copy.deepcopy(manifests.find(resources, kind))
+    mutate(resource)
+    return resource
+
+
+@pytest.mark.parametrize("kind, overlay, mutate, message", [
+    ("Deployment", "overlays/tf-serving",
+     lambda r: r["spec"]["template"]["spec"]["containers"][0].update(args="--port=8500"),
+     "--port=8500"),
+    ("Deployment", "overlays/tf-serving",
+     lambda r: r["spec"].update(replica=2), "replica"),
+    ("Service", "overlays/tf-serving",
+     lambda r: r["spec"]["ports"][0].update(port="http"), "http"),
+    ("TFJob", "base",
+     lambda r: r["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].update(
+         name="trainer"), "tensorflow"),
+    ("TFJob", "base",
+     lambda r: r["spec"]["tfReplicaSpecs"].update(Workers=r["spec"]["tfReplicaSpecs"]["Worker"]),
+     "Workers"),
+    ("TFJob", "base",
+     lambda r: r["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0][
+         "resources"]["limits"].update(cpu=[4]), "cpu"),
+    ("InferenceService", "overlays/kserve",
+     lambda r: r["spec"]["predictor"]["tensorflow"].update(storageUri="/local/path"), "storageUri"),
+    ("InferenceService", "overlays/kserve",
+     lambda r: r["spec"]["predictor"].update(model={"modelFormat": {"name": "tensorflow"}}),
+     "predictor"),
+])
+def test_broken_manifests_are_rejected(kind, overlay, mutate, message):
+    resource = _broken(kind, mutate, overlay)
+    with pytest.raises(ManifestError) as error:
+        manifests.validate_resource(resource)
+    assert kind in str(error.value) and message in str(error.value)
+
+
+def test_validate_tree_rejects_a_broken_file(tmp_path):
+    tree = tmp_path / "manifests"
+    shutil.copytree(manifests.MANIFESTS_DIR, tree)
+    deployment = tree / "overlays" / "tf-serving" / "deployment.yaml"
+    deployment.write_text(deployment.read_text().replace("containerPort: 8501",
+                                                         "containerPort: \"8501\""))
+    with pytest.raises(ManifestError, match="containerPort"):
+        manifests.validate_tree(tree)
+    assert cli.main(["kubeflow", "validate-manifests", "--manifests", str(tree)]) == 2
+
+
+def test_cli_validate_manifests(capsys):
+    assert cli.main(["kubeflow", "validate-manifests", "--config", str(MNIST_CONFIG)]) == 0
+    out = capsys.readouterr().out
+    assert "InferenceService/mnist-cnn" in out and "model directory" in out
+    # A config whose bucket differs from the manifests' is caught.
+    assert cli.main(["kubeflow", "validate-manifests", "--config", str(MNIST_CONFIG), "--set",
+                     "kubeflow.output_dir=gs://elsewhere/mnist_cnn"]) == 2
+    assert "storageUri" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("relative", OVERLAY_DIRS)
+def test_renderer_matches_kubectl_kustomize(relative):
+    result = subprocess.run(["kubectl", "kustomize", str(manifests.MANIFESTS_DIR / relative)],
+                            capture_output=True, text=True, timeout=60, check=True)
+    expected = list(yaml.safe_load_all(result.stdout))
+    key = lambda resource: (resource["kind"], resource["metadata"]["name"])
+    assert sorted(rendered(relative), key=key) == sorted(expected, key=key)
+
+
+# TF_CONFIG exactly as the training operator writes it for a 2-worker TFJob (worker 1).
+OPERATOR_TF_CONFIG = {
+    "cluster": {"worker": ["tfprod-mnist-cnn-worker-0.tfprod.svc:2222",
+                           "tfprod-mnist-cnn-worker-1.tfprod.svc:2222"]},
+    "task": {"type": "worker", "index": 1},
+    "environment": "cloud",
+}
+
+
+def test_tf_config_of_the_operator_is_accepted_and_worker_0_is_chief():
+    tf_config = train_worker.read_tf_config({"TF_CONFIG": json.dumps(OPERATOR_TF_CONFIG)})
+    assert not train_worker.is_chief(tf_config)
+    first = dict(OPERATOR_TF_CONFIG, task={"type": "worker", "index": 0})
+    assert train_worker.is_chief(first)
+    with_chief = {"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]},
+                  "task": {"type": "worker", "index": 0}}
+    assert not train_worker.is_chief(with_chief)
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "not set"),
+    ({"cluster": {"worker": ["a:1"], "ps": ["p:1"]}, "task": {"type": "worker", "index": 0}},
+     "ParameterServerStrategy"),
+    ({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}, "not one of"),
+])
+def test_bad_tf_config_is_refused(tf_config, message):
+    environ = {} if tf_config is None else {"TF_CONFIG": json.dumps(tf_config)}
+    with pytest.raises(KubeflowError, match=message):
+        train_worker.read_tf_config(environ)
+
+
+def test_dockerfile_matches_the_stack_and_the_compiler():
+    from kubeflow import compiler
+
+    dockerfile = (REPO_ROOT / "kubeflow" / "Dockerfile").read_text()
+    pins = dict(line.split("==") for line in (REPO_ROOT / "constraints.txt").read_text().split()
+                if "==" in line)
+    assert f"FROM tensorflow/tfx:{pins['tfx']}" in dockerfile
+    assert f"WORKDIR {compiler.PROJECT_DIR_IN_IMAGE}" in dockerfile
+    assert "--constraint constraints.txt" in dockerfile

@@ -1,0 +1,215 @@
+"""`tfprod kubeflow submit` through kfp.Client, against a FAKE Kubeflow Pipelines API server.
+
+No Kubeflow cluster exists on these machines, so FakeKfpApi is a small HTTP server on
+127.0.0.1 that answers the v2beta1 REST calls kfp 2.5's Client makes (healthz, list and
+upload pipelines and versions, list and create experiments, create runs) with the
+fields the client reads, and records every request. The client, its HTTP layer and the
+multipart upload are the real ones. The package submitted is the compiled golden copy.
+"""
+
+import http.server
+import json
+import threading
+import urllib.parse
+
+import pytest
+
+from kubeflow import compiler, submit
+from kubeflow.errors import ParameterError, SubmitError
+from pipeline import cli
+from tests.conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "tests" / "golden" / "mnist_cnn_pipeline.yaml"
+API = "/apis/v2beta1"
+
+
+class FakeKfpApi(http.server.ThreadingHTTPServer):
+    """Records requests; keeps pipelines, versions, experiments and runs in memory."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests = []
+        self.pipelines = {}  # id -> display name
+        self.versions = {}  # pipeline id -> [version ids]
+        self.uploads = {}  # version id -> uploaded bytes
+        self.experiments = {}  # id -> display name
+        self.runs = []
+        self.fail_runs_with = None  # an HTTP status to answer POST /runs with
+
+    @property
+    def host(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def paths(self):
+        return [(method, path) for method, path, _, _ in self.requests]
+
+
+def _multipart_file(content_type, body):
+    """The bytes of the uploaded file in a multipart/form-data body."""
+    boundary = content_type.split("boundary=")[1].encode()
+    for part in body.split(b"--" + boundary):
+        if b"filename=" in part:
+            return part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
+    raise AssertionError("no file part in the upload")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def _answer(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        self.server.requests.append((self.command, url.path, query, body))
+        return url.path, query, body
+
+    def do_GET(self):
+        server = self.server
+        path, query, _ = self._record()
+        if path == f"{API}/healthz":
+            return self._answer(200, {"multi_user": False})
+        if path == f"{API}/pipelines":
+            wanted = json.loads(query["filter"][0])["predicates"][0]["stringValue"]
+            found = [{"pipeline_id": pid, "display_name": name}
+                     for pid, name in server.pipelines.items() if name == wanted]
+            return self._answer(200, {"pipelines": found} if found else {})
+        if path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
+            pipeline_id = path.split("/")[-2]
+            versions = [{"pipeline_id": pipeline_id, "pipeline_version_id": vid}
+                        for vid in reversed(server.versions.get(pipeline_id, []))]
+            return self._answer(200, {"pipeline_versions": versions})
+        if path == f"{API}/experiments":
+            wanted = json.loads(query["filter"][0])["predicates"][0]["stringValue"]
+            found = [{"experiment_id": eid, "display_name": name}
+                     for eid, name in server.experiments.items() if name == wanted]
+            return self._answer(200, {"experiments": found} if found else {})
+        return self._answer(404, {"error": f"fake server: no GET {path}"})
+
+    def do_POST(self):
+        server = self.server
+        path, query, body = self._record()
+        if path in (f"{API}/pipelines/upload", f"{API}/pipelines/upload_version"):
+            if path.endswith("/upload"):
+                pipeline_id = f"pipeline-{len(server.pipelines) + 1}"
+                server.pipelines[pipeline_id] = query["name"][0]
+            else:
+                pipeline_id = query["pipelineid"][0]
+            version_id = f"version-{sum(map(len, server.versions.values())) + 1}"
+            server.versions.setdefault(pipeline_id, []).append(version_id)
+            server.uploads[version_id] = _multipart_file(self.headers["Content-Type"], body)
+            if path.endswith("/upload"):
+                return self._answer(200, {"pipeline_id": pipeline_id,
+                                          "display_name": query["name"][0]})
+            return self._answer(200, {"pipeline_id": pipeline_id,
+                                      "pipeline_version_id": version_id})
+        if path == f"{API}/experiments":
+            experiment_id = f"experiment-{len(server.experiments) + 1}"
+            server.experiments[experiment_id] = json.loads(body)["display_name"]
+            return self._answer(200, {"experiment_id": experiment_id,
+                                      "display_name": server.experiments[experiment_id]})
+        if path == f"{API}/runs":
+            if server.fail_runs_with:
+                return self._answer(server.fail_runs_with, {"error": "fake failure",
+                                                            "code": 13})
+            run = json.loads(body)
+            run["run_id"] = f"run-{len(server.runs) + 1}"
+            server.runs.append(run)
+            return self._answer(200, run)
+        return self._answer(404, {"error": f"fake server: no POST {path}"})
+
+
+@pytest.fixture
+def fake_api():
+    server = FakeKfpApi()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_first_submit_uploads_the_pipeline_and_starts_a_run(fake_api):
+    run = submit.submit(str(PACKAGE), fake_api.host, experiment_name="mnist",
+                        parameters={"data_dir": "gs://bucket/mnist"},
+                        pipeline_root="gs://bucket/root", run_name="first")
+    assert fake_api.paths() == [
+        ("GET", f"{API}/healthz"),
+        ("GET", f"{API}/pipelines"),
+        ("POST", f"{API}/pipelines/upload"),
+        ("GET", f"{API}/pipelines/pipeline-1/versions"),
+        ("GET", f"{API}/experiments"),
+        ("POST", f"{API}/experiments"),
+        ("POST", f"{API}/runs"),
+    ]
+    assert fake_api.pipelines == {"pipeline-1": "mnist-cnn"}
+    assert fake_api.uploads["version-1"] == PACKAGE.read_bytes()
+    (created,) = fake_api.runs
+    assert created["display_name"] == "first"
+    assert created["experiment_id"] == "experiment-1" == run.experiment_id
+    assert created["pipeline_version_reference"] == {"pipeline_id": "pipeline-1",
+                                                     "pipeline_version_id": "version-1"}
+    assert created["runtime_config"] == {"parameters": {"data_dir": "gs://bucket/mnist"},
+                                         "pipeline_root": "gs://bucket/root"}
+    assert (run.run_id, run.pipeline_id, run.pipeline_version_id) == (
+        "run-1", "pipeline-1", "version-1")
+
+
+def test_second_submit_adds_a_version_and_reuses_the_experiment(fake_api):
+    submit.submit(str(PACKAGE), fake_api.host, experiment_name="mnist")
+    fake_api.requests.clear()
+    run = submit.submit(str(PACKAGE), fake_api.host, experiment_name="mnist")
+    methods_paths = fake_api.paths()
+    assert ("POST", f"{API}/pipelines/upload_version") in methods_paths
+    assert ("POST", f"{API}/pipelines/upload") not in methods_paths
+    assert ("POST", f"{API}/experiments") not in methods_paths
+    assert run.pipeline_version_id == "version-2" and run.experiment_id == "experiment-1"
+    # Without --param and --pipeline-root the package's defaults apply (nothing is sent).
+    assert fake_api.runs[-1]["runtime_config"] == {"parameters": {}}
+
+
+def test_unknown_parameter_is_refused_before_any_request(fake_api):
+    with pytest.raises(ParameterError, match="data_dir"):
+        submit.submit(str(PACKAGE), fake_api.host, parameters={"data_path": "x"})
+    assert fake_api.requests == []
+
+
+def test_api_error_names_the_status(fake_api):
+    fake_api.fail_runs_with = 500
+    with pytest.raises(SubmitError, match="500"):
+        submit.submit(str(PACKAGE), fake_api.host)
+
+
+def test_cli_submit(fake_api, capsys):
+    code = cli.main(["kubeflow", "submit", "--host", fake_api.host, "--package", str(PACKAGE),
+                     "--experiment", "cli", "--param", "data_dir=gs://bucket/other"])
+    assert code == 0, capsys.readouterr().err
+    assert "run_id run-1" in capsys.readouterr().out
+    assert fake_api.runs[0]["runtime_config"]["parameters"] == {"data_dir": "gs://bucket/other"}
+    assert fake_api.experiments == {"experiment-1": "cli"}
+
+
+def test_cli_submit_bad_param_exits_2(fake_api, capsys):
+    code = cli.main(["kubeflow", "submit", "--host", fake_api.host, "--package", str(PACKAGE),
+                     "--param", "no-equals-sign"])
+    assert code == 2 and "key=value" in capsys.readouterr().err
+
+
+def test_parse_parameters_reads_yaml_scalars():
+    assert submit.parse_parameters(["a=3", "b=true", "c=gs://x/y", "d=0.5"]) == {
+        "a": 3, "b": True, "c": "gs://x/y", "d": 0.5}
+
+
+def test_golden_package_is_a_valid_spec():
+    pipeline_spec, _ = compiler.read_package(str(PACKAGE))
+    assert compiler.DATA_DIR_PARAMETER in pipeline_spec.root.input_definitions.parameters
