@@ -30,6 +30,7 @@ setup(
     description=__doc__,
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "models", "models.*",
+                                    "tfds_source", "tfds_source.*",
                                     "serving", "serving.*", "mobile", "mobile.*",
                                     "kubeflow", "kubeflow.*"]),
     install_requires=INSTALL_REQUIRES,

@@ -6,6 +6,8 @@ import sys
 import warnings
 from typing import List, Optional
 
+from tfds_source import cli as tfds_cli
+
 # Quiet TensorFlow's C++ start-up chatter unless the user asked otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -42,7 +44,8 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return local_runner.EXIT_BAD_CONFIG
     print(f"tfprod run: {experiment.name} (model {experiment.model.name}) on "
-          f"{experiment.data.data_dir}\n  outputs: {experiment.runtime.output_dir}", flush=True)
+          f"{experiment.data.describe_source()}\n  outputs: {experiment.runtime.output_dir}",
+          flush=True)
     try:
         summary = local_runner.run_pipeline(
             experiment, progress=lambda line: print(line, flush=True), verbose=args.verbose)
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_run_parser(subparsers)
+    tfds_cli.register(subparsers)
     return parser
 
 
