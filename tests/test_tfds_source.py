@@ -7,7 +7,11 @@ tfds.testing.mock_data (those datasets cannot be downloaded here).
 """
 
 import collections
+import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,13 +19,15 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.utils import proto_utils
 
 from pipeline import cli, config as config_lib, features, ingestion, pipeline as pipeline_lib
-from tests.conftest import MNIST_CONFIG, write_idx_dataset
+from tests.conftest import MNIST_CONFIG, REPO_ROOT, write_idx_dataset
 from tfds_source import dataset, example_gen, mnist_sample
 
 SMALL_NAME = "tfprod_mnist_sample/small:1.0.0"
 SMALL_TRAIN, SMALL_TEST = 2000, 500
+TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")
 
 
 @pytest.fixture(scope="session")
@@ -155,16 +161,18 @@ def test_split_mapping_is_configurable_with_tfds_slices(tfds_data_dir, tmp_path,
 def test_create_pipeline_picks_the_example_gen_by_source(tfds_data_dir):
     idx_config = config_lib.load_config(str(MNIST_CONFIG))
     assert idx_config.data.source == config_lib.DataSource.FILES
-    assert pipeline_lib.create_pipeline(idx_config).components[0].id == "IdxExampleGen"
+    idx_ids = {component.id for component in pipeline_lib.create_pipeline(idx_config).components}
+    assert "IdxExampleGen" in idx_ids and "TfdsExampleGen" not in idx_ids
     tfds_config = config_lib.load_config(str(MNIST_CONFIG), [
         "data.source=tfds", f"data.tfds_name={SMALL_NAME}",
         f"data.tfds_data_dir={tfds_data_dir}"])
-    component = pipeline_lib.create_pipeline(tfds_config).components[0]
-    assert component.id == "TfdsExampleGen"
+    components = {component.id: component
+                  for component in pipeline_lib.create_pipeline(tfds_config).components}
+    assert set(components) == idx_ids - {"IdxExampleGen"} | {"TfdsExampleGen"}
+    component = components["TfdsExampleGen"]
     assert component.exec_properties["input_base"] == str(tfds_data_dir)
     # The driver fingerprints the dataset's own files (so caching follows them).
     input_config = example_gen_pb2.Input()
-    from tfx.utils import proto_utils
     proto_utils.json_to_proto(component.exec_properties["input_config"], input_config)
     assert {split.pattern for split in input_config.splits} == {
         "tfprod_mnist_sample/small/1.0.0/*"}
@@ -306,3 +314,48 @@ def test_catalogue_text_dataset_converts_to_bytes_and_int64(tmp_path):
         example = example_gen.to_tf_example(element, {"text": "text", "label": "label"})
         assert list(example.features.feature["text"].bytes_list.value) == [element["text"]]
         assert list(example.features.feature["label"].int64_list.value) == [element["label"]]
+
+
+# ---------------------------------------------------------------------------
+# End to end: `tfprod run` from the locally built TFDS dataset
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_tfprod_run_from_tfds_trains_blesses_and_pushes(tfds_data_dir, tmp_path, mnist_sample):
+    """The issue's command on tfprod_mnist_sample/small (1,800 train / 200 eval / 500 test).
+
+    Batch 32 for 2 epochs: enough steps for ~0.96 test accuracy when the same model is fit
+    in memory on these images; the floor is set well below.
+    """
+    output_dir = tmp_path / "out"
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [TFPROD, "run", "--config", str(MNIST_CONFIG), "--output-dir", str(output_dir),
+         "--set", "data.source=tfds", "--set", f"data.tfds_name={SMALL_NAME}",
+         "--set", f"data.tfds_data_dir={tfds_data_dir}", "--set", "trainer.epochs=2",
+         "--set", "trainer.batch_size=32", "--set", "eval.accuracy_threshold=0.7"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"on TFDS {SMALL_NAME} in {tfds_data_dir}" in result.stdout
+    assert "TfdsExampleGen done in" in result.stdout
+
+    summary = json.loads((output_dir / "run_summary.json").read_text())
+    assert summary["status"] == "succeeded"
+    assert summary["blessed"] is True
+    assert "TfdsExampleGen" in summary["component_seconds"]
+    assert summary["metrics"]["example_count"] == SMALL_TEST
+    assert summary["metrics"]["accuracy"] >= 0.7
+    pushed = pathlib.Path(summary["pushed_model_dir"])
+    assert pushed.parent == output_dir / "serving" / "mnist_cnn" and pushed.name.isdigit()
+    assert (pushed / "saved_model.pb").is_file()
+
+    # The pushed model on the IDX test images reproduces the Evaluator's accuracy: the
+    # TFDS test split was exactly those images, and the model serves IDX-style input.
+    _, _, test_images, test_labels = mnist_sample
+    model = tf.saved_model.load(str(pushed))
+    outputs = model.signatures[features.SERVING_RAW_SIGNATURE](
+        image=tf.constant(test_images[:SMALL_TEST], tf.float32))
+    accuracy = float(np.mean(outputs[features.CLASS_ID_OUTPUT].numpy()
+                             == test_labels[:SMALL_TEST]))
+    assert accuracy == pytest.approx(summary["metrics"]["accuracy"], abs=1e-3)

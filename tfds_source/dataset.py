@@ -222,7 +222,7 @@ def check_features(builder: tfds.core.DatasetBuilder, source: TfdsSource,
     if shape not in (expected, expected + (1,)) or not np.issubdtype(image.np_dtype, np.integer):
         raise FeatureMismatchError(
             f"data.tfds_image_feature: {source.name} feature "
-            f"{source.feature_map[features.IMAGE_KEY]!r} is {image.np_dtype.__name__} of shape "
+            f"{source.feature_map[features.IMAGE_KEY]!r} is {np.dtype(image.np_dtype).name} of shape "
             f"{shape}; this pipeline needs integer images of shape {expected} or {expected + (1,)} "
             "(set data.image_height/image_width to match, or pick another feature)")
     label = dataset_features[source.feature_map[features.LABEL_KEY]]
