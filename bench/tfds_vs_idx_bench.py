@@ -109,8 +109,11 @@ def main(argv=None) -> int:
     parser.add_argument("--config", choices=("small", "full"), default="small",
                         help="tfprod_mnist_sample config: small (2,000/500) or full (10,000/2,000)")
     parser.add_argument("--set", dest="overrides", action="append",
-                        default=["trainer.epochs=2", "eval.accuracy_threshold=0.5"],
-                        help="config overrides for both runs (repeatable)")
+                        default=["trainer.epochs=2", "trainer.batch_size=32",
+                                 "eval.accuracy_threshold=0.5"],
+                        help="a config override for both runs (repeatable), applied after "
+                             "the defaults trainer.epochs=2 trainer.batch_size=32 "
+                             "eval.accuracy_threshold=0.5")
     args = parser.parse_args(argv)
 
     from tfds_source import mnist_sample

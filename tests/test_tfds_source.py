@@ -189,6 +189,7 @@ def test_missing_catalogue_dataset_gives_the_tfds_build_command(tmp_path):
         dataset.check_source(data)
     message = str(raised.value)
     assert f"'mnist:3.0.1' is not prepared in {tmp_path}" in message
+    assert f"pip install tensorflow-datasets=={tfds.__version__} mlcroissant" in message
     assert "tfds build mnist:3.0.1 --data_dir=/tmp/tfds" in message
     assert f"copy the folder /tmp/tfds/mnist from that machine to {tmp_path}/mnist" in message
     assert f"{tmp_path}/mnist/3.0.1 holds dataset_info.json" in message

@@ -114,7 +114,8 @@ def build_instructions(name: str, data_dir: str, version_dir: Optional[str] = No
     dataset_top = relative.split("/")[0]
     return (
         "Nothing is downloaded at run time. On a machine with internet access run\n"
-        f"  pip install tensorflow-datasets=={TFDS_VERSION}\n"
+        f"  pip install tensorflow-datasets=={TFDS_VERSION} mlcroissant  "
+        "# the tfds command needs mlcroissant\n"
         f"  tfds build {name} --data_dir=/tmp/tfds\n"
         f"then copy the folder /tmp/tfds/{dataset_top} from that machine to "
         f"{os.path.join(data_dir, dataset_top)} here (so that "

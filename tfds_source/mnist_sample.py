@@ -8,11 +8,8 @@ catalogue datasets (sharded TFRecords, dataset_info.json, split metadata).
 Two configs: ``full`` (all 10,000 train / 2,000 test images) and ``small``
 (the first 2,000 / 500, for fast tests and smoke runs).
 
-Build it with ``tfprod tfds-build --data-dir DIR`` (see tfds_source/cli.py),
-from Python with :func:`build`, or with TFDS's own CLI::
-
-    tfds build tfprod_mnist_sample --imports=tfds_source.mnist_sample \
-        --manual_dir=data/mnist_sample --data_dir=DIR
+Build it with ``tfprod tfds-build --data-dir DIR`` (see tfds_source/cli.py) or
+from Python with :func:`build`.
 """
 
 import dataclasses
