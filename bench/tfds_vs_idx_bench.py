@@ -132,7 +132,7 @@ def main(argv=None) -> int:
                 f"runtime.output_dir={work_dir / 'out_tfds'}"]),
         }
     results = {
-        "command": "python bench/tfds_vs_idx_bench.py " + shlex.join(sys.argv[1:]),
+        "command": shlex.join(["python", "bench/tfds_vs_idx_bench.py"] + sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(), "tfds_name": tfds_name, "overrides": args.overrides,
         "train_images": counts[0], "test_images": counts[1], "runs": runs,
