@@ -6,6 +6,7 @@ import sys
 import warnings
 from typing import List, Optional
 
+
 # Quiet TensorFlow's C++ start-up chatter unless the user asked otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -13,6 +14,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 
 from kubeflow import cli as kubeflow_cli  # noqa: E402  (after the environment is set)
+from pipeline.tfds_source import cli as tfds_cli  # noqa: E402
 
 
 def _add_run_parser(subparsers) -> None:
@@ -44,7 +46,8 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return local_runner.EXIT_BAD_CONFIG
     print(f"tfprod run: {experiment.name} (model {experiment.model.name}) on "
-          f"{experiment.data.data_dir}\n  outputs: {experiment.runtime.output_dir}", flush=True)
+          f"{experiment.data.describe_source()}\n  outputs: {experiment.runtime.output_dir}",
+          flush=True)
     try:
         summary = local_runner.run_pipeline(
             experiment, progress=lambda line: print(line, flush=True), verbose=args.verbose)
@@ -68,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     _add_run_parser(subparsers)
     kubeflow_cli.register(subparsers)
+    tfds_cli.register(subparsers)
     return parser
 
 

@@ -19,6 +19,13 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and what is expected."""
 
 
+class DataSource(str, enum.Enum):
+    """Where the pipeline reads its raw data from."""
+
+    FILES = "files"  # files in data.data_dir, laid out as data.format says
+    TFDS = "tfds"  # a TensorFlow Datasets dataset prepared in data.tfds_data_dir
+
+
 class DataFormat(str, enum.Enum):
     """How the raw data in ``data.data_dir`` is laid out."""
 
@@ -36,6 +43,7 @@ class BeamMode(str, enum.Enum):
 class DataConfig:
     """Where the raw data is and how it is split and validated."""
 
+    source: DataSource = DataSource.FILES
     format: DataFormat = DataFormat.IDX
     data_dir: str = "data/mnist_sample"
     # Fraction of the training files held out as the `eval` split (by a hash of
@@ -46,10 +54,39 @@ class DataConfig:
     num_classes: int = 10
     # A curated schema (schema.pbtxt). When set, ImportSchemaGen replaces SchemaGen.
     schema_path: Optional[str] = None
+    # data.source: tfds. A prepared dataset `name[/config][:version]` (e.g. mnist:3.0.1) in
+    # tfds_data_dir; nothing is downloaded. Each pipeline split reads a TFDS split spec
+    # (slices like train[:2000] work); with tfds_eval_split null, eval is held out of the
+    # train split by hash (eval_fraction).
+    tfds_name: Optional[str] = None
+    tfds_data_dir: Optional[str] = None
+    tfds_train_split: str = "train"
+    tfds_eval_split: Optional[str] = None
+    tfds_test_split: str = "test"
+    tfds_image_feature: str = "image"
+    tfds_label_feature: str = "label"
 
     def validate(self) -> None:
         _check(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "a number in (0, 1)",
                self.eval_fraction)
+        if self.source == DataSource.TFDS:
+            _check(bool(self.tfds_name), "data.tfds_name",
+                   "a TFDS name such as mnist:3.0.1 (data.source is tfds)", self.tfds_name)
+            _check(bool(self.tfds_data_dir), "data.tfds_data_dir",
+                   "the TFDS data directory holding the prepared dataset (data.source is tfds)",
+                   self.tfds_data_dir)
+            for key in ("tfds_train_split", "tfds_test_split", "tfds_image_feature",
+                        "tfds_label_feature"):
+                _check(bool(getattr(self, key)), f"data.{key}", "a non-empty string",
+                       getattr(self, key))
+            _check(self.tfds_eval_split is None or bool(self.tfds_eval_split),
+                   "data.tfds_eval_split", "null or a TFDS split", self.tfds_eval_split)
+
+    def describe_source(self) -> str:
+        """One line naming where the data comes from (for progress output)."""
+        if self.source == DataSource.TFDS:
+            return f"TFDS {self.tfds_name} in {self.tfds_data_dir}"
+        return self.data_dir
         _check(self.image_height > 0 and self.image_width > 0, "data.image_height/image_width",
                "positive integers", (self.image_height, self.image_width))
         _check(self.num_classes >= 2, "data.num_classes", "an integer >= 2", self.num_classes)
@@ -259,7 +296,8 @@ class ExperimentConfig:
 
     def check_paths(self) -> None:
         """Checks that the paths the run reads exist (separate from validate: needs disk)."""
-        if not os.path.isdir(self.data.data_dir):
+        # A TFDS source is checked by pipeline.tfds_source.dataset.check_source (it says how to build it).
+        if self.data.source == DataSource.FILES and not os.path.isdir(self.data.data_dir):
             raise ConfigError(
                 f"data.data_dir: directory not found: {self.data.data_dir} "
                 "(pass --data-dir DIR or --set data.data_dir=DIR)"
@@ -427,6 +465,8 @@ def apply_override(values: Dict[str, Any], override: str) -> None:
 
 def _absolute_paths(config: ExperimentConfig) -> None:
     config.data.data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
+    if config.data.tfds_data_dir:
+        config.data.tfds_data_dir = os.path.abspath(os.path.expanduser(config.data.tfds_data_dir))
     if config.data.schema_path:
         config.data.schema_path = os.path.abspath(os.path.expanduser(config.data.schema_path))
     config.runtime.output_dir = os.path.abspath(os.path.expanduser(config.runtime.output_dir))
@@ -435,8 +475,8 @@ def _absolute_paths(config: ExperimentConfig) -> None:
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Loads defaults, then the YAML file (if any), then the overrides; validates.
 
-    Relative paths (data.data_dir, data.schema_path, runtime.output_dir) are taken
-    relative to the current directory and made absolute.
+    Relative paths (data.data_dir, data.tfds_data_dir, data.schema_path, runtime.output_dir)
+    are taken relative to the current directory and made absolute.
 
     Raises:
       ConfigError: for an unknown key, a wrong type, an invalid value or bad YAML.

@@ -117,8 +117,17 @@ def _classify_failure(error: Exception, component: Optional[str], log_path: str)
 
 
 def preflight_check(experiment: config_lib.ExperimentConfig) -> None:
-    """Fails fast, before TFX starts, on a missing directory or unreadable IDX files."""
+    """Fails fast, before TFX starts, on a missing directory or unreadable IDX files.
+
+    For ``data.source: tfds``: on a dataset that is not prepared, an unknown split or
+    features that do not fit (pipeline.tfds_source.dataset.TfdsSourceError, a ConfigError).
+    """
     experiment.check_paths()
+    if experiment.data.source == config_lib.DataSource.TFDS:
+        from pipeline.tfds_source import dataset as tfds_dataset
+
+        tfds_dataset.check_source(experiment.data)
+        return
     try:
         idx.check_idx_dir(experiment.data.data_dir)
     except FileNotFoundError as error:

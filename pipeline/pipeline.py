@@ -110,9 +110,14 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
     paths = paths or PipelinePaths(experiment.runtime.output_dir)
     data = experiment.data
 
-    example_gen = ingestion.IdxExampleGen(
-        input_base=data.data_dir if data_dir is None else data_dir,
-        eval_fraction=data.eval_fraction)
+    if data.source == config_lib.DataSource.TFDS:
+        from pipeline.tfds_source import dataset as tfds_dataset, example_gen as tfds_example_gen
+
+        example_gen = tfds_example_gen.TfdsExampleGen(tfds_dataset.TfdsSource.from_config(data))
+    else:
+        example_gen = ingestion.IdxExampleGen(
+            input_base=data.data_dir if data_dir is None else data_dir,
+            eval_fraction=data.eval_fraction)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if data.schema_path:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_path)
