@@ -96,6 +96,9 @@ class SignatureBatcher:
         if not task.done.wait(timeout):
             with self._condition:
                 task.cancelled = True
+                if task in self._queue:  # not taken yet: free its place in the queue now
+                    self._queue.remove(task)
+                    self._queued_size -= task.size
             if not task.done.is_set():
                 raise DeadlineExceededError(f"{self._name}: no result within {timeout:.3f} s")
         if task.error is not None:
@@ -107,8 +110,6 @@ class SignatureBatcher:
         maximum = self._parameters.max_batch_size
         with self._condition:
             while True:
-                while self._queue and self._queue[0].cancelled:
-                    self._queued_size -= self._queue.popleft().size
                 if self._queue:
                     waited = time.monotonic() - self._queue[0].enqueued
                     if self._queued_size >= maximum or waited >= timeout or self._stopping:
