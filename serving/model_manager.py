@@ -182,9 +182,14 @@ class ModelManager:
             with self._lock:
                 records[version] = record
             self._load(model.name, record)
-        # Unload only what is no longer wanted, after the new versions are up.
+        # Unload only what is no longer wanted, after the new versions are up. For each wanted
+        # version that failed to load, the newest previously serving version stays (TF Serving's
+        # availability-preserving policy): a bad push never takes a model offline.
+        missing = sum(1 for version in wanted if records[version].state != State.AVAILABLE)
+        fallbacks = sorted((version for version, record in records.items()
+                            if version not in wanted and record.state == State.AVAILABLE), reverse=True)[:missing]
         for version, record in list(records.items()):
-            if version not in wanted:
+            if version not in wanted and version not in fallbacks:
                 if record.servable is not None:
                     self._unload(model.name, record)
                 elif record.state != State.AVAILABLE:

@@ -41,7 +41,19 @@ class RestServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.service = service
         self.max_body_bytes = max_body_bytes
         self.metrics_path = metrics_path
+        self._active = 0
+        self._active_changed = threading.Condition()
         super().__init__(address, _Handler)
+
+    def track(self, delta: int) -> None:
+        with self._active_changed:
+            self._active += delta
+            self._active_changed.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no request is being handled (its answer written), up to timeout seconds."""
+        with self._active_changed:
+            return self._active_changed.wait_for(lambda: self._active == 0, timeout)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -102,6 +114,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(size)
 
     def _route(self, method: str, path: str) -> None:
+        self.server.track(+1)
+        try:
+            self._answer(method, path)
+        finally:
+            self.server.track(-1)
+
+    def _answer(self, method: str, path: str) -> None:
         try:
             body = self._read_body() if method == "POST" else b""
             match = _MODEL_URL.match(path)

@@ -97,6 +97,7 @@ class ModelServer:
         if not self.service.wait_drained(self.options.drain_seconds):
             LOG.warning("requests still in flight after %.0f s", self.options.drain_seconds)
         if self.rest_server is not None:
+            self.rest_server.wait_idle(5.0)  # answers computed while draining are written out
             self.rest_server.shutdown()
             self.rest_server.server_close()
         if self.grpc_server is not None:

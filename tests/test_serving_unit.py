@@ -382,6 +382,26 @@ def test_manager_policies_labels_and_failed_loads(tmp_path, examples_model):
     manager.stop()
 
 
+def test_failed_newest_version_leaves_the_previous_one_serving(tmp_path, examples_model):
+    """latest{1}: a corrupt version 2 must not take version 1 offline."""
+    base = tmp_path / "ex"
+    copy_version(examples_model, str(base), 1)
+    manager = _manager(base)
+    manager.start()
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_bytes(b"garbage")
+    manager.poll_once()
+    manager.poll_once()  # unchanged on disk: not retried, nothing unloaded
+    assert _states(manager) == {1: "AVAILABLE", 2: "END"}
+    assert manager.resolve_version("ex") == 1
+    assert manager.metrics.load_events.value(model="ex", version="2", result="error") == 1
+    shutil.rmtree(base / "2")
+    copy_version(examples_model, str(base), 3)
+    manager.poll_once()
+    assert _states(manager) == {3: "AVAILABLE"}
+    manager.stop()
+
+
 def test_unload_waits_for_in_flight_requests(tmp_path, examples_model):
     base = tmp_path / "ex"
     copy_version(examples_model, str(base), 1)
@@ -425,3 +445,47 @@ def test_servable_checks_dtypes_shapes_and_inputs(examples_model):
     assert classes.tolist() == [[b"negative", b"positive"]]
     assert scores[0, 1] > 0.99
     servable.close()
+
+
+# ----- deployment files for the real TF Serving -----------------------------------------------
+DEPLOY_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "serving" / "deploy"
+
+
+def _parse_serve_flags(flags):
+    from pipeline import cli
+
+    return cli.build_parser().parse_args(["serve", *flags])
+
+
+def test_deploy_config_files_are_read_by_tfprod_serve():
+    config = config_lib.load_model_server_config(str(DEPLOY_DIR / "models.config"))
+    assert [model.base_path for model in config.model_config_list.config] == ["/models/mnist_cnn"]
+    batching = config_lib.load_batching_parameters(str(DEPLOY_DIR / "batching.config"))
+    assert batching.max_batch_size == 256 and batching.allowed_batch_sizes[-1] == 256
+    assert config_lib.load_monitoring_config(str(DEPLOY_DIR / "monitoring.config")).prometheus_enabled
+
+
+def test_compose_and_kubernetes_flags_work_for_both_servers():
+    """The flags given to tensorflow_model_server are exactly the ones tfprod serve takes."""
+    import yaml
+
+    compose = yaml.safe_load((DEPLOY_DIR / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["tfserving"]["command"] == services["tfprod"]["command"]
+    assert services["tfserving"]["volumes"] == services["tfprod"]["volumes"]
+    assert services["tfserving"]["entrypoint"] == ["tensorflow_model_server"]
+    args = _parse_serve_flags(services["tfprod"]["entrypoint"][2:] + services["tfprod"]["command"])
+    assert (args.port, args.rest_api_port, args.enable_batching, args.host) == (8500, 8501, True, "0.0.0.0")
+    assert args.model_config_file == "/config/models.config"
+
+    documents = list(yaml.safe_load_all((DEPLOY_DIR / "kubernetes.yaml").read_text()))
+    kinds = [document["kind"] for document in documents]
+    assert kinds == ["ConfigMap", "Deployment", "Service"]
+    container = documents[1]["spec"]["template"]["spec"]["containers"][0]
+    args = _parse_serve_flags(container["args"])
+    assert args.batching_parameters_file == "/config/batching.config"
+    assert args.monitoring_config_file == "/config/monitoring.config"
+    config_map = documents[0]["data"]
+    assert config_map["models.config"].strip() in (DEPLOY_DIR / "models.config").read_text()
+    assert config_lib.parse_batching_parameters(config_map["batching.config"]) == \
+        config_lib.load_batching_parameters(str(DEPLOY_DIR / "batching.config"))
