@@ -228,6 +228,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=str(REPO_ROOT / "docs" / "benchmarks" / "serving_bench"))
     args = parser.parse_args(argv)
 
+    load_at_start = " ".join(f"{value:.1f}" for value in os.getloadavg())
     ceiling = in_process_ceiling(args.model_dir, seconds=max(args.seconds, 5.0))
     print(f"in-process ceiling: {ceiling['predictions_per_second']:,.0f} predictions/s", flush=True)
     cells = []
@@ -248,7 +249,8 @@ def main(argv=None) -> int:
             process.wait(60)
     report = {
         "command": "python bench/serving_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.node()}: {os.cpu_count()} CPU cores, {platform.platform()}, Python {platform.python_version()}",
+        "machine": (f"{platform.node()}: {os.cpu_count()} CPU cores, {platform.platform()}, Python "
+                    f"{platform.python_version()}; load average at start {load_at_start}"),
         "model_dir": args.model_dir, "seconds_per_cell": args.seconds, "num_batch_threads": args.num_batch_threads,
         "ceiling": ceiling, "cells": cells,
         "goals": evaluate_goals(cells, ceiling["predictions_per_second"]),

@@ -21,7 +21,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import config as config_lib
 from serving.config import BatchingParameters
-from serving.errors import InvalidArgumentError, NotFoundError, ServingError
+from serving.errors import InvalidArgumentError, NotFoundError
 from serving.metrics import ServerMetrics
 from serving.servable import Servable
 

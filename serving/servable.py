@@ -12,13 +12,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving.batching import SignatureBatcher
 from serving.config import BatchingParameters
-from serving.errors import (FailedPreconditionError, InternalError, InvalidArgumentError,
-                            NotFoundError, ServingError)
+from serving.errors import FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError
 
 LOG = logging.getLogger(__name__)
 

@@ -467,7 +467,11 @@ def test_reload_config_over_grpc(server):
     model.model_version_policy.all.SetInParent()
     server.models.HandleReloadConfigRequest(request, timeout=60)
     _, answer = server.http("GET", "/v1/models/mnist_cnn")
-    assert [item["version"] for item in answer["model_version_status"] if item["state"] == "AVAILABLE"] == ["2"]
+    # Policy all {}: version 1 (still on disk, unloaded under latest{1}) is served again beside 2.
+    assert [item["version"] for item in answer["model_version_status"] if item["state"] == "AVAILABLE"] == ["2", "1"]
+    response = server.prediction.Predict(
+        _predict_request("mnist_cnn", "serving_raw", {"image": _images(1)}, version=1), timeout=30)
+    assert response.model_spec.version.value == 1
     assert server.http("GET", "/v1/models/examples")[0] == 404  # no longer configured
 
 
