@@ -489,3 +489,33 @@ def test_compose_and_kubernetes_flags_work_for_both_servers():
     assert config_map["models.config"].strip() in (DEPLOY_DIR / "models.config").read_text()
     assert config_lib.parse_batching_parameters(config_map["batching.config"]) == \
         config_lib.load_batching_parameters(str(DEPLOY_DIR / "batching.config"))
+
+
+def test_warmup_file_round_trip_and_replay(tmp_path, examples_model):
+    """The warm-up writer's TFRecord of PredictionLogs is what Servable.warm_up replays."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    from serving import warmup
+    from serving.servable import Servable
+
+    requests = warmup.image_warmup_requests("mnist_cnn", 28, 28, batch_sizes=(1, 3))
+    assert [(request.model_spec.signature_name, tf.make_ndarray(next(iter(request.inputs.values()))).shape[0])
+            for request in requests] == [("serving_raw", 1), ("serving_default", 1),
+                                         ("serving_raw", 3), ("serving_default", 3)]
+    version_dir = tmp_path / "1"
+    shutil.copytree(examples_model, version_dir)
+    request = predict_pb2.PredictRequest()
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones([2, 2], np.float32)))
+    path = warmup.write_warmup_requests(str(version_dir), [request, request])
+    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    assert prediction_log_pb2.PredictionLog.FromString(records[0]).predict_log.request == request
+    servable = Servable("ex", 1, str(version_dir))
+    assert servable.warm_up() == 2
+    # A warm-up request the model rejects makes the load fail, as in TF Serving.
+    bad = predict_pb2.PredictRequest()
+    bad.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones([2, 5], np.float32)))
+    warmup.write_warmup_requests(str(version_dir), [bad])
+    with pytest.raises(InvalidArgumentError, match="shape"):
+        servable.warm_up()
+    servable.close()
