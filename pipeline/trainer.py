@@ -16,6 +16,7 @@ import tensorflow_transform as tft
 from models import registry
 from pipeline import config as config_lib
 from pipeline import features, signatures
+from serving import warmup
 
 EXPERIMENT_CONFIG_KEY = "experiment"
 TRAINING_STATS_FILE = "training_stats.json"
@@ -161,6 +162,9 @@ def run_fn(fn_args: Any) -> None:
         signatures=signatures.make_serving_signatures(
             model, tf_transform_output, experiment.data.image_height,
             experiment.data.image_width))
+    # TF Serving (and tfprod serve) replay these on load, so the first request is not slow.
+    warmup.write_warmup_requests(fn_args.serving_model_dir, warmup.image_warmup_requests(
+        experiment.export.model_name, experiment.data.image_height, experiment.data.image_width))
 
     stats = {
         "train_examples": num_train,

@@ -28,7 +28,7 @@ VERSION = "1.0.0"
 CONFIG_NAMES = ("full", "small")
 
 # The sample shipped in the repository (present in a source checkout / editable install).
-SHIPPED_SAMPLE_DIR = pathlib.Path(__file__).resolve().parents[1] / "data" / "mnist_sample"
+SHIPPED_SAMPLE_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "mnist_sample"
 
 
 class SourceFilesError(FileNotFoundError):

@@ -1,0 +1,167 @@
+"""`tfprod serve` (tensorflow_model_server's flags) and `tfprod predict` (a client)."""
+
+import argparse
+import json
+import logging
+import sys
+
+EXIT_BAD_CONFIG = 2
+EXIT_REQUEST_FAILED = 1
+
+
+def _bool_flag(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def register(subparsers) -> None:
+    """Adds the `serve` and `predict` subcommands to tfprod's parser."""
+    serve = subparsers.add_parser(
+        "serve", help="serve SavedModels over TF Serving's gRPC and REST APIs",
+        description="A TF Serving-compatible model server. Flags are tensorflow_model_server's, so "
+                    "commands and manifests carry over to the real server.")
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    serve.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0: any free port)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (tfprod only; default 127.0.0.1, use 0.0.0.0 in a container)")
+    serve.add_argument("--model_name", default="default", help="name of the model (with --model_base_path)")
+    serve.add_argument("--model_base_path", help="directory holding the model's numbered versions")
+    serve.add_argument("--model_config_file", help="a ModelServerConfig text proto (models.config)")
+    serve.add_argument("--enable_batching", type=_bool_flag, nargs="?", const=True, default=False,
+                       help="batch requests on the server")
+    serve.add_argument("--batching_parameters_file", help="a BatchingParameters text proto")
+    serve.add_argument("--monitoring_config_file",
+                       help="a MonitoringConfig text proto enabling /monitoring/prometheus/metrics")
+    serve.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                       help="how often to look for new versions (0: only at start)")
+    serve.add_argument("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout")
+    serve.add_argument("--max_request_bytes", type=int, default=16 * 1024 * 1024,
+                       help="largest request body or message accepted (tfprod only)")
+    serve.add_argument("--enable_model_warmup", type=_bool_flag, nargs="?", const=True, default=True,
+                       help="replay assets.extra/tf_serving_warmup_requests on load")
+    serve.add_argument("--drain_seconds", type=float, default=30.0,
+                       help="on SIGTERM, how long in-flight requests may finish (tfprod only)")
+    serve.set_defaults(handler=_serve_command)
+
+    predict = subparsers.add_parser(
+        "predict", help="send a predict request to a TF Serving-compatible server (REST or gRPC)",
+        description="Sends a TF Serving REST predict body ({\"instances\": ...} or {\"inputs\": ...}) "
+                    "over REST, or the same tensors over gRPC, and prints the answer as JSON.")
+    predict.add_argument("--server", default=None, help="host:port (default 127.0.0.1:8501 for REST, "
+                                                        "127.0.0.1:8500 for gRPC)")
+    predict.add_argument("--protocol", choices=("rest", "grpc"), default="rest")
+    predict.add_argument("--model_name", required=True)
+    predict.add_argument("--model_version", type=int, help="a version number (default: latest)")
+    predict.add_argument("--version_label", help="a version label instead of a number")
+    predict.add_argument("--signature_name", help="overrides the body's signature_name")
+    predict.add_argument("--request", required=True,
+                         help="JSON request body, or @FILE to read it from a file ('@-' for stdin)")
+    predict.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    predict.set_defaults(handler=_predict_command)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    from serving.errors import ConfigFileError
+    from serving.server import ModelServer, ServerOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    options = ServerOptions(
+        port=args.port, rest_api_port=args.rest_api_port, host=args.host, model_name=args.model_name,
+        model_base_path=args.model_base_path, model_config_file=args.model_config_file,
+        enable_batching=args.enable_batching, batching_parameters_file=args.batching_parameters_file,
+        monitoring_config_file=args.monitoring_config_file,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_request_bytes=args.max_request_bytes,
+        drain_seconds=args.drain_seconds, enable_model_warmup=args.enable_model_warmup)
+    try:
+        server = ModelServer(options)
+    except ConfigFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+    def announce():
+        # One machine-readable line: tests and scripts read the bound ports from it.
+        print(json.dumps({"event": "serving", "grpc_port": server.grpc_port, "rest_port": server.rest_port,
+                          "models": server.manager.model_names()}), flush=True)
+
+    try:
+        server.serve_forever(on_ready=announce)
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return 0
+
+
+def _read_request(text: str) -> str:
+    if text == "@-":
+        return sys.stdin.read()
+    if text.startswith("@"):
+        with open(text[1:], encoding="utf-8") as handle:
+            return handle.read()
+    return text
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    from serving import client as client_lib
+
+    try:
+        body = json.loads(_read_request(args.request))
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"error: --request is not readable JSON: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if not isinstance(body, dict):
+        print("error: --request must be a JSON object with 'instances' or 'inputs'", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    signature_name = args.signature_name or body.get("signature_name")
+    try:
+        if args.protocol == "rest":
+            client = client_lib.RestClient(args.server or "127.0.0.1:8501", timeout=args.timeout)
+            answer = client.predict(args.model_name, instances=body.get("instances"), inputs=body.get("inputs"),
+                                    signature_name=signature_name, version=args.model_version,
+                                    label=args.version_label)
+        else:
+            answer = _grpc_predict(args, body, signature_name)
+    except client_lib.ClientError as error:
+        print(f"error: the server answered {error}", file=sys.stderr)
+        return EXIT_REQUEST_FAILED
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(json.dumps(answer))
+    return 0
+
+
+def _grpc_predict(args: argparse.Namespace, body: dict, signature_name):
+    """Sends the REST-shaped body over gRPC; answers in REST's columnar shape {"outputs": {...}}."""
+    import tensorflow as tf
+
+    from serving import client as client_lib
+    from serving import json_codec
+
+    client = client_lib.GrpcClient(args.server or "127.0.0.1:8500", timeout=args.timeout)
+    try:
+        _, _, inputs = json_codec.decode_predict_request(json.dumps(body).encode())
+        signature_map = client.metadata(args.model_name, args.model_version, args.version_label)
+        signature = signature_map.signature_def[signature_name or "serving_default"]
+        if json_codec.SINGLE_INPUT in inputs:
+            if len(signature.inputs) != 1:
+                raise ValueError(f"signature has inputs {sorted(signature.inputs)}; name them in the request")
+            inputs = {next(iter(signature.inputs)): inputs[json_codec.SINGLE_INPUT]}
+        # JSON numbers decode as int64/float64; gRPC needs the signature's dtypes, as TF Serving does.
+        for name in inputs:
+            if name in signature.inputs:
+                inputs[name] = inputs[name].astype(
+                    tf.dtypes.as_dtype(signature.inputs[name].dtype).as_numpy_dtype)
+        outputs = client.predict(args.model_name, inputs, signature_name, args.model_version, args.version_label)
+    except json_codec.InvalidArgumentError as error:
+        raise ValueError(str(error)) from error
+    finally:
+        client.close()
+    return {"outputs": {name: value.tolist() if value.dtype.kind not in "OS" else
+                        [item.decode("utf-8", "replace") for item in value.ravel()]
+                        for name, value in outputs.items()}}

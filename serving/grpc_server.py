@@ -1,0 +1,194 @@
+"""The gRPC API (TF Serving's PredictionService and ModelService) over the shared service."""
+
+import concurrent.futures
+import logging
+from typing import Optional, Tuple
+
+import grpc
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
+
+from serving import protocol
+from serving.errors import InvalidArgumentError, ServingError
+from serving.servable import CLASSIFY_METHOD, REGRESS_METHOD
+from serving.service import ServingService
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _spec(model_spec) -> Tuple[str, Optional[int], Optional[str]]:
+    if not model_spec.name:
+        raise InvalidArgumentError("model_spec.name is required")
+    version = model_spec.version.value if model_spec.HasField("version") else None
+    label = model_spec.version_label or None
+    if version is not None and label is not None:
+        raise InvalidArgumentError("set model_spec.version or model_spec.version_label, not both")
+    return model_spec.name, version, label
+
+
+def _fill_spec(target, name: str, version: int, signature_name: Optional[str] = None) -> None:
+    target.name = name
+    target.version.value = version
+    if signature_name is not None:
+        target.signature_name = signature_name
+
+
+def _remaining(context) -> Optional[float]:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 1e9 else None
+
+
+class _Base:
+    def __init__(self, service: ServingService):
+        self.service = service
+
+    def _run(self, api: str, context, handler):
+        try:
+            with self.service.request(api, "grpc") as record:
+                return handler(record)
+        except ServingError as error:
+            context.abort(error.code, error.message)
+        except Exception as error:  # report, never crash the server thread
+            LOG.exception("%s failed", api)
+            context.abort(grpc.StatusCode.INTERNAL, f"{api} failed: {error}")
+
+
+class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService."""
+
+    def Predict(self, request: predict_pb2.PredictRequest, context):
+        def handle(record):
+            name, version, label = _spec(request.model_spec)
+            inputs = protocol.arrays_from_tensor_protos(request.inputs)
+            served, signature, outputs = self.service.predict(
+                record, name, version, label, request.model_spec.signature_name, inputs,
+                list(request.output_filter), _remaining(context), strict_dtypes=True)
+            response = predict_pb2.PredictResponse()
+            _fill_spec(response.model_spec, name, served, signature)
+            for key, value in outputs.items():
+                response.outputs[key].CopyFrom(protocol.tensor_proto(value))
+            return response
+        return self._run("predict", context, handle)
+
+    def _classify(self, record, request, context) -> classification_pb2.ClassificationResponse:
+        name, version, label = _spec(request.model_spec)
+        examples = protocol.serialized_examples(request.input)
+        served, signature, classes, scores = self.service.classify(
+            record, name, version, label, request.model_spec.signature_name, examples, _remaining(context))
+        response = classification_pb2.ClassificationResponse()
+        _fill_spec(response.model_spec, name, served, signature)
+        fill_classifications(response.result, classes, scores, len(examples))
+        return response
+
+    def _regress(self, record, request, context) -> regression_pb2.RegressionResponse:
+        name, version, label = _spec(request.model_spec)
+        examples = protocol.serialized_examples(request.input)
+        served, signature, values = self.service.regress(
+            record, name, version, label, request.model_spec.signature_name, examples, _remaining(context))
+        response = regression_pb2.RegressionResponse()
+        _fill_spec(response.model_spec, name, served, signature)
+        for value in values:
+            response.result.regressions.add(value=float(value))
+        return response
+
+    def Classify(self, request, context):
+        return self._run("classify", context, lambda record: self._classify(record, request, context))
+
+    def Regress(self, request, context):
+        return self._run("regress", context, lambda record: self._regress(record, request, context))
+
+    def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context):
+        def handle(record):
+            if not request.tasks:
+                raise InvalidArgumentError("MultiInferenceRequest has no tasks")
+            specs = {(task.model_spec.name, task.model_spec.version.value if task.model_spec.HasField("version")
+                      else None, task.model_spec.version_label) for task in request.tasks}
+            if len(specs) != 1:
+                raise InvalidArgumentError("all MultiInference tasks must name the same model and version")
+            signatures = [task.model_spec.signature_name for task in request.tasks]
+            if len(set(signatures)) != len(signatures):
+                raise InvalidArgumentError("MultiInference tasks must use different signatures")
+            response = inference_pb2.MultiInferenceResponse()
+            for task in request.tasks:
+                result = response.results.add()
+                if task.method_name == CLASSIFY_METHOD:
+                    sub = classification_pb2.ClassificationRequest(model_spec=task.model_spec, input=request.input)
+                    answer = self._classify(record, sub, context)
+                    result.model_spec.CopyFrom(answer.model_spec)
+                    result.classification_result.CopyFrom(answer.result)
+                elif task.method_name == REGRESS_METHOD:
+                    sub = regression_pb2.RegressionRequest(model_spec=task.model_spec, input=request.input)
+                    answer = self._regress(record, sub, context)
+                    result.model_spec.CopyFrom(answer.model_spec)
+                    result.regression_result.CopyFrom(answer.result)
+                else:
+                    raise InvalidArgumentError(f"MultiInference supports methods {CLASSIFY_METHOD} and "
+                                               f"{REGRESS_METHOD}, not {task.method_name!r}")
+            return response
+        return self._run("multi_inference", context, handle)
+
+    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
+        def handle(record):
+            name, version, label = _spec(request.model_spec)
+            fields = list(request.metadata_field)
+            if fields != ["signature_def"]:
+                raise InvalidArgumentError(
+                    f"metadata_field must be exactly [\"signature_def\"], got {fields}")
+            served, signature_map = self.service.signature_def_map(record, name, version, label)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            _fill_spec(response.model_spec, name, served)
+            response.metadata["signature_def"].Pack(signature_map)
+            return response
+        return self._run("get_model_metadata", context, handle)
+
+
+def fill_classifications(result: classification_pb2.ClassificationResult, classes, scores, count: int) -> None:
+    """Fills ClassificationResult from classes/scores arrays [N, K] (either may be None)."""
+    for row in range(count):
+        classifications = result.classifications.add()
+        width = (classes if classes is not None else scores).shape[1]
+        for column in range(width):
+            entry = classifications.classes.add()
+            if classes is not None:
+                label = classes[row, column]
+                entry.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            if scores is not None:
+                entry.score = float(scores[row, column])
+
+
+class ModelServicer(_Base, model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService."""
+
+    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
+        def handle(record):
+            name, version, label = _spec(request.model_spec)
+            response = get_model_status_pb2.GetModelStatusResponse()
+            response.model_version_status.extend(self.service.model_status(record, name, version, label))
+            return response
+        return self._run("get_model_status", context, handle)
+
+    def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
+        def handle(record):
+            self.service.manager.reload_config(request.config)
+            return model_management_pb2.ReloadConfigResponse()
+        return self._run("reload_config", context, handle)
+
+
+def create_server(service: ServingService, port: int, host: str = "127.0.0.1", max_workers: int = 64,
+                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Tuple[grpc.Server, int]:
+    """Builds and starts the gRPC server; returns (server, bound port)."""
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[("grpc.max_receive_message_length", max_message_bytes),
+                 ("grpc.max_send_message_length", max_message_bytes),
+                 ("grpc.so_reuseport", 0)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(service), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC port {host}:{port}")
+    server.start()
+    return server, bound

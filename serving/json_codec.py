@@ -1,0 +1,298 @@
+"""TF Serving's REST JSON formats: request decoding and response encoding.
+
+Predict requests carry either row-format `instances` (a list, one entry per
+example; entries are objects when the signature has several named inputs) or
+columnar `inputs` (an object of named tensors, or one tensor). Binary strings
+are written {"b64": "..."}. Classify and Regress requests carry tf.Examples as
+JSON objects in `examples`, with optional shared `context` features.
+"""
+
+import base64
+import binascii
+import json
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from serving.errors import InvalidArgumentError
+
+ROW_FORMAT = "row"
+COLUMNAR_FORMAT = "columnar"
+SINGLE_INPUT = None  # key of an unnamed input: the signature's only input
+
+
+def parse_json_object(body: bytes) -> Dict[str, Any]:
+    """The request body as a JSON object; InvalidArgumentError if it is not one."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidArgumentError(f"JSON Parse error: the body is not UTF-8 ({error.reason})") from error
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise InvalidArgumentError(f"JSON Parse error: {error.msg} at line {error.lineno} column {error.colno}") \
+            from error
+    if not isinstance(value, dict):
+        raise InvalidArgumentError("JSON Value is not an object: the body must be a JSON object")
+    return value
+
+
+def _reject_constant(name: str):
+    # NaN and Infinity are not JSON; TF Serving accepts them as floats, so do we.
+    return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[name]
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _decode_b64(value: Dict[str, Any]) -> bytes:
+    text = value["b64"]
+    if not isinstance(text, str):
+        raise InvalidArgumentError("'b64' must hold a base64 string")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as error:
+        raise InvalidArgumentError(f"'b64' value is not valid base64: {error}") from error
+
+
+def tensor_from_json(value: Any, name: str = "input") -> np.ndarray:
+    """A JSON (nested list of) number/bool/string/{"b64"} value as a numpy array.
+
+    Integers give int64, any non-integral number makes the tensor float64 (the
+    server converts to the signature's dtype), strings and b64 give bytes (object).
+
+    Raises:
+        InvalidArgumentError: ragged lists, mixed types, empty or unsupported values.
+    """
+    shape: Optional[List[int]] = None
+    leaves: List[Any] = []
+
+    def walk(node: Any, depth: int, dims: List[int]) -> None:
+        nonlocal shape
+        if isinstance(node, list):
+            if not node:
+                raise InvalidArgumentError(f"'{name}': empty lists are not allowed")
+            for child in node:
+                walk(child, depth + 1, dims + [len(node)])
+            return
+        if shape is None:
+            shape = dims
+        elif dims != shape:
+            raise InvalidArgumentError(f"'{name}': all lists at one level must have the same length "
+                                       f"(found shapes {shape} and {dims})")
+        leaves.append(node)
+
+    walk(value, 0, [])
+    kinds = set()
+    converted = []
+    for leaf in leaves:
+        if isinstance(leaf, bool):
+            kinds.add("bool")
+            converted.append(leaf)
+        elif isinstance(leaf, int):
+            kinds.add("int")
+            converted.append(leaf)
+        elif isinstance(leaf, float):
+            kinds.add("float")
+            converted.append(leaf)
+        elif isinstance(leaf, str):
+            kinds.add("bytes")
+            converted.append(leaf.encode("utf-8"))
+        elif _is_b64(leaf):
+            kinds.add("bytes")
+            converted.append(_decode_b64(leaf))
+        else:
+            raise InvalidArgumentError(f"'{name}': unsupported JSON value {json.dumps(leaf)[:60]}; use "
+                                       "numbers, booleans, strings or {\"b64\": ...}")
+    if kinds == {"int", "float"}:
+        kinds = {"float"}
+    if len(kinds) != 1:
+        raise InvalidArgumentError(f"'{name}': values mix types {sorted(kinds)}")
+    kind = kinds.pop()
+    dtype = {"bool": np.bool_, "float": np.float64, "bytes": object}.get(kind)
+    if kind == "int":
+        if any(abs(leaf) >= 2 ** 63 for leaf in converted):
+            dtype = np.float64 if not any(leaf >= 2 ** 64 or leaf < -2 ** 63 for leaf in converted) else None
+            if dtype is None:
+                raise InvalidArgumentError(f"'{name}': integer out of the int64 range")
+        else:
+            dtype = np.int64
+    array = np.empty(len(converted), dtype=dtype)
+    array[:] = converted
+    return array.reshape(shape)
+
+
+def decode_predict_request(body: bytes) -> Tuple[str, str, Dict[Optional[str], np.ndarray]]:
+    """Decodes a :predict body; returns (signature_name, format, inputs).
+
+    inputs maps input names to arrays; the key SINGLE_INPUT (None) stands for the
+    signature's only input when the request does not name it.
+
+    Raises:
+        InvalidArgumentError: the body breaks TF Serving's request format.
+    """
+    request = parse_json_object(body)
+    signature_name = request.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise InvalidArgumentError("'signature_name' must be a string")
+    unknown = set(request) - {"signature_name", "instances", "inputs"}
+    if unknown:
+        raise InvalidArgumentError(f"unknown request field(s) {sorted(unknown)}; a predict request has "
+                                   "'signature_name' and one of 'instances' or 'inputs'")
+    has_instances, has_inputs = "instances" in request, "inputs" in request
+    if has_instances == has_inputs:
+        raise InvalidArgumentError("Missing 'inputs' or 'instances' key" if not has_instances else
+                                   "Not both 'inputs' and 'instances' keys can be specified")
+    if has_instances:
+        return signature_name, ROW_FORMAT, _decode_instances(request["instances"])
+    inputs = request["inputs"]
+    if isinstance(inputs, dict) and not _is_b64(inputs):
+        if not inputs:
+            raise InvalidArgumentError("'inputs' is an empty object")
+        return signature_name, COLUMNAR_FORMAT, {
+            str(key): tensor_from_json(value, str(key)) for key, value in inputs.items()}
+    return signature_name, COLUMNAR_FORMAT, {SINGLE_INPUT: tensor_from_json(inputs, "inputs")}
+
+
+def _decode_instances(instances: Any) -> Dict[Optional[str], np.ndarray]:
+    if not isinstance(instances, list) or not instances:
+        raise InvalidArgumentError("'instances' must be a non-empty list, one entry per example")
+    named = [isinstance(item, dict) and not _is_b64(item) for item in instances]
+    if any(named) and not all(named):
+        raise InvalidArgumentError("'instances' mixes named (object) and unnamed entries")
+    if not all(named):
+        return {SINGLE_INPUT: tensor_from_json(instances, "instances")}
+    keys = set(instances[0])
+    if not keys:
+        raise InvalidArgumentError("'instances' entries are empty objects")
+    for index, item in enumerate(instances):
+        if set(item) != keys:
+            raise InvalidArgumentError(f"instance {index} has inputs {sorted(item)}, but instance 0 has "
+                                       f"{sorted(keys)}; every instance needs the same named inputs")
+    return {key: tensor_from_json([item[key] for item in instances], key) for key in sorted(keys)}
+
+
+def _json_value(array: np.ndarray, binary: bool) -> Any:
+    if array.dtype.kind in "OS":
+        if binary:
+            return _map_nested(array, lambda item: {"b64": base64.b64encode(item).decode("ascii")})
+        return _map_nested(array, lambda item: item.decode("utf-8", "replace")
+                           if isinstance(item, bytes) else str(item))
+    return array.tolist()
+
+
+def _map_nested(array: Any, function) -> Any:
+    if not isinstance(array, np.ndarray):
+        return function(array)
+    if array.ndim == 0:
+        return function(array.item())
+    return [_map_nested(item, function) for item in array]
+
+
+def encode_predict_response(outputs: Dict[str, np.ndarray], request_format: str) -> Dict[str, Any]:
+    """TF Serving's response: {"predictions": [...]} for row format, {"outputs": ...} for columnar.
+
+    Output names ending in "_bytes" are written {"b64": ...}, as TF Serving does.
+
+    Raises:
+        InvalidArgumentError: row format with outputs of different batch sizes.
+    """
+    names = sorted(outputs)
+    if request_format == COLUMNAR_FORMAT:
+        values = {name: _json_value(outputs[name], name.endswith("_bytes")) for name in names}
+        return {"outputs": values[names[0]] if len(names) == 1 else values}
+    sizes = {outputs[name].shape[0] if outputs[name].ndim else None for name in names}
+    if len(sizes) != 1 or None in sizes:
+        raise InvalidArgumentError("row format needs every output to have the same batch size; "
+                                   "use the columnar 'inputs' format for this signature")
+    if len(names) == 1:
+        return {"predictions": _json_value(outputs[names[0]], names[0].endswith("_bytes"))}
+    columns = {name: _json_value(outputs[name], name.endswith("_bytes")) for name in names}
+    count = sizes.pop()
+    return {"predictions": [{name: columns[name][row] for name in names} for row in range(count)]}
+
+
+def _feature(name: str, value: Any) -> tf.train.Feature:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        return tf.train.Feature()
+    if all(isinstance(item, bool) for item in values) or not all(
+            isinstance(item, (int, float, str)) and not isinstance(item, bool) or _is_b64(item)
+            for item in values):
+        raise InvalidArgumentError(f"feature '{name}': values must be numbers, strings or "
+                                   "{\"b64\": ...}, all of one kind")
+    if all(isinstance(item, int) for item in values):
+        if any(abs(item) >= 2 ** 63 for item in values):
+            raise InvalidArgumentError(f"feature '{name}': integer out of the int64 range")
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    if all(isinstance(item, (int, float)) for item in values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    if all(isinstance(item, str) or _is_b64(item) for item in values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[_decode_b64(item) if _is_b64(item) else item.encode("utf-8") for item in values]))
+    raise InvalidArgumentError(f"feature '{name}': values mix numbers and strings")
+
+
+def example_from_json(value: Any, where: str) -> tf.train.Example:
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"{where} must be a JSON object of features")
+    example = tf.train.Example()
+    for name, feature in value.items():
+        example.features.feature[name].CopyFrom(_feature(name, feature))
+    return example
+
+
+def decode_examples_request(body: bytes) -> Tuple[str, List[bytes]]:
+    """Decodes a :classify or :regress body; returns (signature_name, serialized tf.Examples).
+
+    Context features are merged into every example (the example wins on a clash).
+    """
+    request = parse_json_object(body)
+    unknown = set(request) - {"signature_name", "context", "examples"}
+    if unknown:
+        raise InvalidArgumentError(f"unknown request field(s) {sorted(unknown)}; expected "
+                                   "'signature_name', 'context' and 'examples'")
+    signature_name = request.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise InvalidArgumentError("'signature_name' must be a string")
+    examples = request.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise InvalidArgumentError("'examples' must be a non-empty list of objects")
+    context = example_from_json(request["context"], "'context'") if "context" in request else None
+    serialized = []
+    for index, item in enumerate(examples):
+        example = example_from_json(item, f"example {index}")
+        if context is not None:
+            merged = tf.train.Example()
+            merged.CopyFrom(context)
+            for name, feature in example.features.feature.items():
+                merged.features.feature[name].CopyFrom(feature)
+            example = merged
+        serialized.append(example.SerializeToString())
+    return signature_name, serialized
+
+
+def encode_classify_response(classes, scores, count: int) -> Dict[str, Any]:
+    """{"results": [[[label, score], ...], ...]}, one list of (label, score) pairs per example."""
+    results = []
+    for row in range(count):
+        width = (classes if classes is not None else scores).shape[1]
+        pairs = []
+        for column in range(width):
+            label = classes[row, column] if classes is not None else b""
+            label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            score = float(scores[row, column]) if scores is not None else 0.0
+            pairs.append([label, score])
+        results.append(pairs)
+    return {"results": results}
+
+
+def encode_regress_response(values: np.ndarray) -> Dict[str, Any]:
+    return {"results": [float(value) for value in values]}
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")

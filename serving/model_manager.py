@@ -1,0 +1,339 @@
+"""Loads, serves and unloads model versions from base paths in TF Serving layout.
+
+`<base_path>/<version>/saved_model.pb`, where each model's base_path is usually
+`<base>/<model_name>`. A polling thread compares the versions on disk with each
+model's version policy (latest{N}, all, specific), loads new versions before
+unloading old ones (TF Serving's availability-preserving policy), and waits for
+a version's in-flight requests to finish before it is unloaded. A version that
+fails to load is reported with its error and never replaces a serving one.
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import config as config_lib
+from serving.config import BatchingParameters
+from serving.errors import InvalidArgumentError, NotFoundError
+from serving.metrics import ServerMetrics
+from serving.servable import Servable
+
+LOG = logging.getLogger(__name__)
+
+State = get_model_status_pb2.ModelVersionStatus.State
+
+
+@dataclasses.dataclass
+class VersionRecord:
+    """What the manager knows about one version of one model."""
+
+    version: int
+    path: str
+    state: int = State.START
+    error: Optional[str] = None
+    fingerprint: Tuple = ()
+    servable: Optional[Servable] = None
+
+
+def version_fingerprint(path: str) -> Tuple:
+    """Changes when a version directory is rewritten, so a failed load is retried."""
+    entries = []
+    for name in ("saved_model.pb", "saved_model.pbtxt", "variables", "assets.extra"):
+        try:
+            stat = os.stat(os.path.join(path, name))
+            entries.append((name, stat.st_mtime_ns, stat.st_size))
+        except FileNotFoundError:
+            continue
+    return tuple(entries)
+
+
+def versions_on_disk(base_path: str) -> Dict[int, str]:
+    """{version: directory} of the numeric subdirectories of base_path."""
+    try:
+        names = os.listdir(base_path)
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for name in names:
+        path = os.path.join(base_path, name)
+        if name.isdigit() and os.path.isdir(path):
+            found[int(name)] = path
+    return found
+
+
+class ModelManager:
+    """Serves the models of a ModelServerConfig.
+
+    Args:
+        server_config: TF Serving's ModelServerConfig (model_config_list).
+        batching: batching parameters, or None to run each request on its own.
+        metrics: where load/unload events and batch sizes are recorded.
+        poll_seconds: how often to look for new versions (0: only at start and on reload).
+        warm_up: replay assets.extra/tf_serving_warmup_requests after loading.
+        servable_factory: builds a Servable (tests may pass one that records calls).
+    """
+
+    def __init__(self, server_config: model_server_config_pb2.ModelServerConfig,
+                 batching: Optional[BatchingParameters] = None, metrics: Optional[ServerMetrics] = None,
+                 poll_seconds: float = 1.0, warm_up: bool = True,
+                 servable_factory: Optional[Callable[..., Servable]] = None):
+        config_lib.validate_model_server_config(server_config)
+        self._config = server_config
+        self._batching = batching
+        self.metrics = metrics or ServerMetrics()
+        self._poll_seconds = poll_seconds
+        self._warm_up = warm_up
+        self._servable_factory = servable_factory or Servable
+        self._lock = threading.RLock()
+        self._poll_lock = threading.Lock()  # one poll (load/unload pass) at a time
+        self._models: Dict[str, Dict[int, VersionRecord]] = {}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    # ----- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Loads the configured models once, then polls in the background."""
+        self.poll_once()
+        if self._poll_seconds > 0:
+            self._thread = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
+            self._thread.start()
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        """Stops polling and unloads every version once its in-flight requests are done."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(self._poll_seconds, 1.0) + drain_seconds)
+        with self._poll_lock:
+            with self._lock:
+                records = [(name, record) for name, versions in self._models.items()
+                           for record in versions.values() if record.servable is not None]
+            for name, record in records:
+                self._unload(name, record, drain_seconds)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # keep polling: one bad pass must not stop hot reloads
+                LOG.exception("polling the model base paths failed")
+
+    @property
+    def config(self) -> model_server_config_pb2.ModelServerConfig:
+        with self._lock:
+            copy = model_server_config_pb2.ModelServerConfig()
+            copy.CopyFrom(self._config)
+            return copy
+
+    def reload_config(self, server_config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Switches to a new model list (HandleReloadConfigRequest) and loads it before returning.
+
+        Raises:
+            InvalidArgumentError: the new config is invalid.
+        """
+        try:
+            config_lib.validate_model_server_config(server_config, source="reload request")
+        except config_lib.ConfigFileError as error:
+            raise InvalidArgumentError(str(error)) from error
+        with self._lock:
+            self._config = server_config
+        self.poll_once()
+
+    # ----- loading ---------------------------------------------------------------------------
+    def poll_once(self) -> None:
+        """One pass: load the versions each policy wants, then unload the others."""
+        with self._poll_lock:
+            with self._lock:
+                models = {model.name: model for model in self._config.model_config_list.config}
+                for name in models:
+                    self._models.setdefault(name, {})
+            for name, model in models.items():
+                if self._stop.is_set() and self._thread is not None:
+                    return
+                self._sync_model(model)
+            for name in list(self._models):
+                if name not in models:
+                    for record in list(self._models[name].values()):
+                        if record.servable is not None:
+                            self._unload(name, record)
+                    with self._lock:
+                        del self._models[name]
+
+    def _sync_model(self, model: model_server_config_pb2.ModelConfig) -> None:
+        on_disk = versions_on_disk(model.base_path)
+        wanted = config_lib.policy_versions(model, list(on_disk))
+        records = self._models[model.name]
+        for version in sorted(wanted, reverse=True):  # newest first: it is what "latest" serves
+            path = on_disk[version]
+            record = records.get(version)
+            fingerprint = version_fingerprint(path)
+            if record is not None and record.state == State.AVAILABLE:
+                continue
+            if record is not None and record.state == State.END and record.fingerprint == fingerprint:
+                continue  # failed before and unchanged since: do not retry in a loop
+            record = VersionRecord(version=version, path=path, state=State.LOADING, fingerprint=fingerprint,
+                                   error=record.error if record is not None else None)
+            with self._lock:
+                records[version] = record
+            self._load(model.name, record)
+        # Unload only what is no longer wanted, after the new versions are up. For each wanted
+        # version that failed to load, the newest previously serving version stays (TF Serving's
+        # availability-preserving policy): a bad push never takes a model offline.
+        missing = sum(1 for version in wanted if records[version].state != State.AVAILABLE)
+        fallbacks = sorted((version for version, record in records.items()
+                            if version not in wanted and record.state == State.AVAILABLE), reverse=True)[:missing]
+        for version, record in list(records.items()):
+            if version not in wanted and version not in fallbacks:
+                if record.servable is not None:
+                    self._unload(model.name, record)
+                elif record.state != State.AVAILABLE:
+                    with self._lock:
+                        records.pop(version, None)
+        self._update_available(model.name)
+
+    def _load(self, name: str, record: VersionRecord) -> None:
+        started = time.monotonic()
+        LOG.info("loading model %s version %d from %s", name, record.version, record.path)
+        servable = None
+        try:
+            servable = self._servable_factory(
+                name, record.version, record.path, batching=self._batching,
+                on_batch=lambda signature, size, padded, version=record.version: self._record_batch(
+                    name, version, signature, size, padded))
+            if self._warm_up:
+                servable.warm_up()
+        except Exception as error:  # any load failure is reported; the old version keeps serving
+            if servable is not None:
+                servable.close()
+            message = f"{type(error).__name__}: {_first_line(error)}"
+            LOG.error("model %s version %d failed to load: %s", name, record.version, message)
+            with self._lock:
+                record.state, record.error = State.END, message
+            self.metrics.load_events.inc(model=name, version=str(record.version), result="error")
+            return
+        with self._lock:
+            record.servable, record.state, record.error = servable, State.AVAILABLE, None
+        self.metrics.load_events.inc(model=name, version=str(record.version), result="ok")
+        LOG.info("model %s version %d is available (%.1f s)", name, record.version,
+                 time.monotonic() - started)
+
+    def _unload(self, name: str, record: VersionRecord, drain_seconds: float = 60.0) -> None:
+        with self._lock:
+            record.state = State.UNLOADING  # new requests no longer resolve to it
+        servable = record.servable
+        if servable is not None:
+            if not servable.wait_idle(drain_seconds):
+                LOG.warning("model %s version %d still had requests after %.0f s; unloading anyway",
+                            name, record.version, drain_seconds)
+            servable.close()
+        with self._lock:
+            record.servable, record.state = None, State.END
+            versions = self._models.get(name, {})
+            if versions.get(record.version) is record:
+                del versions[record.version]
+        self.metrics.unload_events.inc(model=name, version=str(record.version))
+        LOG.info("model %s version %d unloaded", name, record.version)
+        self._update_available(name)
+
+    def _update_available(self, name: str) -> None:
+        with self._lock:
+            count = sum(1 for record in self._models.get(name, {}).values() if record.state == State.AVAILABLE)
+        self.metrics.available_versions.set(count, model=name)
+
+    def _record_batch(self, name: str, version: int, signature: str, size: int, padded: int) -> None:
+        self.metrics.batch_size.observe(size, model=name, version=str(version), signature=signature)
+        self.metrics.padded_batch_size.observe(padded, model=name, version=str(version), signature=signature)
+
+    # ----- serving ---------------------------------------------------------------------------
+    def _model_config(self, name: str) -> model_server_config_pb2.ModelConfig:
+        for model in self._config.model_config_list.config:
+            if model.name == name:
+                return model
+        raise NotFoundError(f"Servable not found for request: Latest({name}): no model named "
+                            f"'{name}' is configured")
+
+    def resolve_version(self, name: str, version: Optional[int] = None, label: Optional[str] = None) -> int:
+        """The version a request means; raises NotFoundError if it is not serving."""
+        with self._lock:
+            model = self._model_config(name)
+            records = self._models.get(name, {})
+            if label:
+                if label not in model.version_labels:
+                    raise NotFoundError(f"Unrecognized servable version label: {label} (model {name} "
+                                        f"has labels {sorted(model.version_labels)})")
+                version = model.version_labels[label]
+            if version is None:
+                available = [v for v, record in records.items() if record.state == State.AVAILABLE]
+                if not available:
+                    raise NotFoundError(f"Servable not found for request: Latest({name}): no version "
+                                        "is available yet")
+                return max(available)
+            record = records.get(version)
+            if record is None or record.state != State.AVAILABLE:
+                raise NotFoundError(f"Servable not found for request: Specific({name}, {version})")
+            return version
+
+    @contextlib.contextmanager
+    def servable(self, name: str, version: Optional[int] = None,
+                 label: Optional[str] = None) -> Iterator[Servable]:
+        """Holds a serving version for the length of a request; it is not unloaded meanwhile."""
+        with self._lock:
+            resolved = self.resolve_version(name, version, label)
+            servable = self._models[name][resolved].servable
+            servable.acquire()
+        try:
+            yield servable
+        finally:
+            servable.release()
+
+    def model_names(self) -> List[str]:
+        with self._lock:
+            return [model.name for model in self._config.model_config_list.config]
+
+    def version_statuses(self, name: str, version: Optional[int] = None,
+                         label: Optional[str] = None) -> List[get_model_status_pb2.ModelVersionStatus]:
+        """TF Serving's ModelVersionStatus list for a model (newest first), or one version.
+
+        Raises:
+            NotFoundError: unknown model, label, or a version the server never saw.
+        """
+        with self._lock:
+            model = self._model_config(name)
+            if label:
+                if label not in model.version_labels:
+                    raise NotFoundError(f"Unrecognized servable version label: {label}")
+                version = model.version_labels[label]
+            records = dict(self._models.get(name, {}))
+            if version is not None:
+                if version not in records:
+                    raise NotFoundError(f"Could not find version {version} of model {name}")
+                records = {version: records[version]}
+            if not records:
+                raise NotFoundError(f"Could not find any versions of model {name} under "
+                                    f"{model.base_path}")
+            statuses = []
+            for number in sorted(records, reverse=True):
+                record = records[number]
+                status = get_model_status_pb2.ModelVersionStatus(version=number, state=record.state)
+                if record.error:
+                    status.status.error_code = 2  # UNKNOWN, as TF Serving reports load failures
+                    status.status.error_message = record.error
+                statuses.append(status)
+            return statuses
+
+    def is_ready(self) -> bool:
+        """True once every configured model has at least one available version."""
+        with self._lock:
+            return all(any(record.state == State.AVAILABLE for record in self._models.get(name, {}).values())
+                       for name in (model.name for model in self._config.model_config_list.config))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

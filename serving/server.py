@@ -1,0 +1,122 @@
+"""The model server: a model manager behind the gRPC and REST APIs, with graceful shutdown."""
+
+import dataclasses
+import logging
+import signal
+import threading
+from typing import Optional
+
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import config as config_lib
+from serving import grpc_server, rest
+from serving.errors import ConfigFileError
+from serving.model_manager import ModelManager
+from serving.service import ServingService
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    """The server's settings; field names follow tensorflow_model_server's flags."""
+
+    port: int = 8500
+    rest_api_port: int = 8501
+    host: str = "127.0.0.1"
+    model_name: Optional[str] = None
+    model_base_path: Optional[str] = None
+    model_config_file: Optional[str] = None
+    enable_batching: bool = False
+    batching_parameters_file: Optional[str] = None
+    monitoring_config_file: Optional[str] = None
+    file_system_poll_wait_seconds: float = 1.0
+    rest_api_timeout_in_ms: int = 30000
+    max_request_bytes: int = rest.DEFAULT_MAX_BODY_BYTES
+    grpc_max_threads: int = 64
+    drain_seconds: float = 30.0
+    enable_model_warmup: bool = True
+
+    def model_server_config(self) -> model_server_config_pb2.ModelServerConfig:
+        """The models to serve, from --model_config_file or --model_name/--model_base_path.
+
+        Raises:
+            ConfigFileError: neither or both ways are given, or the file is invalid.
+        """
+        if self.model_config_file and self.model_base_path:
+            raise ConfigFileError("give either --model_config_file or --model_base_path, not both")
+        if self.model_config_file:
+            return config_lib.load_model_server_config(self.model_config_file)
+        if not self.model_base_path:
+            raise ConfigFileError("give --model_base_path (with --model_name) or --model_config_file")
+        return config_lib.model_config_from_flags(self.model_name or "default", self.model_base_path)
+
+
+class ModelServer:
+    """Runs the manager and both APIs until stop() (or SIGTERM/SIGINT in serve_forever)."""
+
+    def __init__(self, options: ServerOptions):
+        self.options = options
+        server_config = options.model_server_config()
+        batching = None
+        if options.enable_batching:
+            batching = config_lib.load_batching_parameters(options.batching_parameters_file)
+        elif options.batching_parameters_file:
+            raise ConfigFileError("--batching_parameters_file needs --enable_batching")
+        self.monitoring = config_lib.load_monitoring_config(options.monitoring_config_file)
+        self.manager = ModelManager(server_config, batching=batching,
+                                    poll_seconds=options.file_system_poll_wait_seconds,
+                                    warm_up=options.enable_model_warmup)
+        timeout = options.rest_api_timeout_in_ms / 1000.0 if options.rest_api_timeout_in_ms > 0 else None
+        self.service = ServingService(self.manager, default_timeout_seconds=timeout)
+        self.grpc_server = None
+        self.rest_server = None
+        self.grpc_port = None
+        self.rest_port = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Loads the models, then opens the gRPC and REST ports (0 picks a free port)."""
+        self.manager.start()
+        self.grpc_server, self.grpc_port = grpc_server.create_server(
+            self.service, self.options.port, self.options.host, self.options.grpc_max_threads,
+            max_message_bytes=self.options.max_request_bytes)
+        if self.options.rest_api_port is not None and self.options.rest_api_port >= 0:
+            metrics_path = self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None
+            self.rest_server, self.rest_port, _ = rest.create_server(
+                self.service, self.options.rest_api_port, self.options.host,
+                self.options.max_request_bytes, metrics_path)
+
+    def stop(self) -> None:
+        """Refuses new requests, lets those in flight finish (up to drain_seconds), then exits."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        LOG.info("shutting down: draining in-flight requests (up to %.0f s)", self.options.drain_seconds)
+        self.service.start_draining()
+        if not self.service.wait_drained(self.options.drain_seconds):
+            LOG.warning("requests still in flight after %.0f s", self.options.drain_seconds)
+        if self.rest_server is not None:
+            self.rest_server.wait_idle(5.0)  # answers computed while draining are written out
+            self.rest_server.shutdown()
+            self.rest_server.server_close()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=5).wait(10)
+        self.manager.stop(drain_seconds=self.options.drain_seconds)
+        LOG.info("server stopped")
+
+    def serve_forever(self, on_ready=None) -> None:
+        """Starts, calls on_ready(), and blocks until SIGTERM or SIGINT, then stops gracefully."""
+        stop_requested = threading.Event()
+
+        def request_stop(signum, frame):
+            stop_requested.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        self.start()
+        if on_ready is not None:
+            on_ready()
+        while not stop_requested.wait(0.5):
+            pass
+        self.stop()

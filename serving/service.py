@@ -1,0 +1,145 @@
+"""The request handling both servers share: model lookup, metrics, timeouts, draining.
+
+REST and gRPC only translate their wire formats to these calls and back.
+"""
+
+import contextlib
+import threading
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
+from serving.errors import InvalidArgumentError, ServingError, UnavailableError
+from serving.metrics import ServerMetrics
+from serving.model_manager import ModelManager
+
+Arrays = Dict[str, np.ndarray]
+
+
+class RequestRecord:
+    """Filled in while a request runs; recorded in the metrics when it ends."""
+
+    __slots__ = ("model", "version", "status")
+
+    def __init__(self):
+        self.model = ""
+        self.version = None
+        self.status = "OK"
+
+
+class ServingService:
+    """Runs requests against a ModelManager.
+
+    Args:
+        manager: the model manager.
+        default_timeout_seconds: the timeout of a request that brings none (REST).
+    """
+
+    def __init__(self, manager: ModelManager, default_timeout_seconds: Optional[float] = None):
+        self.manager = manager
+        self.metrics: ServerMetrics = manager.metrics
+        self.default_timeout_seconds = default_timeout_seconds
+        self._in_flight = 0
+        self._in_flight_changed = threading.Condition()
+        self._draining = False
+
+    # ----- request accounting ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def request(self, api: str, protocol: str) -> Iterator[RequestRecord]:
+        """Counts a request in flight and records its outcome and latency.
+
+        Raises:
+            UnavailableError: the server is draining for shutdown.
+        """
+        record = RequestRecord()
+        started = time.perf_counter()
+        with self._in_flight_changed:
+            if self._draining:
+                self.metrics.record_request("", None, api, protocol, "UNAVAILABLE", 0.0)
+                raise UnavailableError("the server is shutting down; retry on another replica")
+            self._in_flight += 1
+        try:
+            yield record
+        except ServingError as error:
+            record.status = error.code.name
+            raise
+        except Exception:
+            record.status = "INTERNAL"
+            raise
+        finally:
+            self.metrics.record_request(record.model, record.version, api, protocol, record.status,
+                                        time.perf_counter() - started)
+            with self._in_flight_changed:
+                self._in_flight -= 1
+                self._in_flight_changed.notify_all()
+
+    def start_draining(self) -> None:
+        """New requests are refused from now on; those in flight finish."""
+        with self._in_flight_changed:
+            self._draining = True
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def wait_drained(self, timeout: float) -> bool:
+        with self._in_flight_changed:
+            return self._in_flight_changed.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def timeout(self, remaining: Optional[float] = None) -> Optional[float]:
+        return remaining if remaining is not None else self.default_timeout_seconds
+
+    # ----- APIs -------------------------------------------------------------------------------
+    def predict(self, record: RequestRecord, model: str, version: Optional[int], label: Optional[str],
+                signature_name: str, inputs: Arrays, output_filter: Sequence[str] = (),
+                timeout: Optional[float] = None, strict_dtypes: bool = False) -> Tuple[int, str, Arrays]:
+        record.model = model
+        with self.manager.servable(model, version, label) as servable:
+            record.version = servable.version
+            signature, outputs = servable.predict(signature_name, inputs, output_filter, self.timeout(timeout),
+                                                  strict_dtypes)
+            return servable.version, signature.name, outputs
+
+    def classify(self, record: RequestRecord, model: str, version: Optional[int], label: Optional[str],
+                 signature_name: str, examples: List[bytes], timeout: Optional[float] = None):
+        record.model = model
+        with self.manager.servable(model, version, label) as servable:
+            record.version = servable.version
+            signature, classes, scores = servable.classify(signature_name, examples, self.timeout(timeout))
+            return servable.version, signature.name, classes, scores
+
+    def regress(self, record: RequestRecord, model: str, version: Optional[int], label: Optional[str],
+                signature_name: str, examples: List[bytes], timeout: Optional[float] = None):
+        record.model = model
+        with self.manager.servable(model, version, label) as servable:
+            record.version = servable.version
+            signature, values = servable.regress(signature_name, examples, self.timeout(timeout))
+            return servable.version, signature.name, values
+
+    def signature_def_map(self, record: RequestRecord, model: str, version: Optional[int],
+                          label: Optional[str]) -> Tuple[int, get_model_metadata_pb2.SignatureDefMap]:
+        record.model = model
+        with self.manager.servable(model, version, label) as servable:
+            record.version = servable.version
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for name, info in servable.signatures.items():
+                signature_map.signature_def[name].CopyFrom(info.definition)
+            return servable.version, signature_map
+
+    def model_status(self, record: RequestRecord, model: str, version: Optional[int],
+                     label: Optional[str]) -> List[get_model_status_pb2.ModelVersionStatus]:
+        record.model = model
+        return self.manager.version_statuses(model, version, label)
+
+
+def parse_version(text: str) -> int:
+    """A version number from a URL or flag; raises InvalidArgumentError if it is not one."""
+    try:
+        version = int(text)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgumentError(f"version must be a non-negative integer, got {text!r}") from error
+    if version < 0:
+        raise InvalidArgumentError(f"version must be a non-negative integer, got {text!r}")
+    return version
