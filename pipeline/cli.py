@@ -12,6 +12,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Google Cloud client libraries (pulled in by TFX) warn about Python 3.10 on import.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 
+from mobile import cli as mobile_cli  # noqa: E402  (after the environment is set)
+
 
 def _add_run_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_run_parser(subparsers)
+    mobile_cli.register(subparsers)
     return parser
 
 
