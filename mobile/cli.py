@@ -4,7 +4,9 @@ import argparse
 import os
 import sys
 
-from mobile import convert, verify
+from mobile import options
+
+# TensorFlow is imported only when the command runs, so `tfprod --help` stays fast.
 
 DEFAULT_DATA_DIR = "data/mnist_sample"
 DEFAULT_CALIBRATION_SAMPLES = 200
@@ -24,10 +26,10 @@ def register(subparsers) -> None:
                         help="a pushed SavedModel version, e.g. outputs/mnist_cnn/serving/"
                              "mnist_cnn/1700000000")
     parser.add_argument("--mode", dest="modes", action="append",
-                        choices=[mode.value for mode in convert.ConversionMode],
+                        choices=[mode.value for mode in options.ConversionMode],
                         help="conversion mode (repeatable; default: all four)")
     parser.add_argument("--int8-io", nargs="?", const="int8", default=None,
-                        choices=[convert.IoType.INT8.value, convert.IoType.UINT8.value],
+                        choices=[options.IoType.INT8.value, options.IoType.UINT8.value],
                         help="int8 mode: quantized input and output tensors (int8, or uint8 "
                              "for raw pixels) instead of float32")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
@@ -43,7 +45,7 @@ def register(subparsers) -> None:
                         help="verify on the first N test images only (default: all)")
     parser.add_argument("--latency-examples", type=int, default=200,
                         help="single-example invokes timed per runtime and thread count")
-    parser.add_argument("--runtime", dest="runtimes", action="append", choices=verify.RUNTIMES,
+    parser.add_argument("--runtime", dest="runtimes", action="append", choices=options.RUNTIMES,
                         help="runtime to verify on (repeatable; default: both)")
     parser.set_defaults(handler=_tflite_command)
 
@@ -61,7 +63,7 @@ def default_names(model_dir: str):
 
 
 def _tflite_command(args: argparse.Namespace) -> int:
-    from mobile import data, export, metadata
+    from mobile import convert, data, export, metadata, verify
 
     model_name, version, output_dir = default_names(args.model_dir)
     model_name = args.model_name or model_name
@@ -70,7 +72,7 @@ def _tflite_command(args: argparse.Namespace) -> int:
         print(f"error: {args.model_dir} is not in the <output-dir>/serving/<model_name>/<version> "
               "layout; pass --output-dir", file=sys.stderr)
         return EXIT_BAD_INPUT
-    modes = args.modes or [mode.value for mode in convert.ConversionMode]
+    modes = args.modes or [mode.value for mode in options.ConversionMode]
     if args.int8_io and "int8" not in modes:
         print("error: --int8-io applies to --mode int8 only", file=sys.stderr)
         return EXIT_BAD_INPUT

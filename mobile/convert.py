@@ -4,14 +4,19 @@ What goes into the TFLite graph is only what a phone must run: the model, and
 for images the pixel scaling of the Transform graph folded in front of it.
 tf.Example parsing and the Transform graph's string handling stay out:
 
-  * image models take the raw image tensor, float32 [N, height, width] with
+  * image models take the raw image tensor, float32 [1, height, width] with
     pixel values 0..255 (the SavedModel's ``serving_raw`` input). The scaling
     is measured from the SavedModel's own ``transform_features`` signature
     (see :func:`probe_pixel_scaling`) and folded into the graph, so the
     metadata's normalization is the identity (mean 0, std 1);
-  * text models (planned) take int32 token ids [N, sequence_length]; the
+  * text models (planned) take int32 token ids [1, sequence_length]; the
     vocabulary that maps words to ids ships in the metadata, and Keras LSTMs
     convert to TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM op.
+
+The batch dimension is fixed to 1 (:data:`BATCH_SIZE`), as an app runs it: with a
+dynamic batch the Keras Reshape/Flatten layers leave SHAPE/STRIDED_SLICE/PACK ops
+in the graph, and tflite-runtime 2.14's XNNPACK delegate then does not take the
+model (it ran about 25x slower on the reference kernels, measured here).
 
 Only TFLite builtin ops are allowed (never SELECT_TF_OPS / Flex): a model that
 needs another op fails with :class:`UnsupportedOpError` naming it.
@@ -26,6 +31,9 @@ import tensorflow as tf
 
 from mobile.options import ConversionMode, IoType  # noqa: F401  (part of this API)
 from pipeline import features
+
+
+BATCH_SIZE = 1
 
 
 class ConversionError(RuntimeError):
@@ -98,7 +106,7 @@ def probe_pixel_scaling(serving_model, height: int, width: int) -> ImageInput:
 
 
 def inference_function(serving_model, model_input) -> tf.types.experimental.ConcreteFunction:
-    """The function TFLite converts: raw input -> {'probabilities': [N, classes]}.
+    """The function TFLite converts: raw input -> {'probabilities': [1, classes]}.
 
     The SavedModel's Keras model is called directly (its ``__call__``), so the
     Transform layer and tf.Example parsing are not in the graph.
@@ -107,14 +115,15 @@ def inference_function(serving_model, model_input) -> tf.types.experimental.Conc
         pixel_count = model_input.height * model_input.width
 
         @tf.function(input_signature=[tf.TensorSpec(
-            [None, model_input.height, model_input.width], tf.float32, name=features.IMAGE_KEY)])
+            [BATCH_SIZE, model_input.height, model_input.width], tf.float32,
+            name=features.IMAGE_KEY)])
         def predict(image):
-            flat = tf.reshape(image, [-1, pixel_count])
+            flat = tf.reshape(image, [BATCH_SIZE, pixel_count])
             scaled = flat * model_input.scale + model_input.offset
             return {features.PROBABILITIES_OUTPUT: serving_model(scaled, training=False)}
     elif isinstance(model_input, TokenIdsInput):
         @tf.function(input_signature=[tf.TensorSpec(
-            [None, model_input.sequence_length], tf.int32, name="token_ids")])
+            [BATCH_SIZE, model_input.sequence_length], tf.int32, name="token_ids")])
         def predict(token_ids):
             return {features.PROBABILITIES_OUTPUT: serving_model(token_ids, training=False)}
     else:

@@ -75,6 +75,8 @@ def test_pipeline_converts_the_blessed_model_in_every_mode(pipeline_run, mnist_s
         # Only TFLite builtins: no Flex, no tf.Example parsing or string ops.
         assert not [op for op in model["operators"] if op.startswith("CUSTOM")], model
         assert "PARSE_EXAMPLE" not in " ".join(model["operators"])
+        # Batch 1, static shapes: no shape arithmetic left for XNNPACK to trip on.
+        assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(model["operators"]), model
         for runtime in ("litert", "tflite_runtime"):
             result = model["runtimes"][runtime]
             assert result["top1_agreement"] >= 0.95, (model["mode"], runtime, result)
@@ -126,9 +128,11 @@ def test_cli_int8_with_int8_io_has_correct_quantization(pipeline_run, float32_mo
     assert np.abs(dequantized - float_probabilities).mean() < 0.01
     assert np.abs(dequantized - float_probabilities).max() < 0.25
     assert np.mean(dequantized.argmax(1) == float_probabilities.argmax(1)) >= 0.95
-    # The same bytes run on the older runtime too.
-    np.testing.assert_allclose(TfliteClassifier(int8_model, "tflite_runtime").predict(images[:20]),
-                               dequantized[:20], atol=2 * output_scale)
+    # The same bytes run on the older runtime too (its int8 kernels may round a little
+    # differently: a few output steps on some elements).
+    older = TfliteClassifier(int8_model, "tflite_runtime").predict(images[:50])
+    assert np.abs(older - dequantized[:50]).max() <= 8 * output_scale
+    assert np.mean(older.argmax(1) == dequantized[:50].argmax(1)) >= 0.98
 
 
 @pytest.mark.e2e
@@ -243,3 +247,19 @@ def test_int8_needs_calibration_and_int8_io_needs_int8():
         convert.convert(concrete, "int8", trackable=module)
     with pytest.raises(convert.ConversionError, match="need mode int8"):
         convert.convert(concrete, "float16", io_type="uint8", trackable=module)
+
+
+def test_cli_bad_inputs_exit_2_and_say_what_to_fix(tmp_path, tiny_idx_dir, capsys):
+    from pipeline import cli
+
+    missing = tmp_path / "out" / "serving" / "mnist_cnn" / "1"
+    code = cli.main(["tflite", "--model-dir", str(missing), "--data-dir", str(tiny_idx_dir),
+                     "--mode", "float32"])
+    assert code == 2
+    assert f"no SavedModel at {missing}" in capsys.readouterr().err
+    code = cli.main(["tflite", "--model-dir", str(missing), "--mode", "float16", "--int8-io"])
+    assert code == 2
+    assert "--int8-io applies to --mode int8 only" in capsys.readouterr().err
+    code = cli.main(["tflite", "--model-dir", str(tmp_path / "elsewhere"), "--mode", "float32"])
+    assert code == 2
+    assert "pass --output-dir" in capsys.readouterr().err
