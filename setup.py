@@ -23,7 +23,9 @@ INSTALL_REQUIRES = [
     "setuptools<80",  # tfx and beam still import pkg_resources
 ]
 
-TEST_REQUIRES = ["pytest", "pytest-timeout", "hypothesis"]
+# tflite-support: only its pure-Python metadata schema reader, the independent extractor in
+# tests/test_mobile.py (its native parts do not import here; see ../shared/docs/STACK.md).
+TEST_REQUIRES = ["pytest", "pytest-timeout", "hypothesis", "tflite-support==0.4.4"]
 
 setup(
     name="tfprod",

@@ -16,6 +16,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 from kubeflow import cli as kubeflow_cli  # noqa: E402  (after the environment is set)
 from pipeline.tfds_source import cli as tfds_cli  # noqa: E402
 from serving import cli as serving_cli  # noqa: E402  (after the environment is set)
+from mobile import cli as mobile_cli  # noqa: E402  (after the environment is set)
 
 
 def _add_run_parser(subparsers) -> None:
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     kubeflow_cli.register(subparsers)
     tfds_cli.register(subparsers)
     serving_cli.register(subparsers)
+    mobile_cli.register(subparsers)
     return parser
 
 

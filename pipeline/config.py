@@ -1,7 +1,7 @@
 """Typed, layered experiment configuration.
 
 An experiment is a tree of dataclasses (experiment -> data, model, trainer,
-eval, export, runtime, kubeflow). It is built in three layers: the dataclass defaults,
+eval, export, mobile, runtime, kubeflow). It is built in three layers: the dataclass defaults,
 then a YAML file from ``configs/``, then ``--set dotted.key=value`` overrides.
 The result is validated and written beside the run's outputs.
 """
@@ -13,6 +13,8 @@ import typing
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
+
+from mobile import options as mobile_options
 
 
 class ConfigError(ValueError):
@@ -190,6 +192,37 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
+class MobileConfig:
+    """TFLite conversion of the blessed model (mobile/): modes, calibration, verification."""
+
+    enabled: bool = True
+    modes: List[mobile_options.ConversionMode] = dataclasses.field(
+        default_factory=lambda: list(mobile_options.ConversionMode))
+    # Type of the int8 model's input and output: float32, int8 or uint8 (raw pixels).
+    int8_io: mobile_options.IoType = mobile_options.IoType.FLOAT32
+    # Training images drawn at random to calibrate the int8 model.
+    calibration_samples: int = 200
+    # Verify on the first N test examples (null = the whole test split).
+    test_examples: Optional[int] = None
+    # Single-example invokes timed per runtime and thread count.
+    latency_examples: int = 200
+    runtimes: List[str] = dataclasses.field(default_factory=lambda: list(mobile_options.RUNTIMES))
+
+    def validate(self) -> None:
+        _check(not self.enabled or len(self.modes) > 0, "mobile.modes",
+               "a non-empty list of modes when mobile.enabled is true", self.modes)
+        _check(100 <= self.calibration_samples <= 500, "mobile.calibration_samples",
+               "an integer in 100..500", self.calibration_samples)
+        _check(self.test_examples is None or self.test_examples >= 1, "mobile.test_examples",
+               "null or an integer >= 1", self.test_examples)
+        _check(self.latency_examples >= 1, "mobile.latency_examples", "an integer >= 1",
+               self.latency_examples)
+        _check(len(self.runtimes) > 0 and set(self.runtimes) <= set(mobile_options.RUNTIMES),
+               "mobile.runtimes", f"a non-empty list of {', '.join(mobile_options.RUNTIMES)}",
+               self.runtimes)
+
+
+@dataclasses.dataclass
 class RuntimeConfig:
     """Where the run writes and how the local runner executes it."""
 
@@ -285,13 +318,14 @@ class ExperimentConfig:
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    mobile: MobileConfig = dataclasses.field(default_factory=MobileConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
 
     def validate(self) -> None:
         _check(bool(self.name), "name", "a non-empty string", self.name)
-        for section in (self.data, self.model, self.trainer, self.eval, self.export, self.runtime,
-                        self.kubeflow):
+        for section in (self.data, self.model, self.trainer, self.eval, self.export, self.mobile,
+                        self.runtime, self.kubeflow):
             section.validate()
 
     def check_paths(self) -> None:

@@ -2,16 +2,19 @@
 
 ExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator
 -> AnomaliesGate -> Transform -> Trainer -> Evaluator (vs. the latest blessed
-model) -> Pusher. Building it has no side effects: nothing is read or written.
+model) -> Pusher -> TFLiteConverter (blessed models only; when mobile.enabled).
+Building it has no side effects: nothing is read or written.
 """
 
 import dataclasses
+import json
 import os
 from typing import List, Optional, Union
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+from mobile import component as mobile_component
 from pipeline import config as config_lib
 from pipeline import features, ingestion, trainer, validation
 
@@ -171,11 +174,21 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=paths.serving_model_dir(experiment.export.model_name))))
 
+    components = [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+                  transform, model_trainer, latest_blessed_model, evaluator, pusher]
+    if experiment.mobile.enabled:
+        components.append(mobile_component.TFLiteConverter(
+            model=model_trainer.outputs["model"],
+            model_blessing=evaluator.outputs["blessing"],
+            examples=example_gen.outputs["examples"],
+            pushed_model=pusher.outputs["pushed_model"],
+            output_dir=paths.output_dir,
+            model_name=experiment.export.model_name,
+            mobile_config=json.dumps(config_lib.to_dict(experiment.mobile))))
+
     if metadata_connection_config is None:
         metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata_path)
-    components = [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                  transform, model_trainer, latest_blessed_model, evaluator, pusher]
     if beam_args is None:
         beam_args = beam_pipeline_args(experiment.runtime)
     return tfx.dsl.Pipeline(

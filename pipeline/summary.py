@@ -14,6 +14,7 @@ from pipeline import trainer
 EVALUATOR_ID = "Evaluator"
 PUSHER_ID = "Pusher"
 TRAINER_ID = "Trainer"
+TFLITE_ID = "TFLiteConverter"
 # TFMA's name for the last blessed model when the Evaluator compares against it.
 BASELINE_MODEL_NAME = "baseline"
 
@@ -35,6 +36,9 @@ class RunSummary:
     total_seconds: float = 0.0
     training: Dict[str, Any] = dataclasses.field(default_factory=dict)
     artifacts: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # The TFLite models of the blessed model (mode -> path) and their report (json, markdown).
+    tflite_models: Dict[str, str] = dataclasses.field(default_factory=dict)
+    tflite_report: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -54,6 +58,9 @@ class RunSummary:
         if self.status == "succeeded":
             if self.blessed:
                 lines.append(f"Blessed: yes. Pushed to {self.pushed_model_dir}")
+                if self.tflite_report:
+                    lines.append(f"TFLite: {', '.join(self.tflite_models)}; report "
+                                 f"{self.tflite_report.get('markdown')}")
             else:
                 lines.append("Blessed: NO - the model was not pushed; it missed:")
                 lines += [f"  {failure}" for failure in self.validation_failures or ["(unknown)"]]
@@ -180,6 +187,14 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
         pushed = pusher["pushed_model"][0]
         if _custom_int(pushed, "pushed") == 1:
             result.pushed_model_dir = _custom_str(pushed, "pushed_destination")
+
+    tflite = _latest_execution_outputs(store, experiment.name, TFLITE_ID, run_context_id)
+    if tflite.get("tflite_models") and _custom_int(tflite["tflite_models"][0], "converted") == 1:
+        files_path = os.path.join(tflite["tflite_models"][0].uri, "files.json")
+        if os.path.isfile(files_path):
+            with open(files_path, encoding="utf-8") as handle:
+                files = json.load(handle)
+            result.tflite_models, result.tflite_report = files["models"], files["report"]
 
     trainer_outputs = _latest_execution_outputs(store, experiment.name, TRAINER_ID, run_context_id)
     if trainer_outputs.get("model"):

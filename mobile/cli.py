@@ -1,0 +1,105 @@
+"""`tfprod tflite`: convert a pushed SavedModel to TFLite, attach metadata, verify, report."""
+
+import argparse
+import os
+import sys
+
+from mobile import options
+
+# TensorFlow is imported only when the command runs, so `tfprod --help` stays fast.
+
+DEFAULT_DATA_DIR = "data/mnist_sample"
+DEFAULT_CALIBRATION_SAMPLES = 200
+EXIT_BAD_INPUT = 2
+EXIT_CONVERSION_FAILED = 1
+
+
+def register(subparsers) -> None:
+    """Adds the `tflite` subcommand to tfprod's argument parser."""
+    parser = subparsers.add_parser(
+        "tflite", help="convert a pushed SavedModel to TFLite (with Android metadata) and "
+                       "verify it on LiteRT and tflite-runtime",
+        description="Convert a pushed model version to TFLite in one or more modes, attach the "
+                    "Android metadata (labels, normalization), verify each model on LiteRT and "
+                    "tflite-runtime against the SavedModel, and write report.json/report.md.")
+    parser.add_argument("--model-dir", required=True,
+                        help="a pushed SavedModel version, e.g. outputs/mnist_cnn/serving/"
+                             "mnist_cnn/1700000000")
+    parser.add_argument("--mode", dest="modes", action="append",
+                        choices=[mode.value for mode in options.ConversionMode],
+                        help="conversion mode (repeatable; default: all four)")
+    parser.add_argument("--int8-io", nargs="?", const="int8", default=None,
+                        choices=[options.IoType.INT8.value, options.IoType.UINT8.value],
+                        help="int8 mode: quantized input and output tensors (int8, or uint8 "
+                             "for raw pixels) instead of float32")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="IDX directory: train files for calibration, t10k files for "
+                             f"verification (default {DEFAULT_DATA_DIR})")
+    parser.add_argument("--output-dir",
+                        help="where the models and report go (default: <output-dir>/tflite/"
+                             "<model_name>/<version> beside the serving/ directory)")
+    parser.add_argument("--model-name", help="name in the metadata (default: from --model-dir)")
+    parser.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
+                        help="int8 calibration images drawn from the training files (100-500)")
+    parser.add_argument("--test-examples", type=int, default=None,
+                        help="verify on the first N test images only (default: all)")
+    parser.add_argument("--latency-examples", type=int, default=200,
+                        help="single-example invokes timed per runtime and thread count")
+    parser.add_argument("--runtime", dest="runtimes", action="append", choices=options.RUNTIMES,
+                        help="runtime to verify on (repeatable; default: both)")
+    parser.set_defaults(handler=_tflite_command)
+
+
+def default_names(model_dir: str):
+    """(model_name, version, output_dir) for <root>/serving/<model_name>/<version>."""
+    model_dir = os.path.abspath(model_dir)
+    version = os.path.basename(model_dir)
+    model_name = os.path.basename(os.path.dirname(model_dir))
+    serving_dir = os.path.dirname(os.path.dirname(model_dir))
+    output_dir = None
+    if os.path.basename(serving_dir) == "serving":
+        output_dir = os.path.join(os.path.dirname(serving_dir), "tflite", model_name, version)
+    return model_name, version, output_dir
+
+
+def _tflite_command(args: argparse.Namespace) -> int:
+    from mobile import convert, data, export, metadata, verify
+
+    model_name, version, output_dir = default_names(args.model_dir)
+    model_name = args.model_name or model_name
+    output_dir = args.output_dir or output_dir
+    if output_dir is None:
+        print(f"error: {args.model_dir} is not in the <output-dir>/serving/<model_name>/<version> "
+              "layout; pass --output-dir", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    modes = args.modes or [mode.value for mode in options.ConversionMode]
+    if args.int8_io and "int8" not in modes:
+        print("error: --int8-io applies to --mode int8 only", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        calibration = None
+        if "int8" in modes:
+            train_images, _ = data.read_idx_split(args.data_dir, "train")
+            calibration = data.calibration_sample(train_images, args.calibration_samples)
+        test_images, test_labels = data.read_idx_split(args.data_dir, "test")
+        if args.test_examples:
+            test_images, test_labels = (test_images[:args.test_examples],
+                                        test_labels[:args.test_examples])
+        options = export.ExportOptions(
+            modes=modes, int8_io=args.int8_io or convert.IoType.FLOAT32.value,
+            runtimes=args.runtimes or verify.RUNTIMES, latency_examples=args.latency_examples)
+        result = export.export_tflite(
+            args.model_dir, output_dir, model_name, version, calibration, test_images,
+            test_labels, options, progress=lambda line: print(line, flush=True))
+    except (data.DataError, export.ExportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (convert.ConversionError, metadata.MetadataError,
+            verify.VerificationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONVERSION_FAILED
+    print(verify.format_markdown(result.report), flush=True)
+    for mode, path in result.model_files.items():
+        print(f"{mode}: {path}")
+    print(f"report: {result.report_files['json']} and {result.report_files['markdown']}")
+    return 0

@@ -1,0 +1,82 @@
+"""TFLiteConverter: the pipeline step that converts the blessed model to TFLite.
+
+It runs after the Evaluator and the Pusher. It consumes the Trainer's model, the
+Evaluator's blessing (a model that is not blessed is not converted), the
+ExampleGen examples (train split: int8 calibration; test split: verification)
+and the Pusher's output (for the pushed version number, so the TFLite files
+carry the same version as the served model). It writes
+
+    <output_dir>/tflite/<model_name>/<version>/<mode>.tflite + report.json/.md
+
+and lists them in ``files.json`` in its own output artifact, which
+pipeline.summary reads into run_summary.json.
+"""
+
+import json
+import os
+
+from tfx import types
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+COMPONENT_ID = "TFLiteConverter"
+FILES_JSON = "files.json"
+CONVERTED_PROPERTY = "converted"
+
+
+class TFLiteModels(types.Artifact):
+    """The TFLite models of one blessed model version, and their verification report."""
+
+    TYPE_NAME = "TFLiteModels"
+
+
+def tflite_dir(output_dir: str, model_name: str, version: str) -> str:
+    """<output_dir>/tflite/<model_name>/<version>: where one version's models go."""
+    return os.path.join(output_dir, "tflite", model_name, str(version))
+
+
+@component
+def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
+        model: InputArtifact[standard_artifacts.Model],
+        model_blessing: InputArtifact[standard_artifacts.ModelBlessing],
+        examples: InputArtifact[standard_artifacts.Examples],
+        pushed_model: InputArtifact[standard_artifacts.PushedModel],
+        tflite_models: OutputArtifact[TFLiteModels],
+        output_dir: Parameter[str],
+        model_name: Parameter[str],
+        mobile_config: Parameter[str]) -> None:
+    """Converts, annotates and verifies the blessed model (see the module docstring).
+
+    Args:
+      mobile_config: the experiment's ``mobile`` section as JSON (pipeline.config.MobileConfig).
+    """
+    from mobile import data, export
+
+    if model_blessing.get_int_custom_property("blessed") != 1:
+        tflite_models.set_int_custom_property(CONVERTED_PROPERTY, 0)
+        return
+    settings = json.loads(mobile_config)
+    version = pushed_model.get_string_custom_property("pushed_version") or str(model.id)
+    saved_model_dir = path_utils.serving_model_path(model.uri)
+    serving_model = export.load_serving_model(saved_model_dir)
+    height_width = export.image_input_shape(serving_model)[:2]
+    train_images, _ = data.read_examples_split(
+        examples.uri, "train", *height_width, limit=max(5000, settings["calibration_samples"]))
+    calibration = data.calibration_sample(train_images, settings["calibration_samples"])
+    test_images, test_labels = data.read_examples_split(
+        examples.uri, "test", *height_width, limit=settings["test_examples"])
+    destination = tflite_dir(output_dir, model_name, version)
+    result = export.export_tflite(
+        saved_model_dir, destination, model_name, version, calibration, test_images,
+        test_labels, export.ExportOptions(
+            modes=settings["modes"], int8_io=settings["int8_io"], runtimes=settings["runtimes"],
+            latency_examples=settings["latency_examples"]),
+        serving_model=serving_model)
+    files = {"output_dir": destination, "version": version, "models": result.model_files,
+             "report": result.report_files}
+    with open(os.path.join(tflite_models.uri, FILES_JSON), "w", encoding="utf-8") as handle:
+        json.dump(files, handle, indent=2)
+    tflite_models.set_int_custom_property(CONVERTED_PROPERTY, 1)
+    tflite_models.set_string_custom_property("output_dir", destination)

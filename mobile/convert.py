@@ -1,0 +1,228 @@
+"""Conversion of a pushed tfprod SavedModel to TFLite, in four modes.
+
+What goes into the TFLite graph is only what a phone must run: the model, and
+for images the pixel scaling of the Transform graph folded in front of it.
+tf.Example parsing and the Transform graph's string handling stay out:
+
+  * image models take the raw image tensor, float32 [1, height, width] with
+    pixel values 0..255 (the SavedModel's ``serving_raw`` input). The scaling
+    is measured from the SavedModel's own ``transform_features`` signature
+    (see :func:`probe_pixel_scaling`) and folded into the graph, so the
+    metadata's normalization is the identity (mean 0, std 1);
+  * text models (planned) take int32 token ids [1, sequence_length]; the
+    vocabulary that maps words to ids ships in the metadata, and Keras LSTMs
+    convert to TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM op.
+
+The batch dimension is fixed to 1 (:data:`BATCH_SIZE`), as an app runs it: with a
+dynamic batch the Keras Reshape/Flatten layers leave SHAPE/STRIDED_SLICE/PACK ops
+in the graph, and tflite-runtime 2.14's XNNPACK delegate then does not take the
+model (it ran about 25x slower on the reference kernels, measured here).
+
+Only TFLite builtin ops are allowed (never SELECT_TF_OPS / Flex): a model that
+needs another op fails with :class:`UnsupportedOpError` naming it.
+"""
+
+import dataclasses
+import re
+from typing import Callable, Iterable, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mobile.options import ConversionMode, IoType  # noqa: F401  (part of this API)
+from pipeline import features
+
+
+BATCH_SIZE = 1
+
+
+class ConversionError(RuntimeError):
+    """The SavedModel could not be converted; the message says why and what to change."""
+
+
+class UnsupportedOpError(ConversionError):
+    """The model needs TensorFlow ops that TFLite's builtin op set does not have."""
+
+    def __init__(self, ops: Sequence[str], detail: str):
+        self.ops = list(ops)
+        super().__init__(
+            f"TFLite conversion failed: the model needs TensorFlow op(s) {', '.join(self.ops)}, "
+            "which are not TFLite builtins. tfprod does not enable Flex (SELECT_TF_OPS), "
+            "which Android apps would have to bundle; keep these ops out of the model "
+            "(e.g. move them into preprocessing on the app side) or replace them with "
+            f"supported ops.\nConverter said: {detail.strip()[:2000]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+    """An image model's input: raw pixels; the model sees pixel * scale + offset."""
+
+    height: int
+    width: int
+    scale: float
+    offset: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIdsInput:
+    """A text model's input: int32 token ids, padded to sequence_length."""
+
+    sequence_length: int
+
+
+def probe_pixel_scaling(serving_model, height: int, width: int) -> ImageInput:
+    """Measures the Transform graph's pixel scaling from the SavedModel itself.
+
+    Feeds tf.Examples with known pixel values through the ``transform_features``
+    signature and fits transformed = pixel * scale + offset.
+
+    Raises:
+      ConversionError: the transform is not such a per-pixel affine scaling, so it
+        cannot be folded into the TFLite graph.
+    """
+    signature = serving_model.signatures.get(features.TRANSFORM_SIGNATURE)
+    if signature is None:
+        raise ConversionError(
+            f"the SavedModel has no '{features.TRANSFORM_SIGNATURE}' signature; export it with "
+            "pipeline.signatures.make_serving_signatures")
+    rng = np.random.default_rng(0)
+    pixels = np.stack([np.zeros(height * width), np.full(height * width, 255),
+                       rng.integers(0, 256, height * width)]).astype(np.int64)
+    examples = [tf.train.Example(features=tf.train.Features(feature={
+        features.IMAGE_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=row)),
+        features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
+    })).SerializeToString() for row in pixels]
+    transformed = signature(examples=tf.constant(examples))[features.IMAGE_TRANSFORMED_KEY]
+    transformed = np.asarray(transformed, np.float64).reshape(len(examples), -1)
+    offset = float(transformed[0].mean())
+    scale = float((transformed[1].mean() - offset) / 255.0)
+    expected = pixels.astype(np.float64) * scale + offset
+    if not np.allclose(transformed, expected, atol=1e-5):
+        raise ConversionError(
+            "the Transform graph does not scale pixels as pixel * scale + offset, so it cannot "
+            "be folded into the TFLite model; describe the preprocessing in the metadata "
+            "instead or simplify preprocessing_fn")
+    return ImageInput(height=height, width=width, scale=scale, offset=offset)
+
+
+def inference_function(serving_model, model_input) -> tf.types.experimental.ConcreteFunction:
+    """The function TFLite converts: raw input -> {'probabilities': [1, classes]}.
+
+    The SavedModel's Keras model is called directly (its ``__call__``), so the
+    Transform layer and tf.Example parsing are not in the graph.
+    """
+    if isinstance(model_input, ImageInput):
+        pixel_count = model_input.height * model_input.width
+
+        @tf.function(input_signature=[tf.TensorSpec(
+            [BATCH_SIZE, model_input.height, model_input.width], tf.float32,
+            name=features.IMAGE_KEY)])
+        def predict(image):
+            flat = tf.reshape(image, [BATCH_SIZE, pixel_count])
+            scaled = flat * model_input.scale + model_input.offset
+            return {features.PROBABILITIES_OUTPUT: serving_model(scaled, training=False)}
+    elif isinstance(model_input, TokenIdsInput):
+        @tf.function(input_signature=[tf.TensorSpec(
+            [BATCH_SIZE, model_input.sequence_length], tf.int32, name="token_ids")])
+        def predict(token_ids):
+            return {features.PROBABILITIES_OUTPUT: serving_model(token_ids, training=False)}
+    else:
+        raise TypeError(f"unknown model input description {model_input!r}")
+    return predict.get_concrete_function()
+
+
+_NOT_BUILTIN = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
+_SELECT_OPS = re.compile(r"TF Select ops: ([\w, ]+)")
+
+
+def _unsupported_ops(message: str) -> List[str]:
+    ops = set(_NOT_BUILTIN.findall(message))
+    for group in _SELECT_OPS.findall(message):
+        ops.update(op.strip() for op in group.split(",") if op.strip())
+    return sorted(ops)
+
+
+def convert(concrete_function, mode: ConversionMode,
+            representative_images: Optional[Callable[[], Iterable[List[np.ndarray]]]] = None,
+            io_type: IoType = IoType.FLOAT32, trackable=None) -> bytes:
+    """Converts a concrete function to a TFLite flatbuffer in the given mode.
+
+    Args:
+      concrete_function: from :func:`inference_function`.
+      mode: the quantization mode.
+      representative_images: for INT8, a callable yielding [input] lists of single examples
+        (the calibration set).
+      io_type: for INT8, the type of the model's input and output tensors.
+      trackable: the object that owns the function's variables (the loaded SavedModel).
+
+    Raises:
+      UnsupportedOpError: the graph needs an op outside TFLite's builtins.
+      ConversionError: any other conversion failure, or bad arguments.
+    """
+    mode = ConversionMode(mode)
+    io_type = IoType(io_type)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function], trackable)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if io_type != IoType.FLOAT32 and mode != ConversionMode.INT8:
+        raise ConversionError(f"int8/uint8 input and output need mode int8, not {mode.value}")
+    if mode == ConversionMode.DYNAMIC:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == ConversionMode.FLOAT16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == ConversionMode.INT8:
+        if representative_images is None:
+            raise ConversionError("mode int8 needs a representative dataset (calibration images)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_images
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_type != IoType.FLOAT32:
+            converter.inference_input_type = tf.as_dtype(io_type.value)
+            converter.inference_output_type = tf.as_dtype(io_type.value)
+    try:
+        return converter.convert()
+    except Exception as error:  # The converter raises several types; classify by message.
+        message = str(error)
+        ops = _unsupported_ops(message)
+        if ops:
+            raise UnsupportedOpError(ops, message) from error
+        raise ConversionError(f"TFLite conversion ({mode.value}) failed: {message[:3000]}") \
+            from error
+
+
+def operator_names(model_bytes: bytes) -> List[str]:
+    """The distinct operators of a TFLite model (builtin names, or custom codes)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(bytearray(model_bytes), 0)
+    builtin_names = {value: name for name, value in vars(schema.BuiltinOperator).items()
+                     if not name.startswith("_")}
+    names = set()
+    for index in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(index)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            names.add(f"CUSTOM:{code.CustomCode().decode()}")
+        else:
+            names.add(builtin_names.get(builtin, str(builtin)))
+    return sorted(names)
+
+
+def check_mobile_friendly(model_bytes: bytes) -> None:
+    """Raises ConversionError if the model has Flex (TF) ops or string ops."""
+    names = operator_names(model_bytes)
+    flex = [name for name in names if name.startswith("CUSTOM:Flex")]
+    if flex:
+        raise ConversionError(f"the TFLite model needs Flex ops {flex}; Android apps would "
+                              "have to bundle the TensorFlow Select runtime")
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(bytearray(model_bytes), 0)
+    for subgraph_index in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(subgraph_index)
+        for tensor_index in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(tensor_index)
+            if tensor.Type() == schema.TensorType.STRING:
+                raise ConversionError(
+                    f"the TFLite model has a string tensor '{tensor.Name().decode()}': keep "
+                    "tf.Example parsing and string handling out of the converted graph")

@@ -1,0 +1,64 @@
+"""Images and labels for calibration and verification, from the pipeline or IDX files."""
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from pipeline import features, idx
+
+CALIBRATION_SAMPLES_RANGE = (100, 500)
+
+
+class DataError(ValueError):
+    """The calibration or test data cannot be read; the message names the path."""
+
+
+def read_examples_split(examples_uri: str, split: str, height: int, width: int,
+                        limit: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(images float32 [N, height, width] 0..255, labels int64 [N]) from an Examples artifact.
+
+    Reads ExampleGen's gzipped tf.Example files in ``<examples_uri>/Split-<split>/``.
+    """
+    import tensorflow as tf
+
+    pattern = os.path.join(examples_uri, f"Split-{split}", "*")
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise DataError(f"no examples in {pattern}: is this an ExampleGen output with a "
+                        f"'{split}' split?")
+    spec = {features.IMAGE_KEY: tf.io.FixedLenFeature([height * width], tf.int64),
+            features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if limit is not None:
+        dataset = dataset.take(limit)
+    images, labels = [], []
+    for batch in dataset.batch(1024).map(lambda records: tf.io.parse_example(records, spec)):
+        images.append(batch[features.IMAGE_KEY].numpy())
+        labels.append(batch[features.LABEL_KEY].numpy())
+    return (np.concatenate(images).reshape(-1, height, width).astype(np.float32),
+            np.concatenate(labels))
+
+
+def read_idx_split(data_dir: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(images float32 [N, height, width], labels) of an IDX directory's train or test files."""
+    names = {"train": (idx.TRAIN_IMAGES, idx.TRAIN_LABELS),
+             "test": (idx.TEST_IMAGES, idx.TEST_LABELS)}[split]
+    paths = [os.path.join(data_dir, name) for name in names]
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise DataError(f"IDX file(s) not found: {', '.join(missing)} (pass --data-dir with "
+                        "the four MNIST-layout files)")
+    images, labels = idx.read_image_label_pair(*paths)
+    return images.astype(np.float32), labels.astype(np.int64)
+
+
+def calibration_sample(images: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """count images drawn at random (without replacement) for int8 calibration."""
+    low, high = CALIBRATION_SAMPLES_RANGE
+    if not low <= count <= high:
+        raise DataError(f"calibration samples: expected {low}..{high}, got {count}")
+    if len(images) < count:
+        raise DataError(f"calibration needs {count} training images, only {len(images)} given")
+    chosen = np.random.default_rng(seed).choice(len(images), size=count, replace=False)
+    return images[np.sort(chosen)]

@@ -1,0 +1,209 @@
+"""Verification of TFLite models on the runtimes Android apps bundle.
+
+Each model runs on LiteRT (ai-edge-litert, the maintained runtime) and on
+tflite-runtime 2.14 (older, still bundled in many apps), one example per
+invoke as an app would. Per mode and runtime the report has the test-split
+accuracy next to the SavedModel's, the top-1 agreement with the SavedModel, the
+largest probability difference, the file size, and the median latency per
+example with 1 and 2 threads. Both runtimes apply the XNNPACK delegate by
+default (their builtin op resolver), which is what is measured.
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mobile.options import RUNTIMES
+
+THREAD_COUNTS = (1, 2)
+REPORT_JSON = "report.json"
+REPORT_MARKDOWN = "report.md"
+
+
+class VerificationError(RuntimeError):
+    """A model could not be loaded or run on a runtime; the message names both."""
+
+
+def _interpreter_class(runtime: str):
+    if runtime == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+    elif runtime == "tflite_runtime":
+        from tflite_runtime.interpreter import Interpreter
+    else:
+        raise VerificationError(f"unknown runtime '{runtime}'; choose from {', '.join(RUNTIMES)}")
+    return Interpreter
+
+
+class TfliteClassifier:
+    """Runs a single-input, single-output TFLite classifier one example at a time.
+
+    Quantized (int8/uint8) inputs and outputs are quantized and dequantized with
+    the tensors' own scale and zero point, as an app would.
+    """
+
+    def __init__(self, model_bytes: bytes, runtime: str, num_threads: int = 1):
+        self.runtime = runtime
+        try:
+            self.interpreter = _interpreter_class(runtime)(model_content=model_bytes,
+                                                           num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            raise VerificationError(f"{runtime} could not load the model: {error}") from error
+        (self.input,) = self.interpreter.get_input_details()
+        (self.output,) = self.interpreter.get_output_details()
+
+    def quantize_input(self, example: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if dtype in (np.int8, np.uint8):
+            scale, zero_point = self.input["quantization"]
+            info = np.iinfo(dtype)
+            example = np.clip(np.round(example / scale + zero_point), info.min, info.max)
+        return example.astype(dtype)[np.newaxis]
+
+    def dequantize_output(self, values: np.ndarray) -> np.ndarray:
+        if self.output["dtype"] in (np.int8, np.uint8):
+            scale, zero_point = self.output["quantization"]
+            return (values.astype(np.float32) - zero_point) * scale
+        return values.astype(np.float32)
+
+    def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input["index"], prepared)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"])
+
+    def predict(self, examples: np.ndarray) -> np.ndarray:
+        """Probabilities [N, classes], one invoke per example."""
+        return np.concatenate([self.dequantize_output(self.invoke(self.quantize_input(example)))
+                               for example in examples])
+
+    def median_latency_ms(self, examples: np.ndarray, warmup: int = 10) -> float:
+        """Median wall time of one invoke (input already prepared), in milliseconds."""
+        prepared = [self.quantize_input(example) for example in examples]
+        for item in prepared[:warmup]:
+            self.invoke(item)
+        times = []
+        for item in prepared:
+            start = time.perf_counter()
+            self.invoke(item)
+            times.append(time.perf_counter() - start)
+        return 1000.0 * statistics.median(times)
+
+
+def savedmodel_probabilities(serving_model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The SavedModel's probabilities through its serving_raw signature (the reference)."""
+    import tensorflow as tf
+
+    from pipeline import features
+
+    signature = serving_model.signatures[features.SERVING_RAW_SIGNATURE]
+    return np.concatenate([
+        signature(image=tf.constant(images[start:start + batch_size], tf.float32))[
+            features.PROBABILITIES_OUTPUT].numpy()
+        for start in range(0, len(images), batch_size)])
+
+
+def verify_model(model_bytes: bytes, images: np.ndarray, labels: np.ndarray,
+                 reference: np.ndarray, runtimes: Sequence[str] = RUNTIMES,
+                 latency_examples: int = 200) -> Dict[str, Dict[str, float]]:
+    """Accuracy, agreement and latency of one TFLite model on each runtime."""
+    results = {}
+    reference_top1 = reference.argmax(axis=1)
+    for runtime in runtimes:
+        probabilities = TfliteClassifier(model_bytes, runtime, num_threads=1).predict(images)
+        predicted = probabilities.argmax(axis=1)
+        result = {
+            "accuracy": float(np.mean(predicted == labels)),
+            "top1_agreement": float(np.mean(predicted == reference_top1)),
+            "max_probability_difference": float(np.abs(probabilities - reference).max()),
+        }
+        for threads in THREAD_COUNTS:
+            classifier = TfliteClassifier(model_bytes, runtime, num_threads=threads)
+            result[f"latency_ms_{threads}_thread{'s' if threads > 1 else ''}"] = \
+                classifier.median_latency_ms(images[:latency_examples])
+        results[runtime] = result
+    return results
+
+
+@dataclasses.dataclass
+class ModelReport:
+    """One converted model: where it is, what it is, how it did."""
+
+    mode: str
+    io_type: str
+    path: str
+    size_bytes: int
+    operators: List[str]
+    runtimes: Dict[str, Dict[str, float]]
+
+
+def build_report(model_name: str, version: str, saved_model_dir: str,
+                 models: List[ModelReport], savedmodel_accuracy: float, example_count: int,
+                 latency_examples: int, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The JSON report: per mode and runtime, the figures against the SavedModel."""
+    float32_size = next((m.size_bytes for m in models if m.mode == "float32"), None)
+    rows = []
+    for model in models:
+        row = dataclasses.asdict(model)
+        row["size_ratio_vs_float32"] = (model.size_bytes / float32_size) if float32_size else None
+        for result in row["runtimes"].values():
+            result["accuracy_drop_points"] = 100.0 * (savedmodel_accuracy - result["accuracy"])
+        rows.append(row)
+    report = {
+        "model_name": model_name,
+        "version": version,
+        "saved_model_dir": saved_model_dir,
+        "savedmodel_accuracy": savedmodel_accuracy,
+        "test_examples": example_count,
+        "latency_examples": latency_examples,
+        "latency_note": "median wall time of one invoke (batch 1), XNNPACK delegate on "
+                        "(the runtimes' default)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "models": rows,
+    }
+    report.update(extra or {})
+    return report
+
+
+def format_markdown(report: Dict[str, Any]) -> str:
+    """The report as a Markdown table (one row per mode and runtime)."""
+    lines = [
+        f"# TFLite verification: {report['model_name']} version {report['version']}",
+        "",
+        f"SavedModel test accuracy {report['savedmodel_accuracy']:.4f} on "
+        f"{report['test_examples']} test examples; latency is the median of "
+        f"{report['latency_examples']} single-example invokes ({report['latency_note']}).",
+        f"Machine: {report['machine']}.",
+        "",
+        "| mode | io | runtime | size (KB) | x float32 | accuracy | drop (points) | "
+        "top-1 agreement | max prob. diff | latency 1 thread (ms) | latency 2 threads (ms) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in report["models"]:
+        ratio = model["size_ratio_vs_float32"]
+        for runtime, result in model["runtimes"].items():
+            lines.append(
+                f"| {model['mode']} | {model['io_type']} | {runtime} | "
+                f"{model['size_bytes'] / 1024:.1f} | "
+                f"{'' if ratio is None else f'{ratio:.3f}'} | {result['accuracy']:.4f} | "
+                f"{result['accuracy_drop_points']:+.2f} | {result['top1_agreement']:.4f} | "
+                f"{result['max_probability_difference']:.4f} | "
+                f"{result['latency_ms_1_thread']:.3f} | {result['latency_ms_2_threads']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Dict[str, Any], directory: str) -> Dict[str, str]:
+    """Writes report.json and report.md into directory; returns their paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {"json": os.path.join(directory, REPORT_JSON),
+             "markdown": os.path.join(directory, REPORT_MARKDOWN)}
+    with open(paths["json"], "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    with open(paths["markdown"], "w", encoding="utf-8") as handle:
+        handle.write(format_markdown(report))
+    return paths
