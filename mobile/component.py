@@ -29,7 +29,8 @@ CONVERTED_PROPERTY = "converted"
 class TFLiteModels(types.Artifact):
     """The TFLite models of one blessed model version, and their verification report."""
 
-    TYPE_NAME = "TFLiteModels"
+    # "<namespace>.<Name>": the form KFP v2 requires of custom artifact types.
+    TYPE_NAME = "tfprod.TFLiteModels"
 
 
 def tflite_dir(output_dir: str, model_name: str, version: str) -> str:
