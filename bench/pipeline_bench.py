@@ -43,7 +43,9 @@ def machine_description() -> dict:
 
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "tensorflow": tf.__version__,
-            "gpus": len(tf.config.list_physical_devices("GPU"))}
+            "gpus": len(tf.config.list_physical_devices("GPU")),
+            # Other work on the machine skews absolute figures; ratios hold up better.
+            "load_average_at_end": os.getloadavg()}
 
 
 def _latest_transformed_train_files(output_dir: str):
