@@ -98,22 +98,26 @@ class RestClient:
     def classify(self, model: str, examples: List[Dict[str, Any]], context: Optional[Dict[str, Any]] = None,
                  signature_name: Optional[str] = None, version: Optional[int] = None,
                  label: Optional[str] = None) -> Dict[str, Any]:
-        body: Dict[str, Any] = {"examples": examples}
-        if context is not None:
-            body["context"] = context
-        if signature_name:
-            body["signature_name"] = signature_name
-        return self._call("POST", _model_path(model, version, label) + ":classify", body)
+        """POST :classify with tf.Example JSON (and an optional shared `context`)."""
+        return self._examples_call("classify", model, examples, context, signature_name,
+                                   version, label)
 
     def regress(self, model: str, examples: List[Dict[str, Any]], context: Optional[Dict[str, Any]] = None,
                 signature_name: Optional[str] = None, version: Optional[int] = None,
                 label: Optional[str] = None) -> Dict[str, Any]:
+        """POST :regress with tf.Example JSON (and an optional shared `context`)."""
+        return self._examples_call("regress", model, examples, context, signature_name,
+                                   version, label)
+
+    def _examples_call(self, method: str, model: str, examples: List[Dict[str, Any]],
+                       context: Optional[Dict[str, Any]], signature_name: Optional[str],
+                       version: Optional[int], label: Optional[str]) -> Dict[str, Any]:
         body: Dict[str, Any] = {"examples": examples}
         if context is not None:
             body["context"] = context
         if signature_name:
             body["signature_name"] = signature_name
-        return self._call("POST", _model_path(model, version, label) + ":regress", body)
+        return self._call("POST", f"{_model_path(model, version, label)}:{method}", body)
 
     def status(self, model: str, version: Optional[int] = None, label: Optional[str] = None) -> Dict[str, Any]:
         return self._call("GET", _model_path(model, version, label))
