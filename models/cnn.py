@@ -9,7 +9,7 @@ from models import registry
 BN_MOMENTUM = 0.9
 
 
-@registry.register("cnn")
+@registry.register("cnn", tasks=("image_classification",))
 def build_cnn(model_config, inputs: registry.ModelInputs) -> tf.keras.Model:
     """Blocks of (Conv3x3 -> BatchNorm -> ReLU) x convs_per_block -> MaxPool -> Dropout,
     then Dense -> BatchNorm -> ReLU -> Dropout -> softmax over the classes.

@@ -1,13 +1,16 @@
 """A registry of model builders, keyed by the name used in ``model.name``.
 
-Builders register with ``@register("cnn")``. Each takes the experiment's
-ModelConfig and a ModelInputs description and returns an uncompiled Keras model.
+Builders register with ``@register("cnn", tasks=("image_classification",))``. Each
+takes the experiment's ModelConfig and a ModelInputs description and returns an
+uncompiled Keras model. ``tasks`` names the pipeline tasks (pipeline.tasks) whose
+inputs and outputs the model fits.
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 _BUILDERS: Dict[str, Callable] = {}
+_TASKS: Dict[str, Tuple[str, ...]] = {}
 
 
 class UnknownModelError(KeyError):
@@ -27,14 +30,20 @@ class ModelInputs:
     image_shape: Tuple[int, int, int] = (28, 28, 1)
 
 
-def register(name: str) -> Callable:
-    """Decorator that registers a builder under name; a second registration raises."""
+def register(name: str, tasks: Sequence[str] = ()) -> Callable:
+    """Decorator that registers a builder under name; a second registration raises.
+
+    Args:
+      name: the value of model.name that selects the builder.
+      tasks: the pipeline tasks the model fits (e.g. "image_classification").
+    """
 
     def decorator(builder: Callable) -> Callable:
         if name in _BUILDERS:
             raise ValueError(f"a model named '{name}' is already registered "
                              f"({_BUILDERS[name].__module__}.{_BUILDERS[name].__name__})")
         _BUILDERS[name] = builder
+        _TASKS[name] = tuple(tasks)
         return builder
 
     return decorator
@@ -48,6 +57,18 @@ def _load_builtin_models() -> None:
 def registered_names() -> List[str]:
     _load_builtin_models()
     return sorted(_BUILDERS)
+
+
+def registered_for_task(task: str) -> List[str]:
+    """The names of the models that fit a task."""
+    _load_builtin_models()
+    return sorted(name for name, tasks in _TASKS.items() if task in tasks)
+
+
+def model_tasks(name: str) -> Tuple[str, ...]:
+    """The tasks a registered model fits."""
+    get_builder(name)
+    return _TASKS[name]
 
 
 def get_builder(name: str) -> Callable:

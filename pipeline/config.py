@@ -83,15 +83,15 @@ class DataConfig:
                        getattr(self, key))
             _check(self.tfds_eval_split is None or bool(self.tfds_eval_split),
                    "data.tfds_eval_split", "null or a TFDS split", self.tfds_eval_split)
+        _check(self.image_height > 0 and self.image_width > 0, "data.image_height/image_width",
+               "positive integers", (self.image_height, self.image_width))
+        _check(self.num_classes >= 2, "data.num_classes", "an integer >= 2", self.num_classes)
 
     def describe_source(self) -> str:
         """One line naming where the data comes from (for progress output)."""
         if self.source == DataSource.TFDS:
             return f"TFDS {self.tfds_name} in {self.tfds_data_dir}"
         return self.data_dir
-        _check(self.image_height > 0 and self.image_width > 0, "data.image_height/image_width",
-               "positive integers", (self.image_height, self.image_width))
-        _check(self.num_classes >= 2, "data.num_classes", "an integer >= 2", self.num_classes)
 
 
 @dataclasses.dataclass
@@ -327,6 +327,16 @@ class ExperimentConfig:
         for section in (self.data, self.model, self.trainer, self.eval, self.export, self.mobile,
                         self.runtime, self.kubeflow):
             section.validate()
+        from models import registry  # Local imports: models imports TensorFlow.
+        from pipeline import tasks
+
+        task = tasks.get_task(self)
+        fits = registry.model_tasks(self.model.name)
+        if task.name not in fits:
+            raise ConfigError(
+                f"model.name: model '{self.model.name}' fits {', '.join(fits) or 'no task'}, "
+                f"not {task.name} (the task of data.format {self.data.format.value!r}); "
+                f"models for {task.name}: {', '.join(registry.registered_for_task(task.name))}")
 
     def check_paths(self) -> None:
         """Checks that the paths the run reads exist (separate from validate: needs disk)."""

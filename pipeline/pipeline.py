@@ -11,14 +11,12 @@ import json
 import os
 from typing import List, Optional, Union
 
-import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from mobile import component as mobile_component
 from pipeline import config as config_lib
-from pipeline import features, ingestion, trainer, validation
+from pipeline import ingestion, tasks, trainer, validation
 
-PREPROCESSING_FN = "pipeline.preprocessing.preprocessing_fn"
 RUN_FN = "pipeline.trainer.run_fn"
 
 
@@ -62,31 +60,6 @@ def beam_pipeline_args(runtime: config_lib.RuntimeConfig) -> List[str]:
             "--direct_num_workers=1"]
 
 
-def make_eval_config(eval_config: config_lib.EvalConfig) -> tfma.EvalConfig:
-    """TFMA config: accuracy on the test split, overall and per class, with thresholds."""
-    accuracy_threshold = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(
-            lower_bound={"value": eval_config.accuracy_threshold}),
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -eval_config.max_accuracy_drop}))
-    return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(
-            signature_name=features.SERVING_DEFAULT_SIGNATURE,
-            label_key=features.LABEL_KEY,
-            prediction_key=features.PROBABILITIES_OUTPUT)],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[features.LABEL_KEY])],
-        metrics_specs=[tfma.MetricsSpec(metrics=[
-            tfma.MetricConfig(class_name="ExampleCount"),
-            # Thresholds gate the overall slice; per-class slices are reported only.
-            tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
-                              config='{"name": "accuracy"}',
-                              per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                                  slicing_specs=[tfma.SlicingSpec()],
-                                  threshold=accuracy_threshold)]),
-        ])])
-
-
 def create_pipeline(experiment: config_lib.ExperimentConfig,
                     paths: Optional[PipelinePaths] = None,
                     metadata_connection_config=None,
@@ -112,15 +85,9 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
     """
     paths = paths or PipelinePaths(experiment.runtime.output_dir)
     data = experiment.data
-
-    if data.source == config_lib.DataSource.TFDS:
-        from pipeline.tfds_source import dataset as tfds_dataset, example_gen as tfds_example_gen
-
-        example_gen = tfds_example_gen.TfdsExampleGen(tfds_dataset.TfdsSource.from_config(data))
-    else:
-        example_gen = ingestion.IdxExampleGen(
-            input_base=data.data_dir if data_dir is None else data_dir,
-            eval_fraction=data.eval_fraction)
+    task = tasks.get_task(experiment)
+    example_gen = task.example_gen(
+        experiment, experiment.data.data_dir if data_dir is None else data_dir)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if data.schema_path:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_path)
@@ -136,7 +103,8 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN,
+        preprocessing_fn=task.preprocessing_fn,
+        custom_config=task.transform_custom_config(experiment) or None,
         splits_config=tfx.proto.SplitsConfig(
             analyze=[ingestion.TRAIN_SPLIT],
             transform=[ingestion.TRAIN_SPLIT, ingestion.EVAL_SPLIT]),
@@ -164,7 +132,7 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
         examples=example_gen.outputs["examples"],
         model=model_trainer.outputs["model"],
         baseline_model=(latest_blessed_model.outputs["model"] if latest_blessed_model else None),
-        eval_config=make_eval_config(experiment.eval),
+        eval_config=task.eval_config(experiment),
         example_splits=[experiment.eval.split])
 
     pusher = tfx.components.Pusher(
@@ -176,7 +144,7 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
                   transform, model_trainer, latest_blessed_model, evaluator, pusher]
-    if experiment.mobile.enabled:
+    if experiment.mobile.enabled and task.supports_mobile():
         components.append(mobile_component.TFLiteConverter(
             model=model_trainer.outputs["model"],
             model_blessing=evaluator.outputs["blessing"],

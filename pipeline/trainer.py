@@ -15,7 +15,8 @@ import tensorflow_transform as tft
 
 from models import registry
 from pipeline import config as config_lib
-from pipeline import features, signatures
+from pipeline import tasks
+from pipeline.tasks import image as image_task
 from serving import warmup
 
 EXPERIMENT_CONFIG_KEY = "experiment"
@@ -71,12 +72,14 @@ def count_records(file_pattern: List[str]) -> int:
 
 def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput,
                  batch_size: int, shuffle: bool, seed: int, shuffle_buffer: int,
-                 repeat: bool) -> tf.data.Dataset:
-    """Transformed tf.Examples -> (features, label) batches.
+                 repeat: bool, task: Optional[tasks.Task] = None) -> tf.data.Dataset:
+    """Transformed tf.Examples -> (model input, label) batches.
 
     The serialized records are cached in memory after the first pass, shuffled
-    per epoch, then parsed a whole batch at a time.
+    per epoch, then parsed a whole batch at a time; task.features_and_label picks
+    the model's input and the label (default: the image task's).
     """
+    task = task or image_task.ImageClassificationTask()
     files = [path for pattern in file_pattern for path in tf.io.gfile.glob(pattern)]
     if not files:
         raise FileNotFoundError(f"no transformed examples match {file_pattern}")
@@ -90,29 +93,17 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
     dataset = dataset.batch(batch_size)
 
     def parse(serialized):
-        parsed = tf.io.parse_example(serialized, feature_spec)
-        label = parsed.pop(features.LABEL_KEY)
-        return parsed[features.IMAGE_TRANSFORMED_KEY], label
+        return task.features_and_label(tf.io.parse_example(serialized, feature_spec))
 
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def model_inputs(experiment: config_lib.ExperimentConfig) -> registry.ModelInputs:
-    data = experiment.data
-    return registry.ModelInputs(
-        feature_name=features.IMAGE_TRANSFORMED_KEY,
-        feature_shape=(data.image_height * data.image_width,),
-        num_classes=data.num_classes,
-        image_shape=(data.image_height, data.image_width, 1))
-
-
 def build_and_compile(experiment: config_lib.ExperimentConfig) -> tf.keras.Model:
-    """The registered model, compiled with the trainer's optimizer, loss and metrics."""
-    model = registry.build_model(experiment.model, model_inputs(experiment))
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(experiment.trainer.learning_rate),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    """The registered model, compiled with the trainer's optimizer and the task's loss."""
+    task = tasks.get_task(experiment)
+    model = registry.build_model(experiment.model, task.model_inputs(experiment))
+    task.compile_model(model, experiment,
+                       optimizer=tf.keras.optimizers.Adam(experiment.trainer.learning_rate))
     return model
 
 
@@ -129,6 +120,7 @@ def training_schedule(num_examples: int, trainer: config_lib.TrainerConfig) -> D
 def run_fn(fn_args: Any) -> None:
     """TFX Trainer entry point (GenericExecutor)."""
     experiment = config_lib.from_dict(fn_args.custom_config[EXPERIMENT_CONFIG_KEY])
+    task = tasks.get_task(experiment)
     trainer = experiment.trainer
     tf.keras.utils.set_random_seed(trainer.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -138,10 +130,10 @@ def run_fn(fn_args: Any) -> None:
     schedule = training_schedule(num_train, trainer)
     train_dataset = make_dataset(fn_args.train_files, tf_transform_output, trainer.batch_size,
                                  shuffle=True, seed=trainer.seed,
-                                 shuffle_buffer=trainer.shuffle_buffer, repeat=True)
+                                 shuffle_buffer=trainer.shuffle_buffer, repeat=True, task=task)
     eval_dataset = make_dataset(fn_args.eval_files, tf_transform_output, trainer.batch_size,
                                 shuffle=False, seed=trainer.seed,
-                                shuffle_buffer=trainer.shuffle_buffer, repeat=False)
+                                shuffle_buffer=trainer.shuffle_buffer, repeat=False, task=task)
 
     model = build_and_compile(experiment)
     throughput = ThroughputCallback(trainer.batch_size)
@@ -159,12 +151,11 @@ def run_fn(fn_args: Any) -> None:
 
     tf.saved_model.save(
         model, fn_args.serving_model_dir,
-        signatures=signatures.make_serving_signatures(
-            model, tf_transform_output, experiment.data.image_height,
-            experiment.data.image_width))
+        signatures=task.serving_signatures(model, tf_transform_output, experiment))
     # TF Serving (and tfprod serve) replay these on load, so the first request is not slow.
-    warmup.write_warmup_requests(fn_args.serving_model_dir, warmup.image_warmup_requests(
-        experiment.export.model_name, experiment.data.image_height, experiment.data.image_width))
+    requests = task.warmup_requests(experiment)
+    if requests:
+        warmup.write_warmup_requests(fn_args.serving_model_dir, requests)
 
     stats = {
         "train_examples": num_train,

@@ -113,3 +113,23 @@ def test_saved_config_loads_back_identically(tmp_path):
     path = tmp_path / "out" / "config.yaml"
     config_lib.save_config(config, str(path))
     assert config_lib.load_config(str(path)) == config
+
+
+def test_a_model_that_does_not_fit_the_task_is_rejected(monkeypatch):
+    from models import registry
+
+    monkeypatch.setitem(registry._BUILDERS, "toy_forecaster", lambda config, inputs: None)
+    monkeypatch.setitem(registry._TASKS, "toy_forecaster", ("forecasting",))
+    experiment = config_lib.ExperimentConfig()
+    experiment.model.name = "toy_forecaster"
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"model 'toy_forecaster' fits forecasting, not image_classification"):
+        experiment.validate()
+
+
+def test_image_data_gets_the_image_task():
+    from models import registry
+    from pipeline import tasks
+
+    assert tasks.get_task(config_lib.ExperimentConfig()).name == "image_classification"
+    assert "cnn" in registry.registered_for_task("image_classification")
