@@ -181,7 +181,6 @@ def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn =
         run_summary.status = "failed"
         run_summary.error = str(failure)
         run_summary.failed_component = failure.component
-    progress("Writing the run report ...")
     report_builder.write_after_run(run_summary, progress)
     with open(paths.summary_path, "w", encoding="utf-8") as handle:
         json.dump(run_summary.to_json(), handle, indent=2)

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import time
 import traceback
 from typing import Any, Callable, Dict, Optional
 
@@ -65,6 +66,7 @@ def write_after_run(run_summary, progress: Callable[[str], None]) -> Optional[st
     from pipeline.report.run_data import source_commit
 
     run_summary.git_commit = source_commit()
+    started = time.perf_counter()
     try:
         path = build_report(run_summary.output_dir, run_summary.to_json())
     except Exception as error:  # The run's result matters more than its report: warn, go on.
@@ -72,6 +74,7 @@ def write_after_run(run_summary, progress: Callable[[str], None]) -> Optional[st
         progress(f"warning: the run report was not written: {type(error).__name__}: {error}")
         return None
     run_summary.report_path = path
+    progress(f"Run report written in {time.perf_counter() - started:.1f}s")
     return path
 
 

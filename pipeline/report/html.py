@@ -32,7 +32,8 @@ def number(value: Any, digits: int = 4) -> str:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
+    whole_float = isinstance(value, float) and value.is_integer() and abs(value) >= 1
+    if isinstance(value, int) or whole_float:
         return f"{int(value):,}"
     if isinstance(value, float):
         return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.{digits}f}"

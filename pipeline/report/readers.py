@@ -371,8 +371,11 @@ def load_model(run: RunData):
 
 
 def _spec_row(name: str, spec) -> Dict[str, str]:
-    shape = "[" + ", ".join("N" if dim is None else str(dim) for dim in spec.shape.as_list()) + "]" \
-        if spec.shape.rank is not None else "unknown"
+    if spec.shape.rank is None:
+        shape = "unknown"
+    else:
+        shape = "[" + ", ".join("N" if dim is None else str(dim)
+                                for dim in spec.shape.as_list()) + "]"
     return {"name": name, "dtype": spec.dtype.name, "shape": shape}
 
 

@@ -111,7 +111,7 @@ def _role_for(node_id: str, key: str, keys_of_node: List[str]) -> Optional[str]:
     return None
 
 
-def read_metadata(metadata_path: str, pipeline_name: Optional[str]):
+def read_metadata(metadata_path: str):
     """(run_id, artifacts by role, baseline model uri) of the latest run in an MLMD SQLite file."""
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
@@ -119,11 +119,8 @@ def read_metadata(metadata_path: str, pipeline_name: Optional[str]):
 
     store = metadata_store.MetadataStore(
         metadata.sqlite_metadata_connection_config(metadata_path))
+    # One pipeline per output directory: its latest run is the latest run context.
     run_contexts = store.get_contexts_by_type("pipeline_run")
-    if pipeline_name:
-        # Run contexts are named "<pipeline>..." only in some TFX versions; filter when they are.
-        named = [context for context in run_contexts if context.name.startswith(pipeline_name)]
-        run_contexts = named or run_contexts
     if not run_contexts:
         return None, {}, None
     run_context = max(run_contexts, key=lambda context: context.id)
@@ -213,6 +210,5 @@ def load_run(output_dir: str, summary: Optional[Dict[str, Any]] = None) -> RunDa
                   config_text=config_text)
     metadata_path = os.path.join(output_dir, METADATA_FILE)
     if os.path.isfile(metadata_path):
-        run.run_id, run.artifacts, run.baseline_model = read_metadata(
-            metadata_path, config.get("name") or run.summary.get("experiment"))
+        run.run_id, run.artifacts, run.baseline_model = read_metadata(metadata_path)
     return run

@@ -59,7 +59,8 @@ def overview_section(run: RunData) -> Section:
     parts = ['<p id="status">' + "".join(badges) + "</p>",
              table(["", ""], facts, table_id="run-facts")]
     if status != "succeeded":
-        parts.append(f"<p>Failed at: <b>{escape(summary.get('failed_component') or 'before the pipeline started')}</b></p>")
+        failed_at = summary.get("failed_component") or "before the pipeline started"
+        parts.append(f"<p>Failed at: <b>{escape(failed_at)}</b></p>")
         parts.append(pre(summary.get("error") or "", "run-error"))
     elif not summary.get("blessed"):
         parts.append("<p>The model was not blessed; it missed:</p><ul>" + "".join(
@@ -168,7 +169,8 @@ def data_section(run: RunData) -> Section:
             "Share of each class per split, counted from ExampleGen's examples "
             f"(at most {readers.MAX_LABELS_COUNTED:,} per split).", "chart-class-balance"))
         parts.append(table(["class"] + list(class_counts),
-                           [[str(label)] + [counts.get(label, 0) for counts in class_counts.values()]
+                           [[str(label)] + [counts.get(label, 0)
+                                            for counts in class_counts.values()]
                             for label in classes], table_id="class-counts"))
     else:
         parts.append(not_present("the label is not a class id (or no examples were written)"))
@@ -443,7 +445,8 @@ def _example_record(run: RunData):
         return None
     serialized = next(iter(tf.data.TFRecordDataset(files[:1], compression_type="GZIP").take(1)))
     example = tf.train.Example.FromString(serialized.numpy())
-    del example.features.feature[features.LABEL_KEY]
+    if features.LABEL_KEY in example.features.feature:
+        del example.features.feature[features.LABEL_KEY]
     return example
 
 
@@ -511,8 +514,8 @@ def serving_section(run: RunData) -> Section:
             "response = stub.Predict(request, timeout=10.0)\n"
             "print(tf.make_ndarray(response.outputs['class_id']))\n", "grpc-request"))
         parts.append(f'<p class="note">Or, with a request file as above: '
-                     f"<code>.venv/bin/tfprod predict --protocol grpc --model_name {escape(model_name)} "
-                     "--request @request.json</code>.</p>")
+                     "<code>.venv/bin/tfprod predict --protocol grpc --model_name "
+                     f"{escape(model_name)} --request @request.json</code>.</p>")
     return Section("serving", "Serving", "".join(parts))
 
 

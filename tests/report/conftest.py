@@ -1,6 +1,7 @@
 """Two real `tfprod run`s for the report's tests, started together and shared by the session.
 
-- ``good``: 2,000 MNIST train / 500 test images, 2 epochs: blessed, pushed, TFLite made;
+- ``good``: 2,000 MNIST train / 500 test images, 2 epochs: blessed, pushed, TFLite made
+  (float32 and int8);
   its report.html is written by the run itself.
 - ``bad_data``: 300 / 100 images with some labels out of the schema's range: the run stops
   at AnomaliesGate (exit 3) and still writes a report.
@@ -64,8 +65,8 @@ def report_runs(tmp_path_factory):
     started = {
         "good": (good_data, root / "good_out", _start(
             good_data, root / "good_out", "trainer.epochs=2", "trainer.batch_size=32",
-            "eval.accuracy_threshold=0.5", "mobile.latency_examples=20",
-            "mobile.calibration_samples=100")),
+            "eval.accuracy_threshold=0.5", "mobile.modes=[float32,int8]",
+            "mobile.latency_examples=20", "mobile.calibration_samples=100")),
         "bad_data": (bad_data, root / "bad_out", _start(bad_data, root / "bad_out")),
     }
     runs = {}
