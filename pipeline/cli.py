@@ -17,6 +17,7 @@ from kubeflow import cli as kubeflow_cli  # noqa: E402  (after the environment i
 from pipeline.tfds_source import cli as tfds_cli  # noqa: E402
 from serving import cli as serving_cli  # noqa: E402  (after the environment is set)
 from mobile import cli as mobile_cli  # noqa: E402  (after the environment is set)
+from pipeline.report import cli as report_cli  # noqa: E402  (after the environment is set)
 
 
 def _add_run_parser(subparsers) -> None:
@@ -61,6 +62,8 @@ def _run_command(args: argparse.Namespace) -> int:
         return local_runner.EXIT_BAD_DATA
     except local_runner.PipelineRunError as error:
         print(f"error: {error}", file=sys.stderr)
+        if error.report_path:
+            print(f"Report: {error.report_path}", flush=True)
         return error.exit_code
     print(summary.format(), flush=True)
     return 0
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     tfds_cli.register(subparsers)
     serving_cli.register(subparsers)
     mobile_cli.register(subparsers)
+    report_cli.register(subparsers)
     return parser
 
 

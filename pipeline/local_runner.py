@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 from pipeline import config as config_lib
 from pipeline import idx, pipeline as pipeline_lib, summary as summary_lib, validation
+from pipeline.report import builder as report_builder
 
 ProgressFn = Callable[[str], None]
 
@@ -25,6 +26,7 @@ class PipelineRunError(RuntimeError):
         super().__init__(message)
         self.component = component
         self.exit_code = exit_code
+        self.report_path: Optional[str] = None  # the run report, when one was written
 
 
 # Exit codes of `tfprod run` (0 means the pipeline ran, blessed or not).
@@ -179,8 +181,10 @@ def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn =
         run_summary.status = "failed"
         run_summary.error = str(failure)
         run_summary.failed_component = failure.component
+    report_builder.write_after_run(run_summary, progress)
     with open(paths.summary_path, "w", encoding="utf-8") as handle:
         json.dump(run_summary.to_json(), handle, indent=2)
     if failure is not None:
+        failure.report_path = run_summary.report_path
         raise failure
     return run_summary

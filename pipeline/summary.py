@@ -39,6 +39,9 @@ class RunSummary:
     # The TFLite models of the blessed model (mode -> path) and their report (json, markdown).
     tflite_models: Dict[str, str] = dataclasses.field(default_factory=dict)
     tflite_report: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # The tfprod source's git commit, and the HTML run report (pipeline/report/).
+    git_commit: Optional[str] = None
+    report_path: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +70,8 @@ class RunSummary:
         else:
             lines.append(f"Failed at: {self.failed_component or 'before the pipeline started'}")
         lines.append(f"Summary: {os.path.join(self.output_dir, 'run_summary.json')}")
+        if self.report_path:
+            lines.append(f"Report: {self.report_path}")
         return "\n".join(lines)
 
 

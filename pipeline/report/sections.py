@@ -1,0 +1,525 @@
+"""The report's sections, each built from a RunData and keyed on what the run has.
+
+Every builder returns an html.Section; one that has nothing to show for this run
+returns a section that is not present and says why. SECTION_BUILDERS is the
+order on the page. To add a section (e.g. a task's own plots), write a
+``def my_section(run: RunData) -> Section`` and add it to SECTION_BUILDERS.
+"""
+
+import base64
+import datetime
+import json
+import os
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from pipeline import features
+from pipeline.report import charts, readers
+from pipeline.report.html import (Section, badge, escape, figure, not_present, number, pre,
+                                  table)
+from pipeline.report.run_data import RunData
+
+SAMPLES_PER_CLASS = 8
+MAX_FEATURE_CHARTS = 12
+
+
+def _metric_names(history: Dict[str, List[float]]) -> List[str]:
+    names = [name for name in history if not name.startswith("val_")]
+    names += [name[len("val_"):] for name in history
+              if name.startswith("val_") and name[len("val_"):] not in names]
+    return names
+
+
+# --- overview ---------------------------------------------------------------------------
+
+def overview_section(run: RunData) -> Section:
+    """The run, its status (blessed, pushed where), git commit, wall times and config."""
+    summary = run.summary
+    status = summary.get("status", "unknown")
+    badges = [badge(f"run {status}", status == "succeeded")]
+    if status == "succeeded":
+        badges.append(badge("blessed" if summary.get("blessed") else "not blessed",
+                            bool(summary.get("blessed"))))
+        badges.append(badge("pushed" if summary.get("pushed_model_dir") else "not pushed",
+                            bool(summary.get("pushed_model_dir"))))
+    facts = [
+        ("experiment", summary.get("experiment") or run.config.get("name")),
+        ("model", run.config_value("model.name")),
+        ("output directory", run.output_dir),
+        ("ML Metadata run", run.run_id or "no metadata.sqlite"),
+        ("git commit", summary.get("git_commit") or "not recorded"),
+        ("pushed to", summary.get("pushed_model_dir") or "–"),
+        ("total wall time (s)", summary.get("total_seconds")),
+        ("report written", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
+    ]
+    if summary.get("training", {}).get("steady_examples_per_second"):
+        facts.append(("training examples/s (after epoch 1)",
+                      round(summary["training"]["steady_examples_per_second"], 1)))
+    parts = ['<p id="status">' + "".join(badges) + "</p>",
+             table(["", ""], facts, table_id="run-facts")]
+    if status != "succeeded":
+        failed_at = summary.get("failed_component") or "before the pipeline started"
+        parts.append(f"<p>Failed at: <b>{escape(failed_at)}</b></p>")
+        parts.append(pre(summary.get("error") or "", "run-error"))
+    elif not summary.get("blessed"):
+        parts.append("<p>The model was not blessed; it missed:</p><ul>" + "".join(
+            f"<li>{escape(line)}</li>" for line in summary.get("validation_failures") or
+            ["(unknown)"]) + "</ul>")
+    seconds = summary.get("component_seconds") or {}
+    if seconds:
+        parts.append("<h3>Component wall times</h3>")
+        parts.append(table(["component", "seconds"], list(seconds.items()),
+                           table_id="component-times"))
+        parts.append(figure(charts.bar_chart(list(seconds), {"seconds": list(seconds.values())},
+                                             "Wall time per component", "seconds",
+                                             horizontal=True, value_format=".1f"),
+                            "Wall time of each component in this run (cached components take "
+                            "well under a second).", "chart-component-times"))
+    if run.config_text:
+        parts.append("<details><summary>The run's config (config.yaml)</summary>"
+                     + pre(run.config_text, "config-yaml") + "</details>")
+    return Section("overview", "Run", "".join(parts))
+
+
+# --- data -------------------------------------------------------------------------------
+
+def _feature_rows(statistics) -> List[list]:
+    rows = []
+    for split, dataset in statistics.items():
+        for feature in dataset.features:
+            name = ".".join(feature.path.step) or feature.name
+            kind = feature.WhichOneof("stats")
+            stats = getattr(feature, kind) if kind else None
+            common = stats.common_stats if stats is not None and hasattr(stats, "common_stats") \
+                else None
+            present = common.num_non_missing if common else None
+            row = [name, split, _type_name(feature.type), present,
+                   common.avg_num_values if common else None]
+            if kind == "num_stats":
+                total = common.tot_num_values if common else 0
+                row += [stats.mean, stats.std_dev, stats.min, stats.median, stats.max,
+                        (100.0 * stats.num_zeros / total) if total else None, "–"]
+            elif kind == "string_stats":
+                top = ", ".join(f"{value.value} ({int(value.frequency)})"
+                                for value in stats.top_values[:3])
+                row += [None, None, None, None, None, None,
+                        f"{stats.unique} unique; top: {top}"]
+            else:
+                row += [None] * 6 + ["–"]
+            rows.append(row)
+    return sorted(rows, key=lambda row: (row[0], row[1] != "train", row[1] != "eval", row[1]))
+
+
+def _type_name(value: int) -> str:
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    return statistics_pb2.FeatureNameStatistics.Type.Name(value)
+
+
+def _histograms(statistics) -> Dict[str, Dict[str, list]]:
+    """{feature: {split: [(low, high, count)]}} of the numeric features' standard histograms."""
+    result: Dict[str, Dict[str, list]] = {}
+    for split, dataset in statistics.items():
+        for feature in dataset.features:
+            if feature.WhichOneof("stats") != "num_stats":
+                continue
+            for histogram in feature.num_stats.histograms:
+                if histogram.type == histogram.STANDARD and histogram.buckets:
+                    result.setdefault(".".join(feature.path.step), {})[split] = [
+                        (b.low_value, b.high_value, b.sample_count) for b in histogram.buckets]
+    return result
+
+
+def data_section(run: RunData) -> Section:
+    """Example counts per split, feature statistics, class balance and anomalies."""
+    statistics = run.cached("statistics", lambda: readers.read_statistics(run))
+    anomalies = readers.read_anomalies(run)
+    if statistics is None and anomalies is None:
+        return Section("data", "Data", not_present(
+            "the run has no statistics (StatisticsGen did not run)"), present=False)
+    parts = []
+    class_counts = run.cached("class_counts", lambda: readers.read_class_counts(run))
+    if statistics:
+        parts.append("<h3>Examples per split</h3>")
+        parts.append(table(["split", "examples"],
+                           [(split, int(dataset.num_examples))
+                            for split, dataset in statistics.items()], table_id="split-counts"))
+        parts.append("<h3>Feature statistics</h3><p class=note>From TFDV (StatisticsGen). "
+                     "For list features (e.g. an image's pixels) the value statistics are over "
+                     "all values of all examples.</p>")
+        parts.append(table(["feature", "split", "type", "examples with it", "values per example",
+                            "mean", "std", "min", "median", "max", "zeros %", "strings"],
+                           _feature_rows(statistics), table_id="feature-statistics"))
+        for number_, (feature, per_split) in enumerate(
+                list(_histograms(statistics).items())[:MAX_FEATURE_CHARTS]):
+            parts.append(figure(charts.histogram_chart(per_split, f"'{feature}' values", feature),
+                                f"Distribution of the values of '{feature}' per split (TFDV "
+                                "histogram).", f"chart-histogram-{number_}"))
+    else:
+        parts.append(not_present("feature statistics (StatisticsGen did not run)"))
+    parts.append("<h3>Class balance</h3>")
+    if class_counts:
+        classes = sorted({label for counts in class_counts.values() for label in counts})
+        parts.append(figure(charts.bar_chart(
+            [str(label) for label in classes],
+            {split: [100.0 * counts.get(label, 0) / max(sum(counts.values()), 1)
+                     for label in classes] for split, counts in class_counts.items()},
+            "Class balance", "% of the split's examples"),
+            "Share of each class per split, counted from ExampleGen's examples "
+            f"(at most {readers.MAX_LABELS_COUNTED:,} per split).", "chart-class-balance"))
+        parts.append(table(["class"] + list(class_counts),
+                           [[str(label)] + [counts.get(label, 0)
+                                            for counts in class_counts.values()]
+                            for label in classes], table_id="class-counts"))
+    else:
+        parts.append(not_present("the label is not a class id (or no examples were written)"))
+    parts.append("<h3>Anomalies</h3>")
+    if anomalies is None:
+        parts.append(not_present("ExampleValidator did not run"))
+    elif not anomalies:
+        parts.append('<p id="anomalies-none">ExampleValidator found no anomalies in any split '
+                     "against the schema.</p>")
+    else:
+        parts.append(table(["split", "feature", "anomaly", "description"],
+                           [(row["split"], row["feature"], row["short"], row["description"])
+                            for row in anomalies], table_id="anomalies"))
+    return Section("data", "Data", "".join(parts))
+
+
+def samples_section(run: RunData) -> Section:
+    """For image data: the first SAMPLES_PER_CLASS train images of each class."""
+    if readers.image_shape(run) is None:
+        return Section("samples", "Sample images", not_present(
+            "the run's data are not images"), present=False)
+    samples = readers.read_sample_images(run, SAMPLES_PER_CLASS)
+    if not samples:
+        return Section("samples", "Sample images", not_present(
+            "no training examples were written"), present=False)
+    classes = ", ".join(str(label) for label in sorted(samples))
+    return Section("samples", "Sample images", figure(
+        charts.image_grid(samples, scale=2),
+        f"The first {SAMPLES_PER_CLASS} training images of each class, one row per class "
+        f"({classes}, top to bottom), from the first {readers.SAMPLE_IMAGES_SCANNED:,} "
+        "training examples.", "chart-samples", css_class="samples"))
+
+
+# --- training ---------------------------------------------------------------------------
+
+def training_section(run: RunData) -> Section:
+    """Loss and metric curves per epoch, train and eval, from the Trainer's logs."""
+    training = readers.read_training_history(run)
+    if training is None:
+        return Section("training", "Training", not_present(
+            "the Trainer did not run (the run stopped before training)"), present=False)
+    history = training["history"]
+    parts = [f'<p class="note">Per-epoch values from {escape(training["source"])}; "eval" is the '
+             "eval split the Trainer validates on.</p>"]
+    for name in _metric_names(history):
+        series = {}
+        if name in history:
+            series["train"] = history[name]
+        if f"val_{name}" in history:
+            series["eval"] = history[f"val_{name}"]
+        parts.append(figure(charts.line_chart(series, name, "epoch", name),
+                            f"{name} per epoch, train and eval.", f"chart-training-{name}"))
+    epochs = training["stats"].get("epochs") or []
+    names = list(history)
+    rows = []
+    for index in range(max(len(values) for values in history.values())):
+        row = [index + 1] + [history[name][index] if index < len(history[name]) else None
+                             for name in names]
+        if index < len(epochs):
+            row += [round(epochs[index]["seconds"], 2),
+                    round(epochs[index]["examples_per_second"], 1)]
+        elif epochs:
+            row += [None, None]
+        rows.append(row)
+    headers = ["epoch"] + names + (["train seconds", "examples/s"] if epochs else [])
+    parts.append(table(headers, rows, table_id="training-history"))
+    stats = training["stats"]
+    if stats:
+        parts.append(f'<p class="note">{number(stats.get("train_examples"))} train and '
+                     f'{number(stats.get("eval_examples"))} eval examples, batch size '
+                     f'{number(stats.get("batch_size"))}, {number(stats.get("epochs_run"))} '
+                     "epoch(s) run.</p>")
+    return Section("training", "Training", "".join(parts))
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+def _result_cell(passed: Optional[bool]) -> str:
+    if passed is None:
+        return "–"
+    return '<span class="pass">pass</span>' if passed else '<span class="fail">fail</span>'
+
+
+def evaluation_section(run: RunData) -> Section:
+    """TFMA metrics overall and per slice, thresholds, pass/fail, and a confusion matrix."""
+    evaluation = readers.read_evaluation(run)
+    if evaluation is None:
+        return Section("evaluation", "Evaluation", not_present(
+            "the Evaluator did not run (the run stopped before evaluation)"), present=False)
+    rows = evaluation["rows"]
+    parts = []
+    validation_ok = evaluation["validation_ok"]
+    parts.append("<p>" + badge({True: "validation passed", False: "validation failed",
+                                None: "no validation result"}[validation_ok], validation_ok)
+                 + badge("blessed" if run.summary.get("blessed") else "not blessed",
+                         bool(run.summary.get("blessed"))) + "</p>")
+    if evaluation["has_baseline"]:
+        parts.append(f"<p>Compared against the last blessed model: "
+                     f"<code>{escape(run.baseline_model or 'baseline')}</code>.</p>")
+    else:
+        parts.append('<p id="no-baseline">No baseline: there was no earlier blessed model in '
+                     "this output directory, so change thresholds were not applied.</p>")
+    if evaluation["failures"]:
+        parts.append("<p>Missed thresholds:</p><ul>" + "".join(
+            f"<li>{escape(line)}</li>" for line in evaluation["failures"]) + "</ul>")
+    overall = [row for row in rows if row.slice_name == "overall"]
+    parts.append("<h3>Overall</h3>")
+    parts.append(table(["metric", "new model", "baseline", "difference", "threshold", "result"],
+                       [(row.metric, row.value, row.baseline, row.difference,
+                         row.threshold or "–", _result_cell(row.passed)) for row in overall],
+                       table_id="metrics-overall", raw_columns=(5,)))
+    sliced = [row for row in rows if row.slice_name != "overall"]
+    if sliced:
+        slices = list(dict.fromkeys(row.slice_name for row in sliced))
+        metrics = list(dict.fromkeys(row.metric for row in sliced))
+        by_key = {(row.slice_name, row.metric): row for row in sliced}
+        headers = ["slice"]
+        for metric in metrics:
+            headers += [metric] + ([f"{metric} (baseline)"] if evaluation["has_baseline"] else [])
+        table_rows = []
+        for slice_name in slices:
+            row = [slice_name]
+            for metric in metrics:
+                item = by_key.get((slice_name, metric))
+                row.append(item.value if item else None)
+                if evaluation["has_baseline"]:
+                    row.append(item.baseline if item else None)
+            table_rows.append(row)
+        parts.append("<h3>Per slice</h3>")
+        chart_metric = next((metric for metric in metrics if metric != "example_count"), None)
+        if chart_metric:
+            series = {"new model": [by_key.get((s, chart_metric)).value
+                                    if by_key.get((s, chart_metric)) else None for s in slices]}
+            if evaluation["has_baseline"]:
+                series["baseline"] = [by_key.get((s, chart_metric)).baseline
+                                      if by_key.get((s, chart_metric)) else None for s in slices]
+            parts.append(figure(charts.bar_chart(slices, series, f"{chart_metric} per slice",
+                                                 chart_metric),
+                                f"TFMA {chart_metric} per slice on the "
+                                f"'{run.config_value('eval.split', 'test')}' split.",
+                                "chart-slice-metrics"))
+        parts.append(table(headers, table_rows, table_id="metrics-per-slice"))
+    parts.append("<h3>Confusion matrix</h3>")
+    parts.append(_confusion_matrix_html(run))
+    return Section("evaluation", "Evaluation", "".join(parts))
+
+
+def _confusion_matrix_html(run: RunData) -> str:
+    if not readers.is_classifier(run):
+        return not_present("the model is not a classifier")
+    result = run.cached("confusion", lambda: readers.confusion_matrix(run))
+    if result is None:
+        return not_present("no model, or no examples of the evaluation split, to compute it from")
+    matrix = result["matrix"]
+    labels = [str(index) for index in range(matrix.shape[0])]
+    accuracy = float(np.trace(matrix) / max(matrix.sum(), 1))
+    return (figure(charts.confusion_matrix_chart(matrix, labels, "Confusion matrix"),
+                   f"Rows: true class; columns: predicted class. {result['examples']:,} examples "
+                   f"of the '{result['split']}' split.", "chart-confusion-matrix")
+            + f'<p class="note" id="confusion-note">Computed by the report from the model '
+              f"(<code>{escape(result['model_dir'])}</code>, serving_default signature) on the "
+              f"first {result['examples']:,} examples of the '{escape(result['split'])}' split "
+              f"(at most {result['limit']:,}); TFMA's eval config has no confusion-matrix plot. "
+              f"Accuracy from this matrix: {accuracy:.4f}.</p>")
+
+
+# --- forecasting (the hook) -------------------------------------------------------------
+
+def forecast_points(run: RunData) -> Optional[Dict[str, list]]:
+    """Predicted and actual values on a test window, for forecasters.
+
+    The hook for the forecasting task: return {"time": [...], "actual": [...],
+    "predicted": [...], optionally "baseline <name>": [...]} read from the run
+    (e.g. a file the forecaster's Trainer or Evaluator writes, found through
+    run.artifacts), and forecast_section plots it. Nothing writes such a file yet,
+    so this returns None.
+    """
+    return None
+
+
+def forecast_section(run: RunData) -> Section:
+    """For forecasters: the error metrics beside the baselines, and predicted vs actual."""
+    metrics = run.summary.get("metrics") or {}
+    error_metrics = {name: value for name, value in metrics.items()
+                     if isinstance(value, (int, float)) and ("mae" in name or "rmse" in name)}
+    if not error_metrics:
+        return Section("forecast", "Forecast", not_present(
+            "the model is not a forecaster (no mae/rmse metrics in the run summary)"),
+            present=False)
+    parts = [table(["metric", "value"], sorted(error_metrics.items()), table_id="forecast-metrics")]
+    parts.append(figure(charts.bar_chart(sorted(error_metrics), {"value": [
+        error_metrics[name] for name in sorted(error_metrics)]}, "Model against baselines",
+        "error", horizontal=True, value_format=".4f"),
+        "The model's errors beside the baselines' (run_summary.json metrics).",
+        "chart-forecast-metrics"))
+    points = forecast_points(run)
+    if points is None:
+        parts.append(not_present("predicted against actual on a test window (no forecast "
+                                 "points recorded for this run)"))
+    else:
+        series = {name: values for name, values in points.items() if name != "time"}
+        parts.append(figure(charts.line_chart(series, "Predicted against actual", "step",
+                                              "value"),
+                            "Predicted against actual on the test window.", "chart-forecast"))
+    return Section("forecast", "Forecast", "".join(parts))
+
+
+# --- mobile -----------------------------------------------------------------------------
+
+def mobile_section(run: RunData) -> Section:
+    """The TFLite variants: size, accuracy, agreement, latency, and the metadata summary."""
+    report = readers.read_tflite_report(run)
+    if report is None:
+        if not run.config_value("mobile.enabled", False):
+            reason = "mobile.enabled is false in the config"
+        elif not run.summary.get("blessed"):
+            reason = "the model was not blessed, so no TFLite models were made"
+        else:
+            reason = "no TFLite report was found for this run"
+        return Section("mobile", "Mobile (TFLite)", not_present(reason), present=False)
+    rows = []
+    for model in report["models"]:
+        for runtime, result in model["runtimes"].items():
+            rows.append([model["mode"], model["io_type"], runtime,
+                         round(model["size_bytes"] / 1024, 1),
+                         model.get("size_ratio_vs_float32"), result["accuracy"],
+                         round(result["accuracy_drop_points"], 2), result["top1_agreement"],
+                         result["max_probability_difference"],
+                         round(result["latency_ms_1_thread"], 3),
+                         round(result["latency_ms_2_threads"], 3)])
+    parts = [f'<p>Model {escape(report["model_name"])} version {escape(report["version"])}: '
+             f'SavedModel test accuracy {report["savedmodel_accuracy"]:.4f} on '
+             f'{report["test_examples"]:,} test examples; latency is the median of '
+             f'{report["latency_examples"]} single-example invokes '
+             f'({escape(report["latency_note"])}). Machine: {escape(report["machine"])}.</p>',
+             table(["mode", "io", "runtime", "size (KB)", "x float32", "accuracy",
+                    "drop (points)", "top-1 agreement", "max prob. diff",
+                    "latency 1 thread (ms)", "latency 2 threads (ms)"], rows,
+                   table_id="tflite-models")]
+    modes = [model["mode"] for model in report["models"]]
+    parts.append(figure(charts.bar_chart(modes, {"size (KB)": [
+        model["size_bytes"] / 1024 for model in report["models"]]}, "Model size", "KB",
+        value_format=".0f"), "Size of each TFLite variant.", "chart-tflite-size"))
+    runtimes = list(report["models"][0]["runtimes"]) if report["models"] else []
+    parts.append(figure(charts.bar_chart(modes, {runtime: [
+        model["runtimes"].get(runtime, {}).get("latency_ms_1_thread") for model in report["models"]]
+        for runtime in runtimes}, "Latency, 1 thread", "ms"),
+        "Median single-example latency per variant and runtime.", "chart-tflite-latency"))
+    metadata = report.get("metadata") or {}
+    scaling = report.get("input_scaling") or {}
+    parts.append("<h3>Metadata</h3>" + table(["", ""], [
+        ("name", metadata.get("name")), ("version", metadata.get("version")),
+        ("associated files", ", ".join(metadata.get("associated_files") or []) or "–"),
+        ("input scaling", json.dumps(scaling) if scaling else "–"),
+        ("int8 calibration examples", report.get("calibration_examples")),
+        ("report", report["_path"])], table_id="tflite-metadata"))
+    return Section("mobile", "Mobile (TFLite)", "".join(parts))
+
+
+# --- serving ----------------------------------------------------------------------------
+
+def _example_record(run: RunData):
+    """One serialized test example without its label, and its image pixels if an image."""
+    uri = run.uri("examples")
+    if not uri:
+        return None
+    import tensorflow as tf
+
+    split = run.config_value("eval.split", "test")
+    files = sorted(tf.io.gfile.glob(os.path.join(uri, f"Split-{split}", "*")))
+    if not files:
+        return None
+    serialized = next(iter(tf.data.TFRecordDataset(files[:1], compression_type="GZIP").take(1)))
+    example = tf.train.Example.FromString(serialized.numpy())
+    if features.LABEL_KEY in example.features.feature:
+        del example.features.feature[features.LABEL_KEY]
+    return example
+
+
+def serving_section(run: RunData) -> Section:
+    """The model's signatures and REST and gRPC requests to copy."""
+    signatures = run.cached("signatures", lambda: readers.read_signatures(run))
+    if signatures is None:
+        return Section("serving", "Serving", not_present(
+            "the run has no model (it stopped before training)"), present=False)
+    model_name = run.config_value("export.model_name") or "model"
+    pushed = run.summary.get("pushed_model_dir")
+    parts = []
+    if pushed:
+        base_path = os.path.dirname(pushed)
+        parts.append(f"<p>Pushed version <code>{escape(os.path.basename(pushed))}</code> under "
+                     f"<code>{escape(base_path)}</code>. Serve it with:</p>")
+        parts.append(pre(f".venv/bin/tfprod serve --model_name={model_name} "
+                         f"--model_base_path={base_path} --port=8500 --rest_api_port=8501",
+                         "serve-command"))
+    else:
+        parts.append("<p>This model was not pushed; the signatures below are the trained "
+                     f"model's (<code>{escape(readers.model_dir(run))}</code>).</p>")
+    rows = []
+    for name, signature in signatures.items():
+        for direction in ("inputs", "outputs"):
+            for tensor in signature[direction]:
+                rows.append([name, direction[:-1], tensor["name"], tensor["dtype"],
+                             tensor["shape"]])
+    parts.append(table(["signature", "input/output", "tensor", "dtype", "shape"], rows,
+                       table_id="signatures"))
+    example = _example_record(run)
+    shape = readers.image_shape(run)
+    if example is not None and shape and features.SERVING_RAW_SIGNATURE in signatures:
+        pixels = np.asarray(example.features.feature[features.IMAGE_KEY].int64_list.value)
+        body = {"signature_name": features.SERVING_RAW_SIGNATURE,
+                "instances": [pixels.reshape(shape).tolist()]}
+        body_text = json.dumps(body, separators=(",", ":"))
+        parts.append("<h3>REST (JSON, raw pixels)</h3><p>One test image, as "
+                     f"{features.SERVING_RAW_SIGNATURE} takes it (float32 [N, {shape[0]}, "
+                     f"{shape[1]}], pixel values 0..255):</p>")
+        parts.append(pre(f"cat > request.json <<'JSON'\n{body_text}\nJSON\n"
+                         f"curl -s -X POST -H 'Content-Type: application/json' -d @request.json "
+                         f"http://127.0.0.1:8501/v1/models/{model_name}:predict\n"
+                         f".venv/bin/tfprod predict --model_name {model_name} "
+                         "--request @request.json", "rest-request"))
+    if example is not None and features.SERVING_DEFAULT_SIGNATURE in signatures:
+        encoded = base64.b64encode(example.SerializeToString()).decode("ascii")
+        body_text = json.dumps({"signature_name": features.SERVING_DEFAULT_SIGNATURE,
+                                "instances": [{"b64": encoded}]}, separators=(",", ":"))
+        parts.append("<h3>REST (serialized tf.Example)</h3>")
+        parts.append(pre(f"curl -s -X POST -H 'Content-Type: application/json' -d '{body_text}' "
+                         f"http://127.0.0.1:8501/v1/models/{model_name}:predict",
+                         "rest-request-examples"))
+        parts.append("<h3>gRPC (port 8500)</h3>")
+        parts.append(pre(
+            "import base64, grpc, tensorflow as tf\n"
+            "from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc\n\n"
+            "channel = grpc.insecure_channel('127.0.0.1:8500')\n"
+            "stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)\n"
+            "request = predict_pb2.PredictRequest()\n"
+            f"request.model_spec.name = '{model_name}'\n"
+            f"request.model_spec.signature_name = '{features.SERVING_DEFAULT_SIGNATURE}'\n"
+            f"example = base64.b64decode('{encoded}')\n"
+            "request.inputs['examples'].CopyFrom(tf.make_tensor_proto([example], tf.string))\n"
+            "response = stub.Predict(request, timeout=10.0)\n"
+            "print(tf.make_ndarray(response.outputs['class_id']))\n", "grpc-request"))
+        parts.append(f'<p class="note">Or, with a request file as above: '
+                     "<code>.venv/bin/tfprod predict --protocol grpc --model_name "
+                     f"{escape(model_name)} --request @request.json</code>.</p>")
+    return Section("serving", "Serving", "".join(parts))
+
+
+SECTION_BUILDERS: List[Callable[[RunData], Section]] = [
+    overview_section, data_section, samples_section, training_section, evaluation_section,
+    forecast_section, mobile_section, serving_section,
+]
