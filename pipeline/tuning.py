@@ -65,16 +65,19 @@ def validate_tuning(experiment: config_lib.ExperimentConfig, task_name: str) -> 
     _check(len(names) == len(set(names)), "tuning.space", "each key at most once", names)
     for index, spec in enumerate(tuning.space):
         _validate_spec(spec, f"tuning.space[{index}]")
-    if tuning.space:
-        # The config with each range's first value must itself be valid (checked without
-        # the tuning section, which would check itself again).
-        apply_hyperparameters(dataclasses.replace(experiment, tuning=config_lib.TuningConfig()), {
-            spec.name: spec.values[0] if spec.kind == config_lib.SearchKind.CHOICE
-            else _first_value(spec) for spec in tuning.space})
+    # Each choice, and each end of each range, must give a valid config on its own
+    # (checked without the tuning section, which would check itself again).
+    untuned = dataclasses.replace(experiment, tuning=config_lib.TuningConfig())
+    for spec in tuning.space:
+        for value in _candidate_values(spec):
+            apply_hyperparameters(untuned, {spec.name: value})
 
 
-def _first_value(spec: config_lib.SearchSpace) -> Any:
-    return int(spec.min) if spec.kind == config_lib.SearchKind.INT else float(spec.min)
+def _candidate_values(spec: config_lib.SearchSpace) -> list:
+    if spec.kind == config_lib.SearchKind.CHOICE:
+        return list(spec.values)
+    numeric = int if spec.kind == config_lib.SearchKind.INT else float
+    return [numeric(spec.min), numeric(spec.max)]
 
 
 def _validate_spec(spec: config_lib.SearchSpace, where: str) -> None:
@@ -155,6 +158,55 @@ def objective(tuning: config_lib.TuningConfig):
     return keras_tuner.Objective(name, direction=direction)
 
 
+def best_epoch_metrics(history: Dict[str, list], objective) -> Dict[str, float]:
+    """The metrics of the epoch that is best by the objective (a keras_tuner.Objective)."""
+    scores = history[objective.name]
+    pick = min if objective.direction == "min" else max
+    best = pick(range(len(scores)), key=lambda epoch: scores[epoch])
+    return {name: float(values[best]) for name, values in history.items()}
+
+
+class _TfKerasTrials:
+    """Runs each trial with a tf-keras model.
+
+    KerasTuner 1.4.8 imports Keras 3 (`import keras`) whenever it is installed, whatever
+    TF_USE_LEGACY_KERAS says, and its default run_trial checks the built model and the
+    fit History against Keras 3 classes, so it rejects the pipeline's tf-keras models.
+    Here a trial builds the model, fits it and reports the best epoch's metrics as a
+    dict, which KerasTuner's oracles take as they are. Hyperband's per-trial epochs
+    (`tuner/epochs`) are honoured; its trials train from scratch (no warm start from an
+    earlier bracket's checkpoint).
+    """
+
+    def run_trial(self, trial, *fit_args, **fit_kwargs):
+        import tensorflow as tf
+
+        hyperparameters = trial.hyperparameters
+        if "tuner/epochs" in hyperparameters.values:
+            fit_kwargs["epochs"] = hyperparameters.values["tuner/epochs"]
+        tf.keras.backend.clear_session()
+        model = self.hypermodel.build(hyperparameters)
+        history = model.fit(*fit_args, **fit_kwargs)
+        return best_epoch_metrics(history.history, self.oracle.objective)
+
+
+def _tuner_classes():
+    import keras_tuner
+
+    class RandomSearch(_TfKerasTrials, keras_tuner.RandomSearch):
+        """Random search over tf-keras trials."""
+
+    class Hyperband(_TfKerasTrials, keras_tuner.Hyperband):
+        """Hyperband over tf-keras trials."""
+
+    class BayesianOptimization(_TfKerasTrials, keras_tuner.BayesianOptimization):
+        """Bayesian optimization over tf-keras trials."""
+
+    return {config_lib.TuningAlgorithm.RANDOM: RandomSearch,
+            config_lib.TuningAlgorithm.HYPERBAND: Hyperband,
+            config_lib.TuningAlgorithm.BAYESIAN: BayesianOptimization}
+
+
 def make_tuner(experiment: config_lib.ExperimentConfig, directory: str,
                project_name: str = "tfprod_tuning"):
     """The KerasTuner tuner for tuning.algorithm, over tuning.space."""
@@ -174,11 +226,10 @@ def make_tuner(experiment: config_lib.ExperimentConfig, directory: str,
     common = dict(hypermodel=build, objective=objective(tuning), hyperparameters=space,
                   tune_new_entries=False, directory=directory, project_name=project_name,
                   seed=experiment.trainer.seed, overwrite=True)
+    tuner_class = _tuner_classes()[tuning.algorithm]
     if tuning.algorithm == config_lib.TuningAlgorithm.HYPERBAND:
-        return keras_tuner.Hyperband(max_epochs=tuning.trial_epochs, factor=3, **common)
-    if tuning.algorithm == config_lib.TuningAlgorithm.BAYESIAN:
-        return keras_tuner.BayesianOptimization(max_trials=tuning.max_trials, **common)
-    return keras_tuner.RandomSearch(max_trials=tuning.max_trials, **common)
+        return tuner_class(max_epochs=tuning.trial_epochs, factor=3, **common)
+    return tuner_class(max_trials=tuning.max_trials, **common)
 
 
 def fit_budget(tuning: config_lib.TuningConfig) -> Dict[str, Any]:
