@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "config": args.config, "data": args.data_dir, "epochs": args.epochs,
         "train_examples": len(data[0]), "eval_examples": len(data[2]),
         "test_examples": len(data[4]),
-        "tuned_overrides": list(tuned_overrides), "runs": runs, "notes": notes,
+        "tuned_overrides": list(tuned_overrides), "runs": runs, "notes": notes + args.notes,
     }
 
 
@@ -216,6 +216,8 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--tuned-set", dest="tuned_overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="the tuned recipe (default: TUNED_RECIPE)")
     parser.add_argument("--output-name", default="recipes_bench")
+    parser.add_argument("--note", dest="notes", action="append", default=[],
+                        help="a line added to the notes (e.g. what else ran on the machine)")
     args = parser.parse_args(argv)
     try:
         result = run(args)
