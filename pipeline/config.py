@@ -40,10 +40,14 @@ class BeamMode(str, enum.Enum):
     IN_PROCESS = "in_process"
     MULTI_PROCESS = "multi_process"
 
+
 def _added_key(default: Any) -> Any:
-    """A field added after the Kubeflow golden spec was recorded: to_dict(compact=True)
-    leaves it out while it holds its default, so compiled pipelines (and KFP cache keys) of existing
-    configs stay the same. A dataclass type as default means default_factory."""
+    """A field added after the Kubeflow golden spec was recorded.
+
+    to_dict(compact=True) leaves it out while it holds its default, so the compiled
+    pipelines (and KFP cache keys) of existing configs stay the same. A dataclass type
+    as default means default_factory.
+    """
     metadata = {"omit_when_default": True}
     if dataclasses.is_dataclass(default) and isinstance(default, type):
         return dataclasses.field(default_factory=default, metadata=metadata)
@@ -89,7 +93,7 @@ class ScheduleConfig:
 class AugmentationConfig:
     """data.augmentation: random image transforms on training batches (never served)."""
 
-    translate: float = 0.0  # max shift as a fraction of height/width (random crop of a padded image)
+    translate: float = 0.0  # max shift, a fraction of height/width (= crop of a padded image)
     rotation_degrees: float = 0.0  # max rotation either way
     contrast: float = 0.0  # contrast factor drawn from [1 - c, 1 + c]
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of pairs of images and labels

@@ -1,8 +1,9 @@
 """create_pipeline(config): the one pipeline definition that every runner uses.
 
 ExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator
--> AnomaliesGate -> Transform -> [Tuner, when tuning.enabled] -> Trainer -> Evaluator (vs. the latest blessed
-model) -> Pusher -> TFLiteConverter (blessed models only; when mobile.enabled).
+-> AnomaliesGate -> Transform -> [Tuner, when tuning.enabled] -> Trainer -> Evaluator
+(vs. the latest blessed model) -> Pusher -> TFLiteConverter (blessed models only;
+when mobile.enabled).
 Building it has no side effects: nothing is read or written.
 """
 
