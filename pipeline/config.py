@@ -41,6 +41,90 @@ class BeamMode(str, enum.Enum):
     MULTI_PROCESS = "multi_process"
 
 
+def _added_key(default: Any) -> Any:
+    """A field added after the Kubeflow golden spec was recorded.
+
+    to_dict(compact=True) leaves it out while it holds its default, so the compiled
+    pipelines (and KFP cache keys) of existing configs stay the same. A dataclass type
+    as default means default_factory.
+    """
+    metadata = {"omit_when_default": True}
+    if dataclasses.is_dataclass(default) and isinstance(default, type):
+        return dataclasses.field(default_factory=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+class Optimizer(str, enum.Enum):
+    """trainer.optimizer."""
+
+    SGD = "sgd"  # with trainer.momentum and trainer.nesterov
+    ADAM = "adam"
+    ADAMW = "adamw"  # Adam with decoupled weight decay (trainer.weight_decay)
+
+
+class LrSchedule(str, enum.Enum):
+    """trainer.lr_schedule: how the learning rate moves from trainer.learning_rate."""
+
+    CONSTANT = "constant"
+    STEP = "step"  # times schedule.step_factor at each of schedule.step_boundaries
+    COSINE = "cosine"  # cosine decay to schedule.min_learning_rate
+    WARMUP_COSINE = "warmup_cosine"  # linear warmup to the peak, then cosine to the floor
+    ONE_CYCLE = "one_cycle"  # up from peak/div_factor, then down to the floor
+    PLATEAU = "plateau"  # divided by schedule.plateau_factor when the monitor stalls
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """Parameters of trainer.lr_schedule; steps count optimizer steps over the whole run."""
+
+    warmup_steps: Optional[int] = None  # warmup_cosine; or warmup_fraction of all steps
+    warmup_fraction: float = 0.1
+    min_learning_rate: float = 0.0  # the floor of cosine, warmup_cosine and one_cycle
+    step_boundaries: List[int] = dataclasses.field(default_factory=list)  # step
+    step_factor: float = 0.1  # step: multiplier at each boundary
+    one_cycle_peak_fraction: float = 0.3  # one_cycle: share of the steps spent going up
+    one_cycle_div_factor: float = 25.0  # one_cycle: starts at learning_rate / this
+    plateau_factor: float = 0.5  # plateau: new lr = lr * factor
+    plateau_patience: int = 1  # plateau: epochs without improvement
+    plateau_monitor: str = "val_loss"
+
+
+@dataclasses.dataclass
+class AugmentationConfig:
+    """data.augmentation: random image transforms on training batches (never served)."""
+
+    translate: float = 0.0  # max shift, a fraction of height/width (= crop of a padded image)
+    rotation_degrees: float = 0.0  # max rotation either way
+    contrast: float = 0.0  # contrast factor drawn from [1 - c, 1 + c]
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of pairs of images and labels
+    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) area of a pasted patch
+    seed: Optional[int] = None  # null = trainer.seed
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.translate, self.rotation_degrees, self.contrast, self.mixup_alpha,
+                    self.cutmix_alpha))
+
+    @property
+    def mixes_labels(self) -> bool:
+        """Whether training labels become soft class distributions (mixup or cutmix)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    def validate(self) -> None:
+        _check(0.0 <= self.translate < 0.5, "data.augmentation.translate",
+               "a fraction in [0, 0.5)", self.translate)
+        _check(0.0 <= self.rotation_degrees <= 180.0, "data.augmentation.rotation_degrees",
+               "degrees in [0, 180]", self.rotation_degrees)
+        _check(0.0 <= self.contrast < 1.0, "data.augmentation.contrast", "a number in [0, 1)",
+               self.contrast)
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            _check(getattr(self, key) >= 0.0, f"data.augmentation.{key}", "a number >= 0 "
+                   "(0 = off)", getattr(self, key))
+        _check(not (self.mixup_alpha > 0 and self.cutmix_alpha > 0),
+               "data.augmentation.mixup_alpha/cutmix_alpha", "at most one of mixup and cutmix",
+               (self.mixup_alpha, self.cutmix_alpha))
+
+
 @dataclasses.dataclass
 class DataConfig:
     """Where the raw data is and how it is split and validated."""
@@ -67,8 +151,11 @@ class DataConfig:
     tfds_test_split: str = "test"
     tfds_image_feature: str = "image"
     tfds_label_feature: str = "label"
+    # Random image augmentation of the training batches only (pipeline/augmentation.py).
+    augmentation: AugmentationConfig = _added_key(AugmentationConfig)
 
     def validate(self) -> None:
+        self.augmentation.validate()
         _check(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "a number in (0, 1)",
                self.eval_fraction)
         if self.source == DataSource.TFDS:
@@ -121,6 +208,9 @@ class ModelConfig:
 
     name: str = "cnn"
     cnn: CnnConfig = dataclasses.field(default_factory=CnnConfig)
+    # One dropout rate for the whole model, mapped onto the family's own rates
+    # (pipeline.recipes.DROPOUT_MAPPINGS); null = the family's settings as they are.
+    dropout: Optional[float] = _added_key(None)
 
     def validate(self) -> None:
         from models import registry  # Local import: models imports TensorFlow.
@@ -131,6 +221,8 @@ class ModelConfig:
                 f"{', '.join(registry.registered_names())}"
             )
         self.cnn.validate()
+        _check(self.dropout is None or 0.0 <= self.dropout < 1.0, "model.dropout",
+               "null or a number in [0, 1)", self.dropout)
 
 
 @dataclasses.dataclass
@@ -146,6 +238,17 @@ class TrainerConfig:
     early_stopping_patience: int = 2
     shuffle_buffer: int = 10000
     seed: int = 42
+    # Training recipes (pipeline/recipes.py; README "Training recipes and tuning").
+    optimizer: Optimizer = _added_key(Optimizer.ADAM)
+    momentum: float = _added_key(0.9)  # sgd only
+    nesterov: bool = _added_key(False)  # sgd only
+    weight_decay: float = _added_key(0.0)  # decoupled (Keras applies it as var -= lr*wd*var)
+    lr_schedule: LrSchedule = _added_key(LrSchedule.CONSTANT)
+    schedule: ScheduleConfig = _added_key(ScheduleConfig)
+    label_smoothing: float = _added_key(0.0)
+    clip_norm: Optional[float] = _added_key(None)  # global gradient norm cap
+    ema_decay: Optional[float] = _added_key(None)  # e.g. 0.999; the export holds EMA weights
+    early_stopping_monitor: str = _added_key("val_loss")
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "trainer.epochs", "an integer >= 1", self.epochs)
@@ -158,6 +261,9 @@ class TrainerConfig:
                "an integer >= 0", self.early_stopping_patience)
         _check(self.shuffle_buffer >= 1, "trainer.shuffle_buffer", "an integer >= 1",
                self.shuffle_buffer)
+        from pipeline import recipes  # Local import: recipes imports TensorFlow.
+
+        recipes.validate_trainer(self)
 
 
 @dataclasses.dataclass
@@ -308,6 +414,49 @@ class KubeflowConfig:
                    "kubeflow.trainer_node_selector", 'a list of "key=value" strings', entry)
 
 
+class TuningAlgorithm(str, enum.Enum):
+    """tuning.algorithm: the KerasTuner oracle."""
+
+    RANDOM = "random"
+    HYPERBAND = "hyperband"
+    BAYESIAN = "bayesian"
+
+
+class SearchKind(str, enum.Enum):
+    """How one hyperparameter is searched."""
+
+    CHOICE = "choice"  # one of `values`
+    INT = "int"  # integers in [min, max] by `step`
+    FLOAT = "float"  # numbers in [min, max], `sampling` linear or log
+
+
+@dataclasses.dataclass
+class SearchSpace:
+    """One searched hyperparameter: a dotted config key and its range."""
+
+    name: str = ""  # the config key it sets, e.g. trainer.learning_rate
+    kind: SearchKind = SearchKind.CHOICE
+    values: List[Any] = dataclasses.field(default_factory=list)
+    min: Optional[float] = None
+    max: Optional[float] = None
+    step: Optional[float] = None
+    sampling: str = "linear"  # linear or log (log needs min > 0)
+
+
+@dataclasses.dataclass
+class TuningConfig:
+    """The optional TFX Tuner (pipeline/tuning.py); its best values feed the Trainer."""
+
+    enabled: bool = False
+    algorithm: TuningAlgorithm = TuningAlgorithm.RANDOM
+    max_trials: int = 3  # random and bayesian; hyperband sizes itself from trial_epochs
+    objective: str = "val_accuracy"
+    trial_epochs: int = 1  # the per-trial budget: epochs of trial_steps_per_epoch steps
+    trial_steps_per_epoch: int = 50
+    trial_eval_steps: Optional[int] = None  # null = the whole eval split
+    space: List[SearchSpace] = dataclasses.field(default_factory=list)
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     """One experiment: data, model, training, evaluation, export and runtime."""
@@ -321,6 +470,7 @@ class ExperimentConfig:
     mobile: MobileConfig = dataclasses.field(default_factory=MobileConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
+    tuning: TuningConfig = _added_key(TuningConfig)
 
     def validate(self) -> None:
         _check(bool(self.name), "name", "a non-empty string", self.name)
@@ -337,6 +487,10 @@ class ExperimentConfig:
                 f"model.name: model '{self.model.name}' fits {', '.join(fits) or 'no task'}, "
                 f"not {task.name} (the task of data.format {self.data.format.value!r}); "
                 f"models for {task.name}: {', '.join(registry.registered_for_task(task.name))}")
+        from pipeline import recipes, tuning  # Cross-section checks of recipes and tuning.
+
+        recipes.validate_experiment(self, task.name)
+        tuning.validate_tuning(self, task.name)
 
     def check_paths(self) -> None:
         """Checks that the paths the run reads exist (separate from validate: needs disk)."""
@@ -371,6 +525,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(m.value) for m in tp)
     if dataclasses.is_dataclass(tp):
         return "a mapping"
+    if tp is Any:
+        return "a value"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -410,6 +566,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif tp is Any:  # Checked by the section's validate (e.g. tuning.space values).
+        return value
     else:
         raise TypeError(f"unsupported config field type {tp!r} at {key}")
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -431,12 +589,19 @@ def _from_dict(cls: type, values: Dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def to_dict(config: Any) -> Dict[str, Any]:
-    """Converts a config dataclass to plain YAML/JSON-safe values (enums become strings)."""
+def to_dict(config: Any, compact: bool = False) -> Dict[str, Any]:
+    """Converts a config dataclass to plain YAML/JSON-safe values (enums become strings).
+
+    Args:
+      config: a config dataclass.
+      compact: leave out keys added after the Kubeflow golden spec (_added_key) while they
+        hold their defaults; from_dict reads the result back to the same config.
+    """
 
     def convert(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if not (compact and _omitted(value, f))}
         if isinstance(value, enum.Enum):
             return value.value
         if isinstance(value, (list, tuple)):
@@ -444,6 +609,15 @@ def to_dict(config: Any) -> Dict[str, Any]:
         return value
 
     return convert(config)
+
+
+def _omitted(section: Any, field: dataclasses.Field) -> bool:
+    """True for an _added_key field that holds its default."""
+    if not field.metadata.get("omit_when_default"):
+        return False
+    default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
+               else field.default)
+    return getattr(section, field.name) == default
 
 
 def from_dict(values: Dict[str, Any]) -> ExperimentConfig:

@@ -1,8 +1,9 @@
 """create_pipeline(config): the one pipeline definition that every runner uses.
 
 ExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator
--> AnomaliesGate -> Transform -> Trainer -> Evaluator (vs. the latest blessed
-model) -> Pusher -> TFLiteConverter (blessed models only; when mobile.enabled).
+-> AnomaliesGate -> Transform -> [Tuner, when tuning.enabled] -> Trainer -> Evaluator
+(vs. the latest blessed model) -> Pusher -> TFLiteConverter (blessed models only;
+when mobile.enabled).
 Building it has no side effects: nothing is read or written.
 """
 
@@ -15,7 +16,7 @@ from tfx import v1 as tfx
 
 from mobile import component as mobile_component
 from pipeline import config as config_lib
-from pipeline import ingestion, tasks, trainer, validation
+from pipeline import ingestion, tasks, trainer, tuning, validation
 
 RUN_FN = "pipeline.trainer.run_fn"
 
@@ -111,14 +112,19 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
         disable_statistics=True)
     transform.add_upstream_node(anomalies_gate)
 
+    # Compact: recipe keys at their defaults leave the spec as before they existed.
+    trainer_config = {trainer.EXPERIMENT_CONFIG_KEY: config_lib.to_dict(experiment, compact=True)}
+    tuner = (tuning.tuner_component(experiment, transform, schema_gen, trainer_config)
+             if experiment.tuning.enabled else None)
     model_trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=[ingestion.TRAIN_SPLIT]),
         eval_args=tfx.proto.EvalArgs(splits=[ingestion.EVAL_SPLIT]),
-        custom_config={trainer.EXPERIMENT_CONFIG_KEY: config_lib.to_dict(experiment)})
+        custom_config=trainer_config)
 
     latest_blessed_model = None
     if baseline_resolver:
@@ -143,7 +149,7 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
                 base_directory=paths.serving_model_dir(experiment.export.model_name))))
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                  transform, model_trainer, latest_blessed_model, evaluator, pusher]
+                  transform, tuner, model_trainer, latest_blessed_model, evaluator, pusher]
     if experiment.mobile.enabled and task.supports_mobile():
         components.append(mobile_component.TFLiteConverter(
             model=model_trainer.outputs["model"],

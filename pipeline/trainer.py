@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import registry
+from pipeline import augmentation, recipes, tuning
 from pipeline import config as config_lib
 from pipeline import tasks
 from pipeline.tasks import image as image_task
@@ -21,6 +22,8 @@ from serving import warmup
 
 EXPERIMENT_CONFIG_KEY = "experiment"
 TRAINING_STATS_FILE = "training_stats.json"
+# The config the Trainer trained with (the Tuner's best values applied), in model_run.
+EFFECTIVE_CONFIG_FILE = "effective_config.yaml"
 
 
 class ThroughputCallback(tf.keras.callbacks.Callback):
@@ -98,12 +101,18 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def build_and_compile(experiment: config_lib.ExperimentConfig) -> tf.keras.Model:
-    """The registered model, compiled with the trainer's optimizer and the task's loss."""
+def build_and_compile(experiment: config_lib.ExperimentConfig,
+                      total_steps: Optional[int] = None) -> tf.keras.Model:
+    """The registered model, compiled with the trainer's recipe and the task's loss.
+
+    total_steps (the run's optimizer steps) sizes the learning-rate schedule; it is
+    needed for every schedule but constant, step and plateau.
+    """
     task = tasks.get_task(experiment)
-    model = registry.build_model(experiment.model, task.model_inputs(experiment))
-    task.compile_model(model, experiment,
-                       optimizer=tf.keras.optimizers.Adam(experiment.trainer.learning_rate))
+    model = registry.build_model(recipes.effective_model_config(experiment.model),
+                                 task.model_inputs(experiment))
+    optimizer = recipes.build_optimizer(experiment.trainer, total_steps or 1)
+    task.compile_model(model, experiment, optimizer=optimizer)
     return model
 
 
@@ -120,6 +129,9 @@ def training_schedule(num_examples: int, trainer: config_lib.TrainerConfig) -> D
 def run_fn(fn_args: Any) -> None:
     """TFX Trainer entry point (GenericExecutor)."""
     experiment = config_lib.from_dict(fn_args.custom_config[EXPERIMENT_CONFIG_KEY])
+    # The Tuner's best values (Trainer(hyperparameters=...)), applied to the config.
+    hyperparameters = tuning.hyperparameter_values(getattr(fn_args, "hyperparameters", None))
+    experiment = tuning.apply_hyperparameters(experiment, hyperparameters)
     task = tasks.get_task(experiment)
     trainer = experiment.trainer
     tf.keras.utils.set_random_seed(trainer.seed)
@@ -131,20 +143,17 @@ def run_fn(fn_args: Any) -> None:
     train_dataset = make_dataset(fn_args.train_files, tf_transform_output, trainer.batch_size,
                                  shuffle=True, seed=trainer.seed,
                                  shuffle_buffer=trainer.shuffle_buffer, repeat=True, task=task)
+    train_dataset = augmentation.augment_dataset(train_dataset, experiment)  # training only
     eval_dataset = make_dataset(fn_args.eval_files, tf_transform_output, trainer.batch_size,
                                 shuffle=False, seed=trainer.seed,
                                 shuffle_buffer=trainer.shuffle_buffer, repeat=False, task=task)
 
-    model = build_and_compile(experiment)
+    model = build_and_compile(experiment, schedule["epochs"] * schedule["steps_per_epoch"])
     throughput = ThroughputCallback(trainer.batch_size)
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         throughput,
-    ]
-    if trainer.early_stopping_patience > 0:
-        callbacks.append(tf.keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=trainer.early_stopping_patience,
-            restore_best_weights=True))
+    ] + recipes.build_callbacks(trainer)
     history = model.fit(train_dataset, epochs=schedule["epochs"],
                         steps_per_epoch=schedule["steps_per_epoch"],
                         validation_data=eval_dataset, callbacks=callbacks, verbose=2)
@@ -166,7 +175,10 @@ def run_fn(fn_args: Any) -> None:
         "epochs": throughput.epochs,
         "steady_examples_per_second": throughput.steady_examples_per_second(),
         "history": {name: [float(v) for v in values] for name, values in history.history.items()},
+        "hyperparameters": hyperparameters,
+        "effective_config": config_lib.to_dict(experiment),
     }
     tf.io.gfile.makedirs(fn_args.model_run_dir)
+    config_lib.save_config(experiment, os.path.join(fn_args.model_run_dir, EFFECTIVE_CONFIG_FILE))
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_STATS_FILE), "w") as out:
         json.dump(stats, out, indent=2)

@@ -40,13 +40,15 @@ class ImageClassificationTask(Task):
         return transformed[features.IMAGE_TRANSFORMED_KEY], transformed[features.LABEL_KEY]
 
     def compile_model(self, model, experiment: config_lib.ExperimentConfig, optimizer) -> None:
-        import tensorflow as tf
+        from pipeline import recipes
 
-        del experiment
+        # Label smoothing, and soft labels when mixup/cutmix mix them (pipeline.recipes).
+        num_classes = experiment.data.num_classes
+        mixed = experiment.data.augmentation.mixes_labels
         model.compile(
             optimizer=optimizer,
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+            loss=recipes.classification_loss(experiment.trainer, num_classes, mixed),
+            metrics=[recipes.classification_accuracy(num_classes, mixed)])
 
     def serving_signatures(self, model, tf_transform_output,
                            experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
