@@ -32,6 +32,7 @@ class DataFormat(str, enum.Enum):
     """How the raw data in ``data.data_dir`` is laid out."""
 
     IDX = "idx"  # train-/t10k- images and labels in IDX format (MNIST layout)
+    CSV = "csv"  # a timestamped numeric CSV (data.time_series): forecasting
 
 
 class BeamMode(str, enum.Enum):
@@ -39,6 +40,42 @@ class BeamMode(str, enum.Enum):
 
     IN_PROCESS = "in_process"
     MULTI_PROCESS = "multi_process"
+
+
+@dataclasses.dataclass
+class TimeSeriesConfig:
+    """data.format: csv. A timestamped numeric CSV, windowed (lookback -> horizon) per split."""
+
+    file: str = "series.csv"  # file name (or glob matching one file) in data.data_dir
+    timestamp_column: str = "date"
+    target_column: str = "OT"
+    # Model inputs besides the target's history; empty = every column but the timestamp.
+    feature_columns: List[str] = dataclasses.field(default_factory=list)
+    lookback: int = 96
+    horizon: int = 24
+    # The step between rows: a pandas offset alias (h, D, MS, ...) or "infer".
+    frequency: str = "infer"
+    # Chronological splits: the first train_fraction of the rows, then eval, then test.
+    train_fraction: float = 0.7
+    eval_fraction: float = 0.1
+    window_stride: int = 1
+    # The seasonal-naive baseline forecasts the value seasonal_period steps earlier.
+    seasonal_period: int = 24
+
+    def validate(self) -> None:
+        for key in ("file", "timestamp_column", "target_column", "frequency"):
+            _check(bool(getattr(self, key)), f"data.time_series.{key}", "a non-empty string",
+                   getattr(self, key))
+        for key in ("lookback", "horizon", "window_stride", "seasonal_period"):
+            _check(getattr(self, key) >= 1, f"data.time_series.{key}", "an integer >= 1",
+                   getattr(self, key))
+        _check(self.seasonal_period <= self.lookback, "data.time_series.seasonal_period",
+               f"at most the lookback ({self.lookback})", self.seasonal_period)
+        _check(0.0 < self.train_fraction < 1.0 and 0.0 < self.eval_fraction < 1.0
+               and self.train_fraction + self.eval_fraction < 1.0,
+               "data.time_series.train_fraction/eval_fraction",
+               "fractions in (0, 1) summing to less than 1 (the rest is test)",
+               (self.train_fraction, self.eval_fraction))
 
 
 @dataclasses.dataclass
@@ -67,8 +104,11 @@ class DataConfig:
     tfds_test_split: str = "test"
     tfds_image_feature: str = "image"
     tfds_label_feature: str = "label"
+    time_series: TimeSeriesConfig = dataclasses.field(default_factory=TimeSeriesConfig)
 
     def validate(self) -> None:
+        if self.format == DataFormat.CSV:
+            self.time_series.validate()
         _check(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "a number in (0, 1)",
                self.eval_fraction)
         if self.source == DataSource.TFDS:
@@ -116,11 +156,30 @@ class CnnConfig:
 
 
 @dataclasses.dataclass
+class LstmForecasterConfig:
+    """Stacked LSTMs over the window, then dense outputs: a change on top of persistence."""
+
+    lstm_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
+    dropout: float = 0.1
+    # A linear map of the whole (flattened) window added to the LSTM's output.
+    linear_skip: bool = True
+
+    def validate(self) -> None:
+        _check(len(self.lstm_units) > 0 and all(u > 0 for u in self.lstm_units),
+               "model.lstm_forecaster.lstm_units", "a non-empty list of positive integers",
+               self.lstm_units)
+        _check(0.0 <= self.dropout < 1.0, "model.lstm_forecaster.dropout", "a number in [0, 1)",
+               self.dropout)
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """Which registered model to build, and each family's hyperparameters."""
 
     name: str = "cnn"
     cnn: CnnConfig = dataclasses.field(default_factory=CnnConfig)
+    lstm_forecaster: LstmForecasterConfig = dataclasses.field(
+        default_factory=LstmForecasterConfig)
 
     def validate(self) -> None:
         from models import registry  # Local import: models imports TensorFlow.
@@ -131,6 +190,7 @@ class ModelConfig:
                 f"{', '.join(registry.registered_names())}"
             )
         self.cnn.validate()
+        self.lstm_forecaster.validate()
 
 
 @dataclasses.dataclass
@@ -168,6 +228,11 @@ class EvalConfig:
     accuracy_threshold: float = 0.97
     # ...and may not be worse than the last blessed model by more than this.
     max_accuracy_drop: float = 0.01
+    # Forecasters: the test MAE (in the target's units) must be at most mae_threshold
+    # (required for data.format csv), and at most max_mae_increase above the last
+    # blessed model's.
+    mae_threshold: Optional[float] = None
+    max_mae_increase: float = 0.0
     split: str = "test"
 
     def validate(self) -> None:
@@ -175,6 +240,10 @@ class EvalConfig:
                "a number in [0, 1]", self.accuracy_threshold)
         _check(0.0 <= self.max_accuracy_drop <= 1.0, "eval.max_accuracy_drop",
                "a number in [0, 1]", self.max_accuracy_drop)
+        _check(self.mae_threshold is None or self.mae_threshold > 0, "eval.mae_threshold",
+               "null or a positive number", self.mae_threshold)
+        _check(self.max_mae_increase >= 0, "eval.max_mae_increase", "a number >= 0",
+               self.max_mae_increase)
         _check(self.split in ("train", "eval", "test"), "eval.split", "train, eval or test",
                self.split)
 
@@ -327,6 +396,10 @@ class ExperimentConfig:
         for section in (self.data, self.model, self.trainer, self.eval, self.export, self.mobile,
                         self.runtime, self.kubeflow):
             section.validate()
+        if self.data.format == DataFormat.CSV:
+            _check(self.eval.mae_threshold is not None, "eval.mae_threshold",
+                   "a positive number (the largest test MAE a forecaster may be blessed with)",
+                   self.eval.mae_threshold)
         from models import registry  # Local imports: models imports TensorFlow.
         from pipeline import tasks
 
