@@ -50,9 +50,12 @@ def build_lstm_forecaster(model_config, inputs: registry.ModelInputs) -> tf.kera
         x = tf.keras.layers.LSTM(units, return_sequences=not last, name=f"lstm{layer}")(x)
     if params.dropout:
         x = tf.keras.layers.Dropout(params.dropout, name="dropout")(x)
-    change = tf.keras.layers.Dense(inputs.horizon, name="lstm_change")(x)
+    # Zero-initialised outputs: the untrained model is exactly the persistence forecast.
+    change = tf.keras.layers.Dense(inputs.horizon, kernel_initializer="zeros",
+                                   name="lstm_change")(x)
     if params.linear_skip:
-        linear = tf.keras.layers.Dense(inputs.horizon, name="linear_change")(flat)
+        linear = tf.keras.layers.Dense(inputs.horizon, kernel_initializer="zeros",
+                                       name="linear_change")(flat)
         change = tf.keras.layers.Add(name="change")([change, linear])
     forecast = LastValueResidual(inputs.target_index, dtype="float32",
                                  name="forecast")([window, change])
