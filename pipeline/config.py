@@ -159,7 +159,7 @@ class CnnConfig:
 class LstmForecasterConfig:
     """Stacked LSTMs over the window, then dense outputs: a change on top of persistence."""
 
-    lstm_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
+    lstm_units: List[int] = dataclasses.field(default_factory=lambda: [32, 32])
     dropout: float = 0.1
     # A linear map of the whole (flattened) window added to the LSTM's output.
     linear_skip: bool = True

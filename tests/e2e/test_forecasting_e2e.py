@@ -26,7 +26,7 @@ CONFIG = REPO_ROOT / "configs" / "etth1_lstm.yaml"
 ETTH1_CSV = pathlib.Path("/work/shared/data/time_series/ETTh1.csv")
 TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")
 SLICE_ROWS = 2000
-LOOKBACK, HORIZON, COLUMNS = 96, 24, 7
+LOOKBACK, HORIZON = 96, 24
 
 
 def run_tfprod(*args):
@@ -49,7 +49,8 @@ def forecast_run(tmp_path_factory, etth1_slice_dir):
     output_dir = tmp_path_factory.mktemp("etth1_run")
     result = run_tfprod("run", "--config", str(CONFIG), "--data-dir", str(etth1_slice_dir),
                         "--output-dir", str(output_dir), "--set", "trainer.epochs=1",
-                        "--set", "eval.mae_threshold=20")
+                        "--set", "eval.mae_threshold=20",
+                        "--set", "data.time_series.feature_columns=[OT, HUFL]")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output_dir / "run_summary.json").read_text())
     return output_dir, summary
@@ -90,7 +91,8 @@ def test_served_forecast_is_in_target_units_and_both_signatures_agree(forecast_r
     forecast = by_examples[forecasting.FORECAST_OUTPUT].numpy()
     assert forecast.shape == (16, HORIZON)
 
-    columns = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+    # The config's columns: OT, then HUFL (added by --set, so the window has two columns).
+    columns = ["OT", "HUFL"]
     parsed = [tf.train.Example.FromString(record).features.feature for record in records]
     window = np.stack([np.stack([np.array(feature[c].float_list.value) for c in columns], 1)
                        for feature in parsed]).astype(np.float32)
@@ -103,21 +105,26 @@ def test_served_forecast_is_in_target_units_and_both_signatures_agree(forecast_r
 
     evaluation = model.signatures[forecasting.EVALUATION_SIGNATURE](examples=tf.constant(records))
     np.testing.assert_allclose(evaluation[forecasting.PERSISTENCE_OUTPUT].numpy(),
-                               np.repeat(window[:, -1:, 6], HORIZON, axis=1))
+                               np.repeat(window[:, -1:, 0], HORIZON, axis=1))
     np.testing.assert_allclose(evaluation[forecasting.SEASONAL_NAIVE_OUTPUT].numpy(),
-                               window[:, -24:, 6])
+                               window[:, -24:, 0])
     warmup = pathlib.Path(summary["pushed_model_dir"]) / "assets.extra" / "tf_serving_warmup_requests"
     assert warmup.is_file()
 
 
-def test_a_gap_in_the_csv_stops_the_run_naming_the_line(tmp_path, etth1_slice_dir):
+def test_a_gap_in_the_csv_stops_the_run_naming_the_line(tmp_path, etth1_slice_dir, capsys):
+    """`tfprod run` in-process (the CLI's main): the check runs before TFX starts."""
+    from pipeline import cli
+
     lines = (etth1_slice_dir / "ETTh1.csv").read_text().splitlines(keepends=True)
-    del lines[500]  # the data row on CSV line 501: a one-hour gap before line 501's successor
+    del lines[500]  # the data row on CSV line 501: line 501 now comes two hours after line 500
     bad_dir = tmp_path / "gap"
     bad_dir.mkdir()
     (bad_dir / "ETTh1.csv").write_text("".join(lines))
-    result = run_tfprod("run", "--config", str(CONFIG), "--data-dir", str(bad_dir),
-                        "--output-dir", str(tmp_path / "out"))
-    assert result.returncode == 3, result.stdout + result.stderr
-    assert "1 step(s) differ from the expected step 'h'" in result.stderr
-    assert "at line 501" in result.stderr
+    exit_code = cli.main(["run", "--config", str(CONFIG), "--data-dir", str(bad_dir),
+                          "--output-dir", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    assert exit_code == 3, stderr
+    assert "1 step(s) differ from the expected step 'h'" in stderr
+    assert "at line 501" in stderr
+    assert not (tmp_path / "out" / "pipeline").exists()
