@@ -5,8 +5,9 @@ baselines (all three computed by TFMA on the same test windows), the training ti
 and each component's wall time.
 
     python bench/forecast_bench.py [--data-dir ../shared/data/time_series] [--set key=value ...]
+        [--results-name forecast_bench]
 
-Writes docs/benchmarks/forecast_bench.json and docs/benchmarks/forecast_bench.md.
+Writes docs/benchmarks/<results-name>.json and .md (default forecast_bench).
 """
 
 import argparse
@@ -67,13 +68,14 @@ def compare(metrics: dict) -> dict:
             for baseline in BASELINES}
 
 
-def write_results(results: dict) -> None:
+def write_results(results: dict, name: str) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "forecast_bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     metrics = results["summary"]["metrics"]
     machine = results["machine"]
     lines = [
-        "# Forecasting benchmark: full ETTh1, `configs/etth1_lstm.yaml`",
+        f"# Forecasting benchmark: full ETTh1, `configs/etth1_lstm.yaml`, model "
+        f"`{results['model']}`",
         "",
         f"- Command: `{results['command']}`",
         f"- Date: {results['date']}",
@@ -87,7 +89,7 @@ def write_results(results: dict) -> None:
         "",
         "| forecast | MAE | RMSE |",
         "|---|---|---|",
-        f"| **lstm_forecaster** | **{metrics['mae']:.4f}** | **{metrics['rmse']:.4f}** |",
+        f"| **{results['model']}** | **{metrics['mae']:.4f}** | **{metrics['rmse']:.4f}** |",
     ]
     for baseline in BASELINES:
         lines.append(f"| {baseline.replace('_', '-')} baseline | {metrics[f'{baseline}_mae']:.4f} "
@@ -108,7 +110,7 @@ def write_results(results: dict) -> None:
               for name, seconds in results["summary"]["component_seconds"].items()]
     lines += ["", f"Blessed: {results['summary']['blessed']} "
               f"(eval.mae_threshold {results['mae_threshold']})", ""]
-    (RESULTS_DIR / "forecast_bench.md").write_text("\n".join(lines))
+    (RESULTS_DIR / f"{name}.md").write_text("\n".join(lines))
 
 
 def main(argv=None) -> int:
@@ -117,6 +119,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default=None,
                         help="where the run writes (default: a new temp dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--results-name", default="forecast_bench",
+                        help="file names under docs/benchmarks/ (e.g. for another model)")
     args = parser.parse_args(argv)
 
     from pipeline import config as config_lib
@@ -130,6 +134,7 @@ def main(argv=None) -> int:
                                                            *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
+        "model": experiment.model.name,
         "lookback": experiment.data.time_series.lookback,
         "horizon": experiment.data.time_series.horizon,
         "mae_threshold": experiment.eval.mae_threshold,
@@ -137,8 +142,8 @@ def main(argv=None) -> int:
         "summary": summary,
         "comparison": compare(summary["metrics"]),
     }
-    write_results(results)
-    print((RESULTS_DIR / "forecast_bench.md").read_text())
+    write_results(results, args.results_name)
+    print((RESULTS_DIR / f"{args.results_name}.md").read_text())
     return 0
 
 

@@ -173,6 +173,27 @@ class LstmForecasterConfig:
 
 
 @dataclasses.dataclass
+class TransformerForecasterConfig:
+    """Encoder blocks over the window's steps, then dense outputs on top of persistence."""
+
+    model_width: int = 32
+    num_heads: int = 4
+    num_blocks: int = 2
+    feed_forward_width: int = 64
+    dropout: float = 0.1
+    linear_skip: bool = True
+
+    def validate(self) -> None:
+        for key in ("model_width", "num_heads", "num_blocks", "feed_forward_width"):
+            _check(getattr(self, key) >= 1, f"model.transformer_forecaster.{key}",
+                   "an integer >= 1", getattr(self, key))
+        _check(self.model_width % self.num_heads == 0, "model.transformer_forecaster.model_width",
+               f"a multiple of num_heads ({self.num_heads})", self.model_width)
+        _check(0.0 <= self.dropout < 1.0, "model.transformer_forecaster.dropout",
+               "a number in [0, 1)", self.dropout)
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """Which registered model to build, and each family's hyperparameters."""
 
@@ -180,6 +201,8 @@ class ModelConfig:
     cnn: CnnConfig = dataclasses.field(default_factory=CnnConfig)
     lstm_forecaster: LstmForecasterConfig = dataclasses.field(
         default_factory=LstmForecasterConfig)
+    transformer_forecaster: TransformerForecasterConfig = dataclasses.field(
+        default_factory=TransformerForecasterConfig)
 
     def validate(self) -> None:
         from models import registry  # Local import: models imports TensorFlow.
@@ -191,6 +214,7 @@ class ModelConfig:
             )
         self.cnn.validate()
         self.lstm_forecaster.validate()
+        self.transformer_forecaster.validate()
 
 
 @dataclasses.dataclass

@@ -48,7 +48,8 @@ def test_every_forecaster_builds_and_starts_at_persistence(name):
 
 
 def test_every_registered_model_fits_a_task():
-    assert registry.registered_for_task("forecasting") == ["lstm_forecaster"]
+    assert registry.registered_for_task("forecasting") == [
+        "lstm_forecaster", "transformer_forecaster"]
     for name in registry.registered_names():
         assert registry.model_tasks(name), name
 

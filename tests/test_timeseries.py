@@ -38,6 +38,13 @@ def hourly_rows(count, start_hour=0):
     return [f"{base + np.timedelta64(start_hour + i, 'h')},{1000 + i},{i}" for i in range(count)]
 
 
+def randomise_weights(model):
+    """Random weights everywhere, so the zero-initialised outputs do not hide the network."""
+    rng = np.random.RandomState(1)
+    model.set_weights([rng.normal(0.0, 0.3, w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+
+
 def test_windows_stay_inside_their_split_and_cover_it(tmp_path):
     path = write_csv(tmp_path, hourly_rows(50))
     series_spec = spec()
@@ -162,12 +169,39 @@ def test_last_value_residual_round_trips_and_saves(tmp_path):
         lstm_forecaster=config_lib.LstmForecasterConfig(lstm_units=[4, 3], dropout=0.0))
     model = registry.build_model(model_config, inputs)
     batch = np.random.RandomState(0).randn(5, 12).astype(np.float32)
+    randomise_weights(model)
     expected = model(batch, training=False).numpy()
     assert expected.shape == (5, 2)
+    assert not np.allclose(expected, np.repeat(batch.reshape(5, 4, 3)[:, -1:, 1], 2, axis=1))
     path = str(tmp_path / "forecaster.keras")
     model.save(path)
     reloaded = tf.keras.models.load_model(path)
     np.testing.assert_allclose(reloaded(batch, training=False).numpy(), expected, rtol=1e-6)
+
+
+def test_position_embedding_round_trips_and_the_transformer_forecaster_saves(tmp_path):
+    layer = forecasting_models.PositionEmbedding(sequence_length=4, name="positions")
+    clone = forecasting_models.PositionEmbedding.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    sequence = np.zeros((2, 4, 3), np.float32)
+    embedded = layer(sequence).numpy()
+    np.testing.assert_allclose(embedded[0], layer.position_embeddings.numpy())
+
+    inputs = registry.ModelInputs(feature_name="window_xf", feature_shape=(12,), num_classes=0,
+                                  window_shape=(4, 3), horizon=2, target_index=0)
+    model_config = config_lib.ModelConfig(
+        name="transformer_forecaster",
+        transformer_forecaster=config_lib.TransformerForecasterConfig(
+            model_width=4, num_heads=2, num_blocks=1, feed_forward_width=4, dropout=0.0))
+    model = registry.build_model(model_config, inputs)
+    batch = np.random.RandomState(0).randn(5, 12).astype(np.float32)
+    randomise_weights(model)
+    expected = model(batch, training=False).numpy()
+    assert expected.shape == (5, 2)
+    path = str(tmp_path / "transformer_forecaster.keras")
+    model.save(path)
+    reloaded = tf.keras.models.load_model(path)
+    np.testing.assert_allclose(reloaded(batch, training=False).numpy(), expected, rtol=1e-5)
 
 
 def test_etth1_config_is_valid_and_needs_an_mae_threshold():
