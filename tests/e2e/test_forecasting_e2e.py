@@ -112,6 +112,29 @@ def test_served_forecast_is_in_target_units_and_both_signatures_agree(forecast_r
     assert warmup.is_file()
 
 
+def test_rest_json_window_through_the_serving_stack(forecast_run):
+    """A TF Serving REST body, decoded by tfprod's JSON codec and run by its Servable
+    (in-process: the HTTP server itself is covered by tests/test_serving_e2e.py)."""
+    from serving import json_codec, servable
+
+    output_dir, summary = forecast_run
+    model = servable.Servable("etth1_lstm", 1, summary["pushed_model_dir"])
+    assert model.warm_up() == 4  # serving_raw and serving_default, batch sizes 1 and 8
+    records = _test_examples(output_dir, 3)
+    parsed = [tf.train.Example.FromString(record).features.feature for record in records]
+    windows = [[[feature[c].float_list.value[step] for c in ("OT", "HUFL")]
+                for step in range(LOOKBACK)] for feature in parsed]
+    body = json_codec.dumps({"signature_name": "serving_raw", "instances": windows})
+    signature_name, request_format, inputs = json_codec.decode_predict_request(body)
+    _, outputs = model.predict(signature_name, inputs)
+    answer = json_codec.encode_predict_response(outputs, request_format)
+    forecast = np.array(answer["predictions"])
+    assert forecast.shape == (3, HORIZON)
+    expected = tf.saved_model.load(summary["pushed_model_dir"]).signatures["serving_default"](
+        examples=tf.constant(records))[forecasting.FORECAST_OUTPUT].numpy()
+    np.testing.assert_allclose(forecast, expected, rtol=1e-5, atol=1e-4)
+
+
 def test_a_gap_in_the_csv_stops_the_run_naming_the_line(tmp_path, etth1_slice_dir, capsys):
     """`tfprod run` in-process (the CLI's main): the check runs before TFX starts."""
     from pipeline import cli
