@@ -28,6 +28,11 @@ class ModelInputs:
     feature_shape: Tuple[int, ...]
     num_classes: int
     image_shape: Tuple[int, int, int] = (28, 28, 1)
+    # Forecasting: the input window (steps, columns), the steps to predict and the
+    # target's column in the window.
+    window_shape: Tuple[int, int] = (0, 0)
+    horizon: int = 0
+    target_index: int = 0
 
 
 def register(name: str, tasks: Sequence[str] = ()) -> Callable:
@@ -52,6 +57,7 @@ def register(name: str, tasks: Sequence[str] = ()) -> Callable:
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register decorators.
     from models import cnn  # noqa: F401
+    from models import forecasting  # noqa: F401
 
 
 def registered_names() -> List[str]:

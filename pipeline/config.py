@@ -32,6 +32,7 @@ class DataFormat(str, enum.Enum):
     """How the raw data in ``data.data_dir`` is laid out."""
 
     IDX = "idx"  # train-/t10k- images and labels in IDX format (MNIST layout)
+    CSV = "csv"  # a timestamped numeric CSV (data.time_series): forecasting
 
 
 class BeamMode(str, enum.Enum):
@@ -126,6 +127,42 @@ class AugmentationConfig:
 
 
 @dataclasses.dataclass
+class TimeSeriesConfig:
+    """data.format: csv. A timestamped numeric CSV, windowed (lookback -> horizon) per split."""
+
+    file: str = "series.csv"  # file name (or glob matching one file) in data.data_dir
+    timestamp_column: str = "date"
+    target_column: str = "OT"
+    # Model inputs besides the target's history; empty = every column but the timestamp.
+    feature_columns: List[str] = dataclasses.field(default_factory=list)
+    lookback: int = 96
+    horizon: int = 24
+    # The step between rows: a pandas offset alias (h, D, MS, ...) or "infer".
+    frequency: str = "infer"
+    # Chronological splits: the first train_fraction of the rows, then eval, then test.
+    train_fraction: float = 0.7
+    eval_fraction: float = 0.1
+    window_stride: int = 1
+    # The seasonal-naive baseline forecasts the value seasonal_period steps earlier.
+    seasonal_period: int = 24
+
+    def validate(self) -> None:
+        for key in ("file", "timestamp_column", "target_column", "frequency"):
+            _check(bool(getattr(self, key)), f"data.time_series.{key}", "a non-empty string",
+                   getattr(self, key))
+        for key in ("lookback", "horizon", "window_stride", "seasonal_period"):
+            _check(getattr(self, key) >= 1, f"data.time_series.{key}", "an integer >= 1",
+                   getattr(self, key))
+        _check(self.seasonal_period <= self.lookback, "data.time_series.seasonal_period",
+               f"at most the lookback ({self.lookback})", self.seasonal_period)
+        _check(0.0 < self.train_fraction < 1.0 and 0.0 < self.eval_fraction < 1.0
+               and self.train_fraction + self.eval_fraction < 1.0,
+               "data.time_series.train_fraction/eval_fraction",
+               "fractions in (0, 1) summing to less than 1 (the rest is test)",
+               (self.train_fraction, self.eval_fraction))
+
+
+@dataclasses.dataclass
 class DataConfig:
     """Where the raw data is and how it is split and validated."""
 
@@ -153,9 +190,13 @@ class DataConfig:
     tfds_label_feature: str = "label"
     # Random image augmentation of the training batches only (pipeline/augmentation.py).
     augmentation: AugmentationConfig = _added_key(AugmentationConfig)
+    # data.format: csv (pipeline/timeseries.py).
+    time_series: TimeSeriesConfig = _added_key(TimeSeriesConfig)
 
     def validate(self) -> None:
         self.augmentation.validate()
+        if self.format == DataFormat.CSV:
+            self.time_series.validate()
         _check(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "a number in (0, 1)",
                self.eval_fraction)
         if self.source == DataSource.TFDS:
@@ -203,6 +244,44 @@ class CnnConfig:
 
 
 @dataclasses.dataclass
+class LstmForecasterConfig:
+    """Stacked LSTMs over the window, then dense outputs: a change on top of persistence."""
+
+    lstm_units: List[int] = dataclasses.field(default_factory=lambda: [32, 32])
+    dropout: float = 0.1
+    # A linear map of the whole (flattened) window added to the LSTM's output.
+    linear_skip: bool = True
+
+    def validate(self) -> None:
+        _check(len(self.lstm_units) > 0 and all(u > 0 for u in self.lstm_units),
+               "model.lstm_forecaster.lstm_units", "a non-empty list of positive integers",
+               self.lstm_units)
+        _check(0.0 <= self.dropout < 1.0, "model.lstm_forecaster.dropout", "a number in [0, 1)",
+               self.dropout)
+
+
+@dataclasses.dataclass
+class TransformerForecasterConfig:
+    """Encoder blocks over the window's steps, then dense outputs on top of persistence."""
+
+    model_width: int = 32
+    num_heads: int = 4
+    num_blocks: int = 2
+    feed_forward_width: int = 64
+    dropout: float = 0.1
+    linear_skip: bool = True
+
+    def validate(self) -> None:
+        for key in ("model_width", "num_heads", "num_blocks", "feed_forward_width"):
+            _check(getattr(self, key) >= 1, f"model.transformer_forecaster.{key}",
+                   "an integer >= 1", getattr(self, key))
+        _check(self.model_width % self.num_heads == 0, "model.transformer_forecaster.model_width",
+               f"a multiple of num_heads ({self.num_heads})", self.model_width)
+        _check(0.0 <= self.dropout < 1.0, "model.transformer_forecaster.dropout",
+               "a number in [0, 1)", self.dropout)
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """Which registered model to build, and each family's hyperparameters."""
 
@@ -211,6 +290,8 @@ class ModelConfig:
     # One dropout rate for the whole model, mapped onto the family's own rates
     # (pipeline.recipes.DROPOUT_MAPPINGS); null = the family's settings as they are.
     dropout: Optional[float] = _added_key(None)
+    lstm_forecaster: LstmForecasterConfig = _added_key(LstmForecasterConfig)
+    transformer_forecaster: TransformerForecasterConfig = _added_key(TransformerForecasterConfig)
 
     def validate(self) -> None:
         from models import registry  # Local import: models imports TensorFlow.
@@ -223,6 +304,8 @@ class ModelConfig:
         self.cnn.validate()
         _check(self.dropout is None or 0.0 <= self.dropout < 1.0, "model.dropout",
                "null or a number in [0, 1)", self.dropout)
+        self.lstm_forecaster.validate()
+        self.transformer_forecaster.validate()
 
 
 @dataclasses.dataclass
@@ -274,6 +357,11 @@ class EvalConfig:
     accuracy_threshold: float = 0.97
     # ...and may not be worse than the last blessed model by more than this.
     max_accuracy_drop: float = 0.01
+    # Forecasters: the test MAE (in the target's units) must be at most mae_threshold
+    # (required for data.format csv), and at most max_mae_increase above the last
+    # blessed model's.
+    mae_threshold: Optional[float] = _added_key(None)
+    max_mae_increase: float = _added_key(0.0)
     split: str = "test"
 
     def validate(self) -> None:
@@ -281,6 +369,10 @@ class EvalConfig:
                "a number in [0, 1]", self.accuracy_threshold)
         _check(0.0 <= self.max_accuracy_drop <= 1.0, "eval.max_accuracy_drop",
                "a number in [0, 1]", self.max_accuracy_drop)
+        _check(self.mae_threshold is None or self.mae_threshold > 0, "eval.mae_threshold",
+               "null or a positive number", self.mae_threshold)
+        _check(self.max_mae_increase >= 0, "eval.max_mae_increase", "a number >= 0",
+               self.max_mae_increase)
         _check(self.split in ("train", "eval", "test"), "eval.split", "train, eval or test",
                self.split)
 
@@ -477,6 +569,10 @@ class ExperimentConfig:
         for section in (self.data, self.model, self.trainer, self.eval, self.export, self.mobile,
                         self.runtime, self.kubeflow):
             section.validate()
+        if self.data.format == DataFormat.CSV:
+            _check(self.eval.mae_threshold is not None, "eval.mae_threshold",
+                   "a positive number (the largest test MAE a forecaster may be blessed with)",
+                   self.eval.mae_threshold)
         from models import registry  # Local imports: models imports TensorFlow.
         from pipeline import tasks
 

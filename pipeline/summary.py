@@ -149,13 +149,17 @@ def read_validation_failures(evaluation_uri: str) -> List[str]:
             value = failure.metric_value.double_value.value
             if failure.metric_key.is_diff:
                 change = failure.metric_threshold.change_threshold
+                # Lower-is-better metrics (e.g. MAE) may rise by at most the allowance.
+                relation = "<=" if change.direction == change.LOWER_IS_BETTER else ">="
                 failures.append(f"{failure.metric_key.name} ({slice_name}) changed by "
                                 f"{value:+.4f} against the last blessed model; allowed "
-                                f"change >= {change.absolute.value:+.4f}")
+                                f"change {relation} {change.absolute.value:+.4f}")
             else:
                 bound = failure.metric_threshold.value_threshold
+                required = (f"<= {bound.upper_bound.value:.4f}" if bound.HasField("upper_bound")
+                            else f">= {bound.lower_bound.value:.4f}")
                 failures.append(f"{failure.metric_key.name} ({slice_name}) = {value:.4f}; "
-                                f"required >= {bound.lower_bound.value:.4f}")
+                                f"required {required}")
     return failures
 
 

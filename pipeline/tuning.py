@@ -39,7 +39,12 @@ def _scalar_type(key: str) -> Any:
 
 
 def validate_tuning(experiment: config_lib.ExperimentConfig, task_name: str) -> None:
-    """Checks the tuning section (always, so a disabled section is ready to switch on)."""
+    """Checks the tuning section (always, so a disabled section is ready to switch on).
+
+    The objective is checked against the task's metrics only when tuning is enabled:
+    the default (val_accuracy) suits classifiers, and a forecaster's config need not
+    name one it never uses.
+    """
     from pipeline import recipes
 
     tuning = experiment.tuning
@@ -52,7 +57,7 @@ def validate_tuning(experiment: config_lib.ExperimentConfig, task_name: str) -> 
     _check(tuning.trial_eval_steps is None or tuning.trial_eval_steps >= 1,
            "tuning.trial_eval_steps", "null or an integer >= 1", tuning.trial_eval_steps)
     allowed = recipes.monitorable_metrics(task_name)
-    if tuning.objective not in allowed:
+    if tuning.enabled and tuning.objective not in allowed:
         raise ConfigError(f"tuning.objective: {tuning.objective!r} is not a metric of task "
                           f"{task_name}; choose one of {', '.join(allowed)}")
     if tuning.algorithm == config_lib.TuningAlgorithm.HYPERBAND:

@@ -19,6 +19,8 @@ from pipeline import config as config_lib
 from tests.conftest import REPO_ROOT
 
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+# The main job: the golden file and the single-config checks use it.
+MAIN_CONFIG = REPO_ROOT / "configs" / "mnist_cnn.yaml"
 GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 RESOLVER_ID = "latest_blessed_model_resolver"
 UPDATE_GOLDEN = os.environ.get("TFPROD_UPDATE_GOLDEN") == "1"
@@ -50,7 +52,7 @@ def compiled_packages(tmp_path_factory):
 def gpu_package(tmp_path_factory):
     """The main config with Trainer resources, a node selector and the Flink runner."""
     path = tmp_path_factory.mktemp("kfp_gpu") / "pipeline.yaml"
-    experiment = load(CONFIGS[0], "kubeflow.trainer_gpus=2", "kubeflow.trainer_cpu_limit=8",
+    experiment = load(MAIN_CONFIG, "kubeflow.trainer_gpus=2", "kubeflow.trainer_cpu_limit=8",
                       "kubeflow.trainer_memory_limit_gb=30",
                       "kubeflow.trainer_node_selector=[cloud.google.com/gke-accelerator=nvidia-l4]",
                       "kubeflow.beam_runner=flink",
@@ -103,8 +105,8 @@ def test_every_config_compiles_to_a_pipeline_spec(compiled_packages, config_path
 
 
 def test_task_dag_equals_the_local_pipeline(compiled_packages, tmp_path):
-    experiment = load(CONFIGS[0], f"runtime.output_dir={tmp_path}")
-    pipeline_spec, _ = compiler.read_package(str(compiled_packages[CONFIGS[0].stem]))
+    experiment = load(MAIN_CONFIG, f"runtime.output_dir={tmp_path}")
+    pipeline_spec, _ = compiler.read_package(str(compiled_packages[MAIN_CONFIG.stem]))
     expected = local_graph(experiment, tmp_path)
     # KFP's open-source backend cannot run resolver nodes, so by default the Kubeflow
     # build leaves out the one resolver (kubeflow.baseline_resolver); nothing else differs.
@@ -115,7 +117,7 @@ def test_task_dag_equals_the_local_pipeline(compiled_packages, tmp_path):
 
 
 def test_with_the_resolver_the_dag_equals_the_local_pipeline_exactly(tmp_path):
-    experiment = load(CONFIGS[0], "kubeflow.baseline_resolver=true",
+    experiment = load(MAIN_CONFIG, "kubeflow.baseline_resolver=true",
                       f"runtime.output_dir={tmp_path}")
     compile_to_file(experiment, tmp_path / "pipeline.yaml")
     pipeline_spec, _ = compiler.read_package(str(tmp_path / "pipeline.yaml"))
@@ -129,8 +131,8 @@ def test_with_the_resolver_the_dag_equals_the_local_pipeline_exactly(tmp_path):
 
 
 def test_runtime_parameters_data_dir_and_pipeline_root(compiled_packages):
-    experiment = load(CONFIGS[0])
-    pipeline_spec, _ = compiler.read_package(str(compiled_packages[CONFIGS[0].stem]))
+    experiment = load(MAIN_CONFIG)
+    pipeline_spec, _ = compiler.read_package(str(compiled_packages[MAIN_CONFIG.stem]))
     parameter = pipeline_spec.root.input_definitions.parameters[compiler.DATA_DIR_PARAMETER]
     assert json_format.MessageToDict(parameter)["parameterType"] == "STRING"
     assert parameter.default_value.string_value == experiment.kubeflow.data_dir
@@ -144,7 +146,7 @@ def test_runtime_parameters_data_dir_and_pipeline_root(compiled_packages):
     assert push["filesystem"]["base_directory"] == (
         f"{experiment.kubeflow.output_dir}/serving/{experiment.export.model_name}")
     # No path of this machine leaks into the spec: the schema is the image's copy.
-    text = compiled_packages[CONFIGS[0].stem].read_text()
+    text = compiled_packages[MAIN_CONFIG.stem].read_text()
     assert str(REPO_ROOT) not in text
     assert f"{compiler.PROJECT_DIR_IN_IMAGE}/configs/schemas/" in text
 
@@ -180,7 +182,7 @@ def test_trainer_resources_node_selector_and_beam_runner(gpu_package):
       "--environment_type=EXTERNAL"]),
 ])
 def test_beam_args_follow_the_configured_runner(runner, overrides, expected):
-    args = compiler.beam_args(load(CONFIGS[0], f"kubeflow.beam_runner={runner}", *overrides))
+    args = compiler.beam_args(load(MAIN_CONFIG, f"kubeflow.beam_runner={runner}", *overrides))
     for arg in expected:
         assert arg in args
 
@@ -193,13 +195,13 @@ def test_beam_args_follow_the_configured_runner(runner, overrides, expected):
 ])
 def test_bad_kubeflow_config_names_the_key(overrides, key):
     with pytest.raises(config_lib.ConfigError, match=key):
-        load(CONFIGS[0], *overrides)
+        load(MAIN_CONFIG, *overrides)
 
 
 def test_schema_outside_the_project_is_refused(tmp_path):
     schema = tmp_path / "schema.pbtxt"
     schema.write_text((REPO_ROOT / "configs/schemas/image_28x28_10class.pbtxt").read_text())
-    experiment = load(CONFIGS[0], f"data.schema_path={schema}")
+    experiment = load(MAIN_CONFIG, f"data.schema_path={schema}")
     with pytest.raises(CompileError, match="configs/schemas"):
         compiler.compile_pipeline(experiment)
 
@@ -217,8 +219,8 @@ def normalize(package_text):
 
 
 def test_compiled_package_matches_the_golden_file(compiled_packages):
-    golden = GOLDEN_DIR / f"{CONFIGS[0].stem}_pipeline.yaml"
-    actual = normalize(compiled_packages[CONFIGS[0].stem].read_text())
+    golden = GOLDEN_DIR / f"{MAIN_CONFIG.stem}_pipeline.yaml"
+    actual = normalize(compiled_packages[MAIN_CONFIG.stem].read_text())
     assert "tfx-1." not in actual
     if UPDATE_GOLDEN:
         golden.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +233,7 @@ def test_compiled_package_matches_the_golden_file(compiled_packages):
 
 def test_cli_compile_writes_a_package(tmp_path, capsys):
     output = tmp_path / "out" / "pipeline.yaml"
-    code = cli.main(["kubeflow", "compile", "--config", str(CONFIGS[0]), "--output",
+    code = cli.main(["kubeflow", "compile", "--config", str(MAIN_CONFIG), "--output",
                      str(output), "--set", "kubeflow.image_tag=1.2.3"])
     assert code == 0, capsys.readouterr().err
     pipeline_spec, _ = compiler.read_package(str(output))
@@ -241,7 +243,7 @@ def test_cli_compile_writes_a_package(tmp_path, capsys):
 
 
 def test_cli_compile_bad_override_exits_2(tmp_path, capsys):
-    code = cli.main(["kubeflow", "compile", "--config", str(CONFIGS[0]), "--output",
+    code = cli.main(["kubeflow", "compile", "--config", str(MAIN_CONFIG), "--output",
                      str(tmp_path / "p.yaml"), "--set", "kubeflow.trainer_gpus=-1"])
     assert code == 2
     assert "kubeflow.trainer_gpus" in capsys.readouterr().err
@@ -249,7 +251,7 @@ def test_cli_compile_bad_override_exits_2(tmp_path, capsys):
 
 
 def test_read_package_rejects_a_broken_spec(compiled_packages, tmp_path):
-    documents = list(yaml.safe_load_all(compiled_packages[CONFIGS[0].stem].read_text()))
+    documents = list(yaml.safe_load_all(compiled_packages[MAIN_CONFIG.stem].read_text()))
     documents[0]["root"]["dag"]["tasks"]["Trainer"]["dependentTask"] = ["Transform"]  # typo
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump_all(documents))

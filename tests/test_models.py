@@ -22,7 +22,7 @@ def test_registering_a_name_twice_raises():
         registry.register("cnn")(lambda config, inputs: None)
 
 
-@pytest.mark.parametrize("name", registry.registered_names())
+@pytest.mark.parametrize("name", registry.registered_for_task("image_classification"))
 def test_every_registered_model_builds_with_the_right_output_shape(name):
     model_config = config_lib.ModelConfig(name=name)
     model = registry.build_model(model_config, INPUTS)
@@ -30,6 +30,28 @@ def test_every_registered_model_builds_with_the_right_output_shape(name):
     probabilities = model(batch, training=False).numpy()
     assert probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+FORECAST_INPUTS = registry.ModelInputs(feature_name="window_xf", feature_shape=(16 * 2,),
+                                       num_classes=0, window_shape=(16, 2), horizon=4,
+                                       target_index=1)
+
+
+@pytest.mark.parametrize("name", registry.registered_for_task("forecasting"))
+def test_every_forecaster_builds_and_starts_at_persistence(name):
+    model = registry.build_model(config_lib.ModelConfig(name=name), FORECAST_INPUTS)
+    window = np.random.RandomState(0).rand(3, 16, 2).astype(np.float32)
+    forecast = model(window.reshape(3, 32), training=False).numpy()
+    assert forecast.shape == (3, 4)
+    # Zero-initialised change layers: the untrained forecast repeats the last target value.
+    np.testing.assert_allclose(forecast, np.repeat(window[:, -1:, 1], 4, axis=1), atol=1e-6)
+
+
+def test_every_registered_model_fits_a_task():
+    assert registry.registered_for_task("forecasting") == [
+        "lstm_forecaster", "transformer_forecaster"]
+    for name in registry.registered_names():
+        assert registry.model_tasks(name), name
 
 
 def test_cnn_follows_its_config():

@@ -69,6 +69,10 @@ def get_task(experiment: config_lib.ExperimentConfig) -> Task:
     data = experiment.data
     if data.source == config_lib.DataSource.TFDS or data.format == config_lib.DataFormat.IDX:
         return image.ImageClassificationTask()
+    if data.format == config_lib.DataFormat.CSV:
+        from pipeline.tasks import forecasting
+
+        return forecasting.ForecastingTask()
     raise config_lib.ConfigError(f"data.format: no task handles {data.format.value!r}")
 
 
