@@ -224,6 +224,26 @@ def create_strategy(runtime: config_lib.RuntimeConfig, environ: Mapping[str, str
     raise DistributeError(f"runtime.strategy: unknown strategy {name!r}")
 
 
+_WORKER_STRATEGY: List[Any] = []
+
+
+def use_strategy(strategy) -> None:
+    """Makes run_fn train under strategy (a worker creates it first, then calls run_fn)."""
+    _WORKER_STRATEGY[:] = [strategy]
+
+
+def current_strategy(runtime: config_lib.RuntimeConfig):
+    """The strategy run_fn trains under: the one set by use_strategy, else the one whose
+    scope is open, else a new one from runtime.strategy."""
+    import tensorflow as tf
+
+    if _WORKER_STRATEGY:
+        return _WORKER_STRATEGY[0]
+    if tf.distribute.has_strategy():
+        return tf.distribute.get_strategy()
+    return create_strategy(runtime)
+
+
 def strategy_task(strategy) -> Dict[str, Any]:
     """This process's task: {'type', 'index', 'chief'} (type None on one machine)."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -226,7 +226,7 @@ def run_local_job(fn_args: Any, experiment: config_lib.ExperimentConfig,
 
 
 def run_worker(fn_args: Any, runtime: config_lib.RuntimeConfig) -> Dict[str, Any]:
-    """One worker: creates MultiWorkerMirroredStrategy first, then runs run_fn in its scope.
+    """One worker: creates MultiWorkerMirroredStrategy first, then runs run_fn under it.
 
     Returns this worker's task ({'type', 'index', 'chief'}).
     """
@@ -238,8 +238,8 @@ def run_worker(fn_args: Any, runtime: config_lib.RuntimeConfig) -> Dict[str, Any
     chief = distribute.is_chief(tf_config)
     print(f"task {tf_config['task']} of {strategy.num_replicas_in_sync} replicas "
           f"({'chief' if chief else 'worker'})", flush=True)
-    with strategy.scope():
-        trainer.run_fn(fn_args)
+    distribute.use_strategy(strategy)
+    trainer.run_fn(fn_args)
     return distribute.strategy_task(strategy)
 
 

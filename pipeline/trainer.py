@@ -132,8 +132,7 @@ def run_fn(fn_args: Any) -> None:
 
         multiworker.run_local_job(fn_args, experiment)
         return
-    strategy = (tf.distribute.get_strategy() if tf.distribute.has_strategy()
-                else distribute.create_strategy(experiment.runtime))
+    strategy = distribute.current_strategy(experiment.runtime)
     task = tasks.get_task(experiment)
     runtime = experiment.runtime
     worker = distribute.strategy_task(strategy)
@@ -176,15 +175,17 @@ def run_fn(fn_args: Any) -> None:
     print(f"training on {replicas} replica(s) ({type(strategy).__name__}, task "
           f"{distribute.task_label(worker)}): global batch {trainer.batch_size}, "
           f"learning rate {trainer.learning_rate:g}", flush=True)
-    with distribute.mixed_precision_policy(runtime) as policy, strategy.scope():
-        model = build_and_compile(experiment)
-        if policy:
-            distribute.check_float32_outputs(model)
-        history = model.fit(train_dataset, epochs=schedule["epochs"],
-                            steps_per_epoch=schedule["steps_per_epoch"],
-                            validation_data=eval_dataset, callbacks=callbacks, verbose=2)
-
-        # Every worker saves (saving is collective); only the chief's copy is kept.
+    with distribute.mixed_precision_policy(runtime) as policy:
+        with strategy.scope():
+            model = build_and_compile(experiment)
+            if policy:
+                distribute.check_float32_outputs(model)
+            history = model.fit(train_dataset, epochs=schedule["epochs"],
+                                steps_per_epoch=schedule["steps_per_epoch"],
+                                validation_data=eval_dataset, callbacks=callbacks, verbose=2)
+        # Every worker saves (saving is collective); only the chief's copy is kept. Outside
+        # the scope: signatures traced inside it capture distributed variables and cannot
+        # be saved.
         tf.saved_model.save(
             model, dirs.serving_model_dir,
             signatures=task.serving_signatures(model, tf_transform_output, experiment))
