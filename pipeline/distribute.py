@@ -377,6 +377,24 @@ def check_float32_outputs(model) -> None:
                 "build its output layer with dtype='float32'")
 
 
+@contextlib.contextmanager
+def export_tracing() -> Iterator[None]:
+    """Traces serving signatures the way tf.saved_model.save traces its own functions.
+
+    A Task's serving_signatures returns concrete functions, traced when it is called. Under
+    MultiWorkerMirroredStrategy, reading a sync-on-read variable (BatchNorm's moving
+    statistics) outside save() all-reduces it across workers, and TensorFlow refuses to
+    save a function that contains a collective. Inside save()'s context (variable policy
+    NONE) the functions read the variables directly instead; save() still writes the
+    variables' aggregated values. Outside a strategy this changes nothing.
+    """
+    import tensorflow as tf
+    from tensorflow.python.saved_model import save_context  # no public equivalent
+
+    with save_context.save_context(tf.saved_model.SaveOptions()):
+        yield
+
+
 # --------------------------------------------------------------------------
 # Output directories and callbacks
 # --------------------------------------------------------------------------

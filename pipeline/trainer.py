@@ -184,11 +184,10 @@ def run_fn(fn_args: Any) -> None:
                                 steps_per_epoch=schedule["steps_per_epoch"],
                                 validation_data=eval_dataset, callbacks=callbacks, verbose=2)
         # Every worker saves (saving is collective); only the chief's copy is kept. Outside
-        # the scope: signatures traced inside it capture distributed variables and cannot
-        # be saved.
-        tf.saved_model.save(
-            model, dirs.serving_model_dir,
-            signatures=task.serving_signatures(model, tf_transform_output, experiment))
+        # the scope, with signatures traced as save() traces (distribute.export_tracing).
+        with distribute.export_tracing():
+            signatures = task.serving_signatures(model, tf_transform_output, experiment)
+        tf.saved_model.save(model, dirs.serving_model_dir, signatures=signatures)
     if not worker["chief"]:
         dirs.cleanup()
         return
