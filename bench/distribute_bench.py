@@ -34,7 +34,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist"
+# ../shared from the main checkout; ../../shared from a worktree under wt/.
+DEFAULT_DATA = next((root / "shared" / "data" / "mnist" for root in REPO_ROOT.parents[:2]
+                     if (root / "shared" / "data" / "mnist").is_dir()),
+                    REPO_ROOT.parent / "shared" / "data" / "mnist")
 RESULTS_DIR = REPO_ROOT / "docs" / "benchmarks"
 MODES = ("one_device", "mirrored", "multi_worker")
 NUM_WORKERS = 2
@@ -50,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-replica-batch", type=int, default=64)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line added to the report's notes (repeatable)")
     # Internal: one configuration in this process (set by the driver).
     parser.add_argument("--run-one", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -224,11 +229,13 @@ def main(argv=None) -> int:
         notes += [
             "No GPU was lent in this session: every figure is CPU-only. The 2 logical CPU "
             "devices and the 2 local workers share the same physical cores as one_device, so "
-            "efficiency near 0.5 is the expected ceiling here; these runs check the wiring "
-            "and the overhead, not real scaling.",
+            "these rows show the strategies' overhead and how well two replicas fill the "
+            "cores, not real scaling (one_device does not keep both cores busy with a "
+            "64-example batch, so mirrored can exceed 0.5).",
             f"The machine has {machine['cores']} cores shared with other jobs (see the load "
             "averages above), so absolute figures are noisy; compare rows of the same run.",
         ]
+    notes += args.note
     report = {"command": "python " + " ".join(shlex.quote(a) for a in [
                   os.path.relpath(__file__, REPO_ROOT), *(argv if argv is not None
                                                           else sys.argv[1:])]),
