@@ -17,57 +17,31 @@ Split-train/ and Split-eval/), --transform-output the transform_graph artifact.
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional
 
 from kubeflow.errors import KubeflowError
+from pipeline import distribute
 
-TF_CONFIG = "TF_CONFIG"
-CLUSTER_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
+TF_CONFIG = distribute.TF_CONFIG
 
 
 def read_tf_config(environ: Mapping[str, str] = os.environ) -> Dict[str, Any]:
-    """Parses and checks TF_CONFIG as the training operator writes it.
+    """Parses and checks TF_CONFIG as the training operator writes it (pipeline.distribute).
 
     Raises:
       KubeflowError: TF_CONFIG is missing or not what MultiWorkerMirroredStrategy needs.
     """
-    text = environ.get(TF_CONFIG)
-    if not text:
-        raise KubeflowError("TF_CONFIG is not set: run this as a TFJob replica (the training "
-                            "operator sets it), or set it by hand for a local test")
     try:
-        tf_config = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise KubeflowError(f"TF_CONFIG is not JSON: {error}") from error
-    cluster = tf_config.get("cluster")
-    task = tf_config.get("task")
-    if not isinstance(cluster, dict) or not isinstance(task, dict):
-        raise KubeflowError("TF_CONFIG needs a 'cluster' mapping and a 'task' mapping")
-    unknown = sorted(set(cluster) - set(CLUSTER_TASK_TYPES))
-    if unknown:
-        raise KubeflowError(f"TF_CONFIG cluster has unknown task type '{unknown[0]}'")
-    if "ps" in cluster:
-        raise KubeflowError("TF_CONFIG has 'ps' tasks: that is ParameterServerStrategy; "
-                            "MultiWorkerMirroredStrategy takes only chief and worker replicas")
-    if not cluster.get("worker") and not cluster.get("chief"):
-        raise KubeflowError("TF_CONFIG cluster has no worker or chief addresses")
-    task_type, index = task.get("type"), task.get("index")
-    if task_type not in cluster or not isinstance(index, int) or not (
-            0 <= index < len(cluster[task_type])):
-        raise KubeflowError(f"TF_CONFIG task {task} is not one of the cluster's tasks")
-    return tf_config
+        return distribute.read_tf_config(environ, allow_ps=False)
+    except distribute.DistributeError as error:
+        raise KubeflowError(str(error)) from error
 
 
 def is_chief(tf_config: Dict[str, Any]) -> bool:
     """The chief writes the model: the 'chief' task, or worker 0 when there is no chief."""
-    task = tf_config["task"]
-    if task["type"] == "chief":
-        return True
-    return "chief" not in tf_config["cluster"] and task["type"] == "worker" and task["index"] == 0
+    return distribute.is_chief(tf_config)
 
 
 @dataclasses.dataclass
@@ -107,28 +81,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    import tensorflow as tf
-
     from pipeline import config as config_lib
-    from pipeline import ingestion, trainer
+    from pipeline import ingestion, multiworker, trainer
 
     experiment = config_lib.load_config(args.config, args.overrides)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    chief = is_chief(tf_config)
-    output_dir = args.output_dir if chief else tempfile.mkdtemp(prefix="worker-")
+    # Every replica gets the real output dirs: run_fn sends the non-chief replicas' SavedModel
+    # and logs to temporary dirs, and all replicas share <output-dir>/model_run/backup for
+    # BackupAndRestore (so a restarted TFJob resumes).
     fn_args = WorkerFnArgs(
         train_files=split_files(args.examples, ingestion.TRAIN_SPLIT),
         eval_files=split_files(args.examples, ingestion.EVAL_SPLIT),
         transform_output=args.transform_output,
-        serving_model_dir=os.path.join(output_dir, "serving_model"),
-        model_run_dir=os.path.join(output_dir, "model_run"),
+        serving_model_dir=os.path.join(args.output_dir, "serving_model"),
+        model_run_dir=os.path.join(args.output_dir, "model_run"),
         custom_config={trainer.EXPERIMENT_CONFIG_KEY: config_lib.to_dict(experiment)})
-    print(f"task {tf_config['task']} of {strategy.num_replicas_in_sync} replicas "
-          f"({'chief' if chief else 'worker'}); writing to {output_dir}", flush=True)
-    # Variables created inside the scope (the model, the optimizer) are mirrored and
-    # all-reduced across workers; Keras shards the datasets across workers.
-    with strategy.scope():
-        trainer.run_fn(fn_args)
+    print(f"writing to {args.output_dir} (only the chief keeps its files)", flush=True)
+    # MultiWorkerMirroredStrategy is created first; variables created in its scope (the
+    # model, the optimizer) are mirrored and all-reduced across workers.
+    multiworker.run_worker(fn_args, experiment.runtime)
     return 0
 
 

@@ -420,19 +420,72 @@ class MobileConfig:
                self.runtimes)
 
 
+class StrategyName(str, enum.Enum):
+    """The tf.distribute strategy the Trainer trains under (pipeline/distribute.py)."""
+
+    AUTO = "auto"  # mirrored when more than one GPU is visible, else one_device
+    ONE_DEVICE = "one_device"
+    MIRRORED = "mirrored"  # all local GPUs (or CPU) of one machine
+    MULTI_WORKER_MIRRORED = "multi_worker_mirrored"  # TF_CONFIG, or runtime.num_workers local
+    TPU = "tpu"  # TPUClusterResolver at runtime.tpu_address (or $TPU_NAME)
+    PARAMETER_SERVER = "parameter_server"  # TF_CONFIG with chief, worker and ps tasks
+
+
+class MixedPrecision(str, enum.Enum):
+    """Keras mixed-precision policy; the model's output layer stays float32."""
+
+    NONE = "none"
+    MIXED_FLOAT16 = "mixed_float16"  # GPUs only
+    MIXED_BFLOAT16 = "mixed_bfloat16"  # TPUs and CPUs
+
+
+class LearningRateScaling(str, enum.Enum):
+    """How trainer.learning_rate changes with the number of replicas (docs/distributed.md)."""
+
+    LINEAR = "linear"  # learning_rate x replicas (global batch = batch_size x replicas)
+    NONE = "none"
+
+
 @dataclasses.dataclass
 class RuntimeConfig:
-    """Where the run writes and how the local runner executes it."""
+    """Where the run writes, how the local runner executes it and how training is distributed."""
 
     output_dir: str = "outputs/mnist_cnn"
     beam_mode: BeamMode = BeamMode.IN_PROCESS
     beam_workers: int = 2
     enable_cache: bool = True
+    # Distributed training (docs/distributed.md). trainer.batch_size is per replica.
+    strategy: StrategyName = _added_key(StrategyName.AUTO)
+    # multi_worker_mirrored without TF_CONFIG: worker processes the Trainer starts on 127.0.0.1.
+    num_workers: int = _added_key(1)
+    tpu_address: Optional[str] = _added_key(None)
+    mixed_precision: MixedPrecision = _added_key(MixedPrecision.NONE)
+    learning_rate_scaling: LearningRateScaling = _added_key(LearningRateScaling.LINEAR)
+    # BackupAndRestore's directory (null = <the Trainer's model_run dir>/backup).
+    backup_dir: Optional[str] = _added_key(None)
+    # Local multi-worker jobs: how long the workers may run, and how often the whole job
+    # is restarted (resuming from the backup) after a worker fails.
+    worker_timeout_seconds: int = _added_key(3600)
+    worker_restarts: int = _added_key(1)
 
     def validate(self) -> None:
         _check(bool(self.output_dir), "runtime.output_dir", "a directory path", self.output_dir)
         _check(self.beam_workers >= 1, "runtime.beam_workers", "an integer >= 1",
                self.beam_workers)
+        _check(self.num_workers >= 1, "runtime.num_workers", "an integer >= 1", self.num_workers)
+        _check(self.num_workers == 1 or self.strategy == StrategyName.MULTI_WORKER_MIRRORED,
+               "runtime.num_workers",
+               "1 unless runtime.strategy is multi_worker_mirrored (local worker processes)",
+               self.num_workers)
+        _check(self.tpu_address is None or bool(self.tpu_address), "runtime.tpu_address",
+               "null or a TPU name / grpc://host:port", self.tpu_address)
+        _check(self.mixed_precision != MixedPrecision.MIXED_FLOAT16
+               or self.strategy != StrategyName.TPU, "runtime.mixed_precision",
+               "mixed_bfloat16 or none on TPU (float16 is for GPUs)", self.mixed_precision.value)
+        _check(self.worker_timeout_seconds >= 1, "runtime.worker_timeout_seconds",
+               "an integer >= 1", self.worker_timeout_seconds)
+        _check(self.worker_restarts >= 0, "runtime.worker_restarts", "an integer >= 0",
+               self.worker_restarts)
 
 
 class BeamRunner(str, enum.Enum):

@@ -4,6 +4,7 @@ TFX calls run_fn(fn_args) with the transformed examples, the Transform graph
 and the experiment config (in fn_args.custom_config).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import tensorflow_transform as tft
 from models import registry
 from pipeline import augmentation, recipes, tuning
 from pipeline import config as config_lib
+from pipeline import distribute
 from pipeline import tasks
 from pipeline.tasks import image as image_task
 from serving import warmup
@@ -127,19 +129,39 @@ def training_schedule(num_examples: int, trainer: config_lib.TrainerConfig) -> D
 
 
 def run_fn(fn_args: Any) -> None:
-    """TFX Trainer entry point (GenericExecutor)."""
+    """TFX Trainer entry point (GenericExecutor).
+
+    Trains under the strategy runtime.strategy names (pipeline.distribute), or under the
+    one already in scope (kubeflow.train_worker, pipeline.multiworker workers). For local
+    multi-worker training it starts runtime.num_workers worker processes and waits.
+    """
     experiment = config_lib.from_dict(fn_args.custom_config[EXPERIMENT_CONFIG_KEY])
     # The Tuner's best values (Trainer(hyperparameters=...)), applied to the config.
     hyperparameters = tuning.hyperparameter_values(getattr(fn_args, "hyperparameters", None))
     experiment = tuning.apply_hyperparameters(experiment, hyperparameters)
+    if distribute.needs_local_workers(experiment.runtime):
+        from pipeline import multiworker
+
+        multiworker.run_local_job(fn_args, experiment)
+        return
+    strategy = distribute.current_strategy(experiment.runtime)
     task = tasks.get_task(experiment)
-    trainer = experiment.trainer
+    runtime = experiment.runtime
+    worker = distribute.strategy_task(strategy)
+    replicas = strategy.num_replicas_in_sync
+    # trainer.batch_size is per replica: batch with the global batch, scale the rate.
+    trainer = distribute.scaled_trainer(experiment.trainer, replicas,
+                                        runtime.learning_rate_scaling)
+    experiment = dataclasses.replace(experiment, trainer=trainer)
+    dirs = distribute.worker_dirs(fn_args.serving_model_dir, fn_args.model_run_dir,
+                                  worker["chief"])
     tf.keras.utils.set_random_seed(trainer.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
     num_train = count_records(fn_args.train_files)
     num_eval = count_records(fn_args.eval_files)
     schedule = training_schedule(num_train, trainer)
+    num_workers = distribute.num_workers_of(strategy)
     train_dataset = make_dataset(fn_args.train_files, tf_transform_output, trainer.batch_size,
                                  shuffle=True, seed=trainer.seed,
                                  shuffle_buffer=trainer.shuffle_buffer, repeat=True, task=task)
@@ -147,20 +169,39 @@ def run_fn(fn_args: Any) -> None:
     eval_dataset = make_dataset(fn_args.eval_files, tf_transform_output, trainer.batch_size,
                                 shuffle=False, seed=trainer.seed,
                                 shuffle_buffer=trainer.shuffle_buffer, repeat=False, task=task)
+    train_dataset = train_dataset.with_options(distribute.shard_options(
+        len(distribute.list_files(fn_args.train_files)), num_workers))
+    eval_dataset = eval_dataset.with_options(distribute.shard_options(
+        len(distribute.list_files(fn_args.eval_files)), num_workers))
 
-    model = build_and_compile(experiment, schedule["epochs"] * schedule["steps_per_epoch"])
     throughput = ThroughputCallback(trainer.batch_size)
-    callbacks = [
-        tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-        throughput,
-    ] + recipes.build_callbacks(trainer)
-    history = model.fit(train_dataset, epochs=schedule["epochs"],
-                        steps_per_epoch=schedule["steps_per_epoch"],
-                        validation_data=eval_dataset, callbacks=callbacks, verbose=2)
-
-    tf.saved_model.save(
-        model, fn_args.serving_model_dir,
-        signatures=task.serving_signatures(model, tf_transform_output, experiment))
+    # BackupAndRestore uses the real model_run_dir on every worker (the chief's backup).
+    callbacks = distribute.training_callbacks(runtime, fn_args.model_run_dir, worker)
+    callbacks.append(throughput)
+    if worker["chief"]:  # only the chief writes TensorBoard logs
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=dirs.model_run_dir,
+                                                        update_freq="epoch"))
+    callbacks += recipes.build_callbacks(trainer)
+    print(f"training on {replicas} replica(s) ({type(strategy).__name__}, task "
+          f"{distribute.task_label(worker)}): global batch {trainer.batch_size}, "
+          f"learning rate {trainer.learning_rate:g}", flush=True)
+    with distribute.mixed_precision_policy(runtime) as policy:
+        with strategy.scope():
+            model = build_and_compile(experiment,
+                                      schedule["epochs"] * schedule["steps_per_epoch"])
+            if policy:
+                distribute.check_float32_outputs(model)
+            history = model.fit(train_dataset, epochs=schedule["epochs"],
+                                steps_per_epoch=schedule["steps_per_epoch"],
+                                validation_data=eval_dataset, callbacks=callbacks, verbose=2)
+        # Every worker saves (saving is collective); only the chief's copy is kept. Outside
+        # the scope, with signatures traced as save() traces (distribute.export_tracing).
+        with distribute.export_tracing():
+            signatures = task.serving_signatures(model, tf_transform_output, experiment)
+        tf.saved_model.save(model, dirs.serving_model_dir, signatures=signatures)
+    if not worker["chief"]:
+        dirs.cleanup()
+        return
     # TF Serving (and tfprod serve) replay these on load, so the first request is not slow.
     requests = task.warmup_requests(experiment)
     if requests:
@@ -170,6 +211,11 @@ def run_fn(fn_args: Any) -> None:
         "train_examples": num_train,
         "eval_examples": num_eval,
         "batch_size": trainer.batch_size,
+        "replicas": replicas,
+        "workers": num_workers,
+        "strategy": type(strategy).__name__,
+        "learning_rate": trainer.learning_rate,
+        "mixed_precision": runtime.mixed_precision.value,
         "epochs_run": len(history.epoch),
         "steps_per_epoch": schedule["steps_per_epoch"],
         "epochs": throughput.epochs,
