@@ -28,6 +28,8 @@ class ModelInputs:
     feature_shape: Tuple[int, ...]
     num_classes: int
     image_shape: Tuple[int, int, int] = (28, 28, 1)
+    # Text: the number of token ids (0 = padding, the vocabulary, the OOV buckets).
+    vocab_size: int = 0
 
 
 def register(name: str, tasks: Sequence[str] = ()) -> Callable:
@@ -51,7 +53,7 @@ def register(name: str, tasks: Sequence[str] = ()) -> Callable:
 
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register decorators.
-    from models import cnn  # noqa: F401
+    from models import cnn, lstm, transformer  # noqa: F401
 
 
 def registered_names() -> List[str]:

@@ -32,6 +32,7 @@ class DataFormat(str, enum.Enum):
     """How the raw data in ``data.data_dir`` is laid out."""
 
     IDX = "idx"  # train-/t10k- images and labels in IDX format (MNIST layout)
+    TSV = "tsv"  # train.tsv and test.tsv with a `text<TAB>label` header (text classification)
 
 
 class BeamMode(str, enum.Enum):
@@ -39,6 +40,28 @@ class BeamMode(str, enum.Enum):
 
     IN_PROCESS = "in_process"
     MULTI_PROCESS = "multi_process"
+
+
+@dataclasses.dataclass
+class TextDataConfig:
+    """data.format tsv: the columns, and how Transform turns text into token ids."""
+
+    text_column: str = "sentence"
+    label_column: str = "label"
+    # Token ids: 0 pads, then the vocab_size most frequent training tokens, then
+    # num_oov_buckets hashed buckets for every other token.
+    vocab_size: int = 20000
+    num_oov_buckets: int = 1
+    max_len: int = 64
+
+    def validate(self) -> None:
+        _check(bool(self.text_column) and bool(self.label_column)
+               and self.text_column != self.label_column, "data.text.text_column/label_column",
+               "two different non-empty column names", (self.text_column, self.label_column))
+        _check(self.vocab_size >= 1, "data.text.vocab_size", "an integer >= 1", self.vocab_size)
+        _check(self.num_oov_buckets >= 1, "data.text.num_oov_buckets", "an integer >= 1",
+               self.num_oov_buckets)
+        _check(self.max_len >= 1, "data.text.max_len", "an integer >= 1", self.max_len)
 
 
 @dataclasses.dataclass
@@ -67,8 +90,10 @@ class DataConfig:
     tfds_test_split: str = "test"
     tfds_image_feature: str = "image"
     tfds_label_feature: str = "label"
+    text: TextDataConfig = dataclasses.field(default_factory=TextDataConfig)
 
     def validate(self) -> None:
+        self.text.validate()
         _check(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "a number in (0, 1)",
                self.eval_fraction)
         if self.source == DataSource.TFDS:
@@ -116,11 +141,53 @@ class CnnConfig:
 
 
 @dataclasses.dataclass
+class LstmConfig:
+    """Text: token embedding (padding masked), bidirectional LSTM, dense classifier."""
+
+    embedding_dim: int = 64
+    lstm_units: int = 64
+    # Drops whole embedding channels (SpatialDropout1D), then dropout before the classifier.
+    embedding_dropout: float = 0.3
+    dropout: float = 0.5
+
+    def validate(self) -> None:
+        for key in ("embedding_dim", "lstm_units"):
+            _check(getattr(self, key) >= 1, f"model.lstm.{key}", "an integer >= 1",
+                   getattr(self, key))
+        for key in ("embedding_dropout", "dropout"):
+            _check(0.0 <= getattr(self, key) < 1.0, f"model.lstm.{key}", "a number in [0, 1)",
+                   getattr(self, key))
+
+
+@dataclasses.dataclass
+class TransformerConfig:
+    """Text: token + position embeddings, encoder blocks, masked mean pooling, classifier."""
+
+    embedding_dim: int = 64
+    num_heads: int = 2
+    feed_forward_dim: int = 128
+    num_blocks: int = 1
+    dropout: float = 0.3
+
+    def validate(self) -> None:
+        for key in ("embedding_dim", "num_heads", "feed_forward_dim", "num_blocks"):
+            _check(getattr(self, key) >= 1, f"model.transformer.{key}", "an integer >= 1",
+                   getattr(self, key))
+        _check(self.embedding_dim % self.num_heads == 0, "model.transformer.embedding_dim",
+               f"a multiple of model.transformer.num_heads ({self.num_heads})",
+               self.embedding_dim)
+        _check(0.0 <= self.dropout < 1.0, "model.transformer.dropout", "a number in [0, 1)",
+               self.dropout)
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """Which registered model to build, and each family's hyperparameters."""
 
     name: str = "cnn"
     cnn: CnnConfig = dataclasses.field(default_factory=CnnConfig)
+    lstm: LstmConfig = dataclasses.field(default_factory=LstmConfig)
+    transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
 
     def validate(self) -> None:
         from models import registry  # Local import: models imports TensorFlow.
@@ -130,7 +197,8 @@ class ModelConfig:
                 f"model.name: unknown model '{self.name}'; registered models are "
                 f"{', '.join(registry.registered_names())}"
             )
-        self.cnn.validate()
+        for section in (self.cnn, self.lstm, self.transformer):
+            section.validate()
 
 
 @dataclasses.dataclass
