@@ -282,3 +282,15 @@ def test_json_string_instances_decode_to_a_string_tensor():
     assert signature == "serving_raw"
     (array,) = inputs.values()
     assert array.dtype == object and array.tolist() == [b"a fine film", "crème".encode(), b""]
+
+
+def test_tfprod_run_reports_bad_text_data_before_the_pipeline_starts(tmp_path, capsys):
+    from pipeline import cli, local_runner
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data_dir = write_tsv(tmp_path / "data", ["good\t1", "bad\t0"], ["fine\t1", "odd\t7"])
+    code = cli.main(["run", "--config", os.path.join(repo, "configs", "sst2_lstm.yaml"),
+                     "--data-dir", data_dir, "--output-dir", str(tmp_path / "out")])
+    assert code == local_runner.EXIT_BAD_DATA
+    assert "test.tsv:3: label '7' never occurs in train.tsv" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "pipeline").exists()
