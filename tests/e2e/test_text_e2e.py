@@ -36,7 +36,7 @@ def run_text_config(name: str, output_dir: pathlib.Path) -> dict:
     result = subprocess.run(
         [TFPROD, "run", "--config", f"configs/{name}.yaml", "--data-dir", str(SAMPLE_DIR),
          "--output-dir", str(output_dir), *SMALL_RUN, *MODEL_SETTINGS[name]],
-        cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=1200)
+        cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads((output_dir / "run_summary.json").read_text())
 
