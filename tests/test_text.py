@@ -218,14 +218,14 @@ def test_text_models_save_and_load_with_identical_outputs(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["lstm", "transformer"])
 def test_text_models_ignore_padding(name):
-    """Changing what follows a text only through padding length leaves the output unchanged."""
+    """A padded text gives the same output alone and in a batch with a longer text (the
+    padding is masked), while a real token in place of padding changes the output."""
     model = registry.build_model(config_lib.ModelConfig(name=name), _text_inputs(max_len=12))
     ids = np.array([[5, 9, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0]], np.int64)
     reference = model(ids, training=False).numpy()
     short = registry.build_model(config_lib.ModelConfig(name=name), _text_inputs(max_len=12))
     short.set_weights(model.get_weights())
-    # Same tokens, the padding mask is what matters: a padded row equals itself in a batch
-    # with a longer text, and a different token in a padded slot would change the output.
+    # A second model with the same weights, fed the padded row beside a full-length text.
     batch = np.array([[5, 9, 3] + [0] * 9, [7] * 12], np.int64)
     np.testing.assert_allclose(short(batch, training=False).numpy()[:1], reference, atol=1e-6)
     altered = ids.copy()
