@@ -33,6 +33,8 @@ class ModelInputs:
     window_shape: Tuple[int, int] = (0, 0)
     horizon: int = 0
     target_index: int = 0
+    # Text: the number of token ids (0 = padding, the vocabulary, the OOV buckets).
+    vocab_size: int = 0
 
 
 def register(name: str, tasks: Sequence[str] = ()) -> Callable:
@@ -56,7 +58,7 @@ def register(name: str, tasks: Sequence[str] = ()) -> Callable:
 
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register decorators.
-    from models import cnn  # noqa: F401
+    from models import cnn, lstm, transformer  # noqa: F401
     from models import forecasting  # noqa: F401
 
 

@@ -35,7 +35,7 @@ def _add_run_parser(subparsers) -> None:
 
 def _run_command(args: argparse.Namespace) -> int:
     from pipeline import config as config_lib
-    from pipeline import idx, local_runner, timeseries
+    from pipeline import idx, local_runner, text_ingestion, timeseries
 
     overrides = []
     if args.data_dir:
@@ -57,7 +57,8 @@ def _run_command(args: argparse.Namespace) -> int:
     except config_lib.ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return local_runner.EXIT_BAD_CONFIG
-    except (idx.IdxFormatError, timeseries.TimeSeriesFormatError) as error:
+    except (idx.IdxFormatError, text_ingestion.TsvFormatError,
+            timeseries.TimeSeriesFormatError) as error:
         print(f"error: bad input data: {error}", file=sys.stderr)
         return local_runner.EXIT_BAD_DATA
     except local_runner.PipelineRunError as error:

@@ -33,6 +33,7 @@ class DataFormat(str, enum.Enum):
 
     IDX = "idx"  # train-/t10k- images and labels in IDX format (MNIST layout)
     CSV = "csv"  # a timestamped numeric CSV (data.time_series): forecasting
+    TSV = "tsv"  # train.tsv and test.tsv with a `text<TAB>label` header (text classification)
 
 
 class BeamMode(str, enum.Enum):
@@ -163,6 +164,28 @@ class TimeSeriesConfig:
 
 
 @dataclasses.dataclass
+class TextDataConfig:
+    """data.format tsv: the columns, and how Transform turns text into token ids."""
+
+    text_column: str = "sentence"
+    label_column: str = "label"
+    # Token ids: 0 pads, then the vocab_size most frequent training tokens, then
+    # num_oov_buckets hashed buckets for every other token.
+    vocab_size: int = 20000
+    num_oov_buckets: int = 1
+    max_len: int = 64
+
+    def validate(self) -> None:
+        _check(bool(self.text_column) and bool(self.label_column)
+               and self.text_column != self.label_column, "data.text.text_column/label_column",
+               "two different non-empty column names", (self.text_column, self.label_column))
+        _check(self.vocab_size >= 1, "data.text.vocab_size", "an integer >= 1", self.vocab_size)
+        _check(self.num_oov_buckets >= 1, "data.text.num_oov_buckets", "an integer >= 1",
+               self.num_oov_buckets)
+        _check(self.max_len >= 1, "data.text.max_len", "an integer >= 1", self.max_len)
+
+
+@dataclasses.dataclass
 class DataConfig:
     """Where the raw data is and how it is split and validated."""
 
@@ -190,11 +213,14 @@ class DataConfig:
     tfds_label_feature: str = "label"
     # Random image augmentation of the training batches only (pipeline/augmentation.py).
     augmentation: AugmentationConfig = _added_key(AugmentationConfig)
+    # data.format: tsv (pipeline/text_ingestion.py).
+    text: TextDataConfig = _added_key(TextDataConfig)
     # data.format: csv (pipeline/timeseries.py).
     time_series: TimeSeriesConfig = _added_key(TimeSeriesConfig)
 
     def validate(self) -> None:
         self.augmentation.validate()
+        self.text.validate()
         if self.format == DataFormat.CSV:
             self.time_series.validate()
         _check(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "a number in (0, 1)",
@@ -261,6 +287,46 @@ class LstmForecasterConfig:
 
 
 @dataclasses.dataclass
+class LstmConfig:
+    """Text: token embedding (padding masked), bidirectional LSTM, dense classifier."""
+
+    embedding_dim: int = 64
+    lstm_units: int = 64
+    # Drops whole embedding channels (SpatialDropout1D), then dropout before the classifier.
+    embedding_dropout: float = 0.3
+    dropout: float = 0.5
+
+    def validate(self) -> None:
+        for key in ("embedding_dim", "lstm_units"):
+            _check(getattr(self, key) >= 1, f"model.lstm.{key}", "an integer >= 1",
+                   getattr(self, key))
+        for key in ("embedding_dropout", "dropout"):
+            _check(0.0 <= getattr(self, key) < 1.0, f"model.lstm.{key}", "a number in [0, 1)",
+                   getattr(self, key))
+
+
+@dataclasses.dataclass
+class TransformerConfig:
+    """Text: token + position embeddings, encoder blocks, masked mean pooling, classifier."""
+
+    embedding_dim: int = 64
+    num_heads: int = 2
+    feed_forward_dim: int = 128
+    num_blocks: int = 1
+    dropout: float = 0.3
+
+    def validate(self) -> None:
+        for key in ("embedding_dim", "num_heads", "feed_forward_dim", "num_blocks"):
+            _check(getattr(self, key) >= 1, f"model.transformer.{key}", "an integer >= 1",
+                   getattr(self, key))
+        _check(self.embedding_dim % self.num_heads == 0, "model.transformer.embedding_dim",
+               f"a multiple of model.transformer.num_heads ({self.num_heads})",
+               self.embedding_dim)
+        _check(0.0 <= self.dropout < 1.0, "model.transformer.dropout", "a number in [0, 1)",
+               self.dropout)
+
+
+@dataclasses.dataclass
 class TransformerForecasterConfig:
     """Encoder blocks over the window's steps, then dense outputs on top of persistence."""
 
@@ -292,6 +358,8 @@ class ModelConfig:
     dropout: Optional[float] = _added_key(None)
     lstm_forecaster: LstmForecasterConfig = _added_key(LstmForecasterConfig)
     transformer_forecaster: TransformerForecasterConfig = _added_key(TransformerForecasterConfig)
+    lstm: LstmConfig = _added_key(LstmConfig)
+    transformer: TransformerConfig = _added_key(TransformerConfig)
 
     def validate(self) -> None:
         from models import registry  # Local import: models imports TensorFlow.
@@ -301,11 +369,11 @@ class ModelConfig:
                 f"model.name: unknown model '{self.name}'; registered models are "
                 f"{', '.join(registry.registered_names())}"
             )
-        self.cnn.validate()
+        for section in (self.cnn, self.lstm, self.transformer, self.lstm_forecaster,
+                        self.transformer_forecaster):
+            section.validate()
         _check(self.dropout is None or 0.0 <= self.dropout < 1.0, "model.dropout",
                "null or a number in [0, 1)", self.dropout)
-        self.lstm_forecaster.validate()
-        self.transformer_forecaster.validate()
 
 
 @dataclasses.dataclass

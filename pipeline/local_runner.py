@@ -13,7 +13,8 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from pipeline import config as config_lib
-from pipeline import idx, pipeline as pipeline_lib, summary as summary_lib, timeseries, validation
+from pipeline import idx, pipeline as pipeline_lib, summary as summary_lib
+from pipeline import text_ingestion, timeseries, validation
 from pipeline.report import builder as report_builder
 
 ProgressFn = Callable[[str], None]
@@ -103,12 +104,14 @@ def _classify_failure(error: Exception, component: Optional[str], log_path: str)
     anomalies = _find_cause(error, (validation.DataValidationError,))
     if anomalies is not None:
         return PipelineRunError(str(anomalies), component, EXIT_BAD_DATA)
-    bad_file = _find_cause(error, (idx.IdxFormatError, timeseries.TimeSeriesFormatError))
+    bad_file = _find_cause(error, (idx.IdxFormatError, text_ingestion.TsvFormatError,
+                                   timeseries.TimeSeriesFormatError))
     if bad_file is not None:
         return PipelineRunError(f"bad input data: {bad_file}", component, EXIT_BAD_DATA)
     # Errors raised inside Beam workers arrive wrapped; their text still names the cause.
     text = str(error)
-    for marker in ("IdxFormatError: ", "DataValidationError: ", "TimeSeriesFormatError: "):
+    for marker in ("IdxFormatError: ", "TsvFormatError: ", "DataValidationError: ",
+                   "TimeSeriesFormatError: "):
         if marker in text:
             detail = text.split(marker, 1)[1].split("\n [while running")[0].strip()
             return PipelineRunError(f"bad input data: {detail}", component, EXIT_BAD_DATA)
@@ -129,6 +132,9 @@ def preflight_check(experiment: config_lib.ExperimentConfig) -> None:
         from pipeline.tfds_source import dataset as tfds_dataset
 
         tfds_dataset.check_source(experiment.data)
+        return
+    if experiment.data.format == config_lib.DataFormat.TSV:
+        text_ingestion.check_tsv_dir(experiment.data)
         return
     if experiment.data.format == config_lib.DataFormat.CSV:
         from pipeline import timeseries_ingestion

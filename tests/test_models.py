@@ -22,11 +22,36 @@ def test_registering_a_name_twice_raises():
         registry.register("cnn")(lambda config, inputs: None)
 
 
-@pytest.mark.parametrize("name", registry.registered_for_task("image_classification"))
-def test_every_registered_model_builds_with_the_right_output_shape(name):
+TEXT_INPUTS = registry.ModelInputs(feature_name="tokens_xf", feature_shape=(16,),
+                                   num_classes=10, vocab_size=100)
+
+
+def _inputs_and_batch(task):
+    """ModelInputs and a batch of 3 transformed examples for a task's models."""
+    random = np.random.RandomState(0)
+    if task == "image_classification":
+        return INPUTS, random.rand(3, 784).astype(np.float32)
+    if task == "text_classification":
+        ids = random.randint(1, 100, size=(3, 16)).astype(np.int64)
+        ids[1, 5:] = 0  # padding
+        return TEXT_INPUTS, ids
+    raise AssertionError(f"no test inputs for task {task!r}; add them here")
+
+
+def _classifiers():
+    return [(name, task) for name in registry.registered_names()
+            for task in registry.model_tasks(name) if task.endswith("_classification")]
+
+
+def test_every_registered_model_fits_a_task():
+    assert all(registry.model_tasks(name) for name in registry.registered_names())
+
+
+@pytest.mark.parametrize("name, task", _classifiers())
+def test_every_registered_model_builds_with_the_right_output_shape(name, task):
     model_config = config_lib.ModelConfig(name=name)
-    model = registry.build_model(model_config, INPUTS)
-    batch = np.random.RandomState(0).rand(3, 784).astype(np.float32)
+    inputs, batch = _inputs_and_batch(task)
+    model = registry.build_model(model_config, inputs)
     probabilities = model(batch, training=False).numpy()
     assert probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
@@ -47,11 +72,11 @@ def test_every_forecaster_builds_and_starts_at_persistence(name):
     np.testing.assert_allclose(forecast, np.repeat(window[:, -1:, 1], 4, axis=1), atol=1e-6)
 
 
-def test_every_registered_model_fits_a_task():
+def test_models_are_registered_for_their_tasks():
     assert registry.registered_for_task("forecasting") == [
         "lstm_forecaster", "transformer_forecaster"]
-    for name in registry.registered_names():
-        assert registry.model_tasks(name), name
+    assert registry.registered_for_task("text_classification") == ["lstm", "transformer"]
+    assert registry.registered_for_task("image_classification") == ["cnn"]
 
 
 def test_cnn_follows_its_config():

@@ -64,9 +64,11 @@ class Task(abc.ABC):
 
 def get_task(experiment: config_lib.ExperimentConfig) -> Task:
     """The task for the experiment's data (data.source and data.format)."""
-    from pipeline.tasks import image
+    from pipeline.tasks import image, text
 
     data = experiment.data
+    if data.source == config_lib.DataSource.FILES and data.format == config_lib.DataFormat.TSV:
+        return text.TextClassificationTask()
     if data.source == config_lib.DataSource.TFDS or data.format == config_lib.DataFormat.IDX:
         return image.ImageClassificationTask()
     if data.format == config_lib.DataFormat.CSV:

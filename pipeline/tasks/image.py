@@ -40,15 +40,7 @@ class ImageClassificationTask(Task):
         return transformed[features.IMAGE_TRANSFORMED_KEY], transformed[features.LABEL_KEY]
 
     def compile_model(self, model, experiment: config_lib.ExperimentConfig, optimizer) -> None:
-        from pipeline import recipes
-
-        # Label smoothing, and soft labels when mixup/cutmix mix them (pipeline.recipes).
-        num_classes = experiment.data.num_classes
-        mixed = experiment.data.augmentation.mixes_labels
-        model.compile(
-            optimizer=optimizer,
-            loss=recipes.classification_loss(experiment.trainer, num_classes, mixed),
-            metrics=[recipes.classification_accuracy(num_classes, mixed)])
+        compile_classifier(model, experiment, optimizer)
 
     def serving_signatures(self, model, tf_transform_output,
                            experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
@@ -70,6 +62,21 @@ class ImageClassificationTask(Task):
 
     def supports_mobile(self) -> bool:
         return True
+
+
+def compile_classifier(model, experiment: config_lib.ExperimentConfig, optimizer) -> None:
+    """Cross-entropy and accuracy for any classifier, with the trainer's recipes.
+
+    Label smoothing, and soft labels when mixup/cutmix mix them (pipeline.recipes).
+    """
+    from pipeline import recipes
+
+    num_classes = experiment.data.num_classes
+    mixed = experiment.data.augmentation.mixes_labels
+    model.compile(
+        optimizer=optimizer,
+        loss=recipes.classification_loss(experiment.trainer, num_classes, mixed),
+        metrics=[recipes.classification_accuracy(num_classes, mixed)])
 
 
 def classification_eval_config(eval_config: config_lib.EvalConfig):

@@ -1,0 +1,106 @@
+"""Both text configs end to end on the shipped SST-2 sample (data/sst2_sample: 600 train /
+200 test sentences), 1 epoch, a low accuracy floor. The pushed models answer raw strings
+(serving_raw) and tf.Examples (serving_default) alike, and `tfprod serve` answers a REST
+body of string instances with the same probabilities."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")
+ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+SAMPLE_DIR = REPO_ROOT / "data" / "sst2_sample"
+SENTENCES = ["a gorgeous , witty , seductive movie .", "", "crème brûlée ÉNORME !",
+             "the worst film of the year , dull and lifeless " * 20]
+# Small and fast: these runs check the plumbing, the benchmark checks the quality.
+SMALL_RUN = ["--set", "trainer.epochs=1", "--set", "eval.accuracy_threshold=0.3",
+             "--set", "data.text.max_len=32", "--set", "data.text.vocab_size=2000"]
+MODEL_SETTINGS = {
+    "sst2_lstm": ["--set", "model.lstm.embedding_dim=16", "--set", "model.lstm.lstm_units=16"],
+    "sst2_transformer": ["--set", "model.transformer.embedding_dim=16",
+                         "--set", "model.transformer.feed_forward_dim=32"],
+}
+
+
+def run_text_config(name: str, output_dir: pathlib.Path) -> dict:
+    result = subprocess.run(
+        [TFPROD, "run", "--config", f"configs/{name}.yaml", "--data-dir", str(SAMPLE_DIR),
+         "--output-dir", str(output_dir), *SMALL_RUN, *MODEL_SETTINGS[name]],
+        cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=2400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((output_dir / "run_summary.json").read_text())
+
+
+@pytest.fixture(scope="session", params=["sst2_lstm", "sst2_transformer"])
+def text_run(request, tmp_path_factory):
+    """(config name, run summary) of one pipeline run on the sample."""
+    return request.param, run_text_config(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def _examples(texts):
+    serialized = []
+    for text in texts:
+        example = tf.train.Example()
+        example.features.feature["text"].bytes_list.value.append(text.encode("utf-8"))
+        serialized.append(example.SerializeToString())
+    return tf.constant(serialized)
+
+
+def test_text_pipeline_blesses_pushes_and_serves_strings(text_run):
+    name, summary = text_run
+    assert summary["status"] == "succeeded" and summary["blessed"] is True
+    assert summary["metrics"]["example_count"] == 200
+    assert 0.3 <= summary["metrics"]["accuracy"] <= 1.0
+    assert summary["training"]["train_examples"] + summary["training"]["eval_examples"] == 600
+    pushed = pathlib.Path(summary["pushed_model_dir"])
+    assert (pushed / "assets" / "label_vocabulary.txt").read_text() == "0\n1\n"
+    assert (pushed / "assets" / "tokens").is_file()  # the token vocabulary travels along
+    assert (pushed / "assets.extra" / "tf_serving_warmup_requests").is_file()
+
+    model = tf.saved_model.load(str(pushed))
+    raw = model.signatures["serving_raw"](text=tf.constant(SENTENCES))
+    default = model.signatures["serving_default"](examples=_examples(SENTENCES))
+    probabilities = raw["probabilities"].numpy()
+    assert probabilities.shape == (4, 2) and np.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(default["probabilities"].numpy(), probabilities, atol=1e-6)
+    np.testing.assert_array_equal(raw["class_id"].numpy(), np.argmax(probabilities, axis=1))
+    assert [c.decode() for c in raw["classes"].numpy()] == [
+        str(i) for i in raw["class_id"].numpy()]
+
+
+def test_tfprod_serve_answers_rest_string_instances(text_run, tmp_path):
+    """`tfprod serve` on the pushed model; a REST body {"instances": [strings]}."""
+    from tests.test_serving_e2e import ServerProcess
+
+    name, summary = text_run
+    if name != "sst2_lstm":
+        pytest.skip("the server is checked once, with the LSTM model")
+    pushed = pathlib.Path(summary["pushed_model_dir"])
+    server = ServerProcess(["--model_name", name, "--model_base_path", str(pushed.parent)],
+                           tmp_path / "server.log")
+    try:
+        status, body = server.http("POST", f"/v1/models/{name}:predict", {
+            "signature_name": "serving_raw", "instances": SENTENCES}, timeout=120)
+        assert status == 200, body
+        expected = tf.saved_model.load(str(pushed)).signatures["serving_raw"](
+            text=tf.constant(SENTENCES))
+        served = np.array([row["probabilities"] for row in body["predictions"]])
+        np.testing.assert_allclose(served, expected["probabilities"].numpy(), atol=1e-5)
+        assert [row["classes"] for row in body["predictions"]] == [
+            c.decode() for c in expected["classes"].numpy()]
+        status, body = server.http("POST", f"/v1/models/{name}:predict", {
+            "signature_name": "serving_raw", "instances": [1, 2]})
+        assert status == 400, body
+    finally:
+        assert server.stop() == 0, server.log()[-3000:]
