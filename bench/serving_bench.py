@@ -15,7 +15,7 @@ gRPC answer is checked once with the stock PredictionService stub before the cel
 
     .venv/bin/python bench/serving_bench.py --model-dir OUT/serving/mnist_cnn/<version>
 
---compare-serving-dir DIR runs every cell a second time, back to back, against a server whose
+--compare-serving-dir DIR runs every cell a second time, right after the first, against a server whose
 `serving` package comes from DIR (e.g. `git archive main serving | tar -x -C DIR`), so a change
 can be compared with the code before it under the same machine load.
 
@@ -149,12 +149,13 @@ def in_process_ceiling(model_dir: str, seconds: float, batch: int = 256) -> dict
     images = tf.constant(np.random.RandomState(0).randint(0, 256, size=(batch, 28, 28)).astype(np.float32))
     for _ in range(3):
         function(image=images)
-    count, began = 0, time.perf_counter()
+    count, began, cpu_began = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - began < seconds:
         function(image=images)["class_id"].numpy()
         count += 1
     elapsed = time.perf_counter() - began
     return {"batch": batch, "seconds": round(elapsed, 2), "predictions_per_second": count * batch / elapsed,
+            "cpu_ms_per_prediction": 1000 * (time.process_time() - cpu_began) / (count * batch),
             "load_average": [round(value, 2) for value in os.getloadavg()]}
 
 
@@ -205,9 +206,8 @@ def check_grpc_answer(port: int, model_dir: str) -> None:
 def start_server(model_dir: str, workdir: pathlib.Path, num_batch_threads: int, batch_timeout_micros: int,
                  serving_dir: str = None):
     base = workdir / "models" / MODEL_NAME
-    if not base.exists():
-        base.mkdir(parents=True)
-        shutil.copytree(model_dir, base / "1")
+    base.mkdir(parents=True)
+    shutil.copytree(model_dir, base / "1")
     batching = workdir / "batching.config"
     batching.write_text(
         "max_batch_size { value: 256 }\n"
@@ -325,8 +325,8 @@ def markdown(report: dict) -> str:
         f"Load average (1, 5, 15 min): {' '.join(map(str, report['load_average_start']))} at the start, "
         f"{' '.join(map(str, report['load_average_end']))} at the end  ",
         f"Model: `{report['model_dir']}` (signature `{SIGNATURE}`, 28x28 float32 images)  ",
-        f"Server: `tfprod serve --enable_batching` (max_batch_size 256, batch_timeout_micros 2000, "
-        f"num_batch_threads {report['num_batch_threads']}).  ",
+        f"Server: `tfprod serve --enable_batching` (max_batch_size 256, batch_timeout_micros "
+        f"{report['batch_timeout_micros']}, num_batch_threads {report['num_batch_threads']}).  ",
         f"Load generator: up to {report['client_processes']} processes (separate from the server) sharing the "
         "closed-loop clients; CPU columns are cores used during the cell (the machine has "
         f"{os.cpu_count()}).  ",
@@ -338,8 +338,8 @@ def markdown(report: dict) -> str:
         lines += ["## This code", ""]
     lines += _table(report["cells"], ceiling)
     if report.get("compare_cells"):
-        lines += ["", f"## Before (serving package from `{report['compare_serving_dir']}`), same run, same "
-                      "load generator", ""]
+        lines += ["", f"## Before (serving package from `{report['compare_serving_dir']}`), same run: each "
+                      "cell ran right after the same cell above, same load generator", ""]
         lines += _table(report["compare_cells"], ceiling)
         lines += ["", "## Ratio this code / before (req/s, same cell)", "",
                   "| protocol | images/request | concurrency | req/s ratio | p99 before ms | p99 now ms |",
@@ -348,6 +348,21 @@ def markdown(report: dict) -> str:
             ratio = new["requests_per_second"] / old["requests_per_second"] if old["requests_per_second"] else float("nan")
             lines.append(f"| {new['protocol']} | {new['batch']} | {new['concurrency']} | {ratio:.2f}x | "
                          f"{old['p99_ms']:.1f} | {new['p99_ms']:.1f} |")
+    model_cpu = sum(run["cpu_ms_per_prediction"] for run in report["ceiling_runs"]) / 2
+    lines += ["", "## Where the CPU goes (concurrency 64, one image per request)", "",
+              f"The model alone needs {model_cpu:.2f} ms of CPU per image at batch 256 (in-process ceiling "
+              "runs). Per request, in this run:", ""]
+    for cell in report["cells"]:
+        if cell["batch"] == 1 and cell["concurrency"] == 64:
+            client_ms = 1000 * cell["client_cpu_cores"] / max(cell["requests_per_second"], 1e-9)
+            total_ms = cell["server_cpu_ms_per_request"] + client_ms
+            bound = 1000 * os.cpu_count() / total_ms
+            lines.append(
+                f"- {cell['protocol']}: server {cell['server_cpu_ms_per_request']:.2f} ms (model included, mean "
+                f"batch {cell['mean_batch_size']:.1f}), load generator {client_ms:.2f} ms: "
+                f"{total_ms:.2f} ms of CPU per request, so {os.cpu_count()} fully available cores could serve "
+                f"at most ~{bound:,.0f} req/s = {bound / ceiling:.0%} of the ceiling with this client and "
+                "server on the same machine.")
     lines += ["", "## Goals (concurrency 64, one image per request)", ""]
     for goal in report["goals"]:
         lines.append(f"- {goal['text']}: **{'met' if goal['met'] else 'NOT met'}** ({goal['measured']})")
@@ -372,30 +387,45 @@ def evaluate_goals(cells, ceiling):
     return goals
 
 
-def run_all_cells(args, workdir: pathlib.Path, payloads, serving_dir=None) -> list:
-    cells = []
-    process, ports = start_server(args.model_dir, workdir, args.num_batch_threads,
-                                    args.batch_timeout_micros, serving_dir)
+def run_all_cells(args, workdir: pathlib.Path, payloads) -> tuple:
+    """Runs every cell; with --compare-serving-dir, each cell runs against the other server right after.
+
+    Returns (cells, compare_cells or None).
+    """
+    servers = [("", None)]
+    if args.compare_serving_dir:
+        servers.append(("before ", os.path.abspath(args.compare_serving_dir)))
+    started = []
     try:
-        if "grpc" in args.protocols.split(","):
-            check_grpc_answer(ports["grpc_port"], args.model_dir)
+        for label, serving_dir in servers:
+            server_dir = workdir / ("before" if serving_dir else "now")
+            server_dir.mkdir()
+            process, ports = start_server(args.model_dir, server_dir, args.num_batch_threads,
+                                          args.batch_timeout_micros, serving_dir)
+            started.append((label, process, ports))
+            if "grpc" in args.protocols.split(","):
+                check_grpc_answer(ports["grpc_port"], args.model_dir)
+        results = {label: [] for label, _, _ in started}
         for protocol in args.protocols.split(","):
-            port = ports["grpc_port"] if protocol == "grpc" else ports["rest_port"]
             for batch in (int(value) for value in args.batches.split(",")):
                 for concurrency in (int(value) for value in args.concurrency.split(",")):
-                    cell = run_cell(protocol, port, concurrency, batch, args.seconds, payloads[protocol, batch],
-                                    args.client_processes, process.pid, ports["rest_port"])
-                    cells.append(cell)
-                    print(f"{'before ' if serving_dir else ''}{protocol:4} batch {batch:3} c{concurrency:3}: "
-                          f"{cell['requests_per_second']:8,.0f} req/s {cell['predictions_per_second']:8,.0f} pred/s  "
-                          f"p50 {cell['p50_ms']:6.1f} p99 {cell['p99_ms']:6.1f} ms  errors {cell['errors']}  "
-                          f"cpu server {cell['server_cpu_cores']:.2f} ({cell['server_cpu_ms_per_request']:.2f} ms/req) "
-                          f"clients {cell['client_cpu_cores']:.2f}  mean batch {cell['mean_batch_size']:.1f}  "
-                          f"load {cell['load_average_1min']}", flush=True)
+                    for label, process, ports in started:
+                        port = ports["grpc_port"] if protocol == "grpc" else ports["rest_port"]
+                        cell = run_cell(protocol, port, concurrency, batch, args.seconds, payloads[protocol, batch],
+                                        args.client_processes, process.pid, ports["rest_port"])
+                        results[label].append(cell)
+                        print(f"{label}{protocol:4} batch {batch:3} c{concurrency:3}: "
+                              f"{cell['requests_per_second']:8,.0f} req/s {cell['predictions_per_second']:8,.0f} "
+                              f"pred/s  p50 {cell['p50_ms']:6.1f} p99 {cell['p99_ms']:6.1f} ms  errors {cell['errors']}  "
+                              f"cpu server {cell['server_cpu_cores']:.2f} ({cell['server_cpu_ms_per_request']:.2f} "
+                              f"ms/req) clients {cell['client_cpu_cores']:.2f}  mean batch "
+                              f"{cell['mean_batch_size']:.1f}  load {cell['load_average_1min']}", flush=True)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-    return cells
+        for _, process, _ in started:
+            process.send_signal(signal.SIGTERM)
+        for _, process, _ in started:
+            process.wait(60)
+    return results[""], results.get("before ")
 
 
 def main(argv=None) -> int:
@@ -405,7 +435,10 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--batches", default="1,32", help="images per request")
     parser.add_argument("--protocols", default="grpc,rest")
-    parser.add_argument("--num-batch-threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--num-batch-threads", type=int, default=1,
+                        help="the server's num_batch_threads (1: TensorFlow spreads each batch over the "
+                             "cores itself, and the RPC handling keeps a core)")
+    parser.add_argument("--batch-timeout-micros", type=int, default=2000, help="the server's batch_timeout_micros")
     parser.add_argument("--client-processes", type=int, default=4,
                         help="load-generator processes the clients of a cell are spread over")
     parser.add_argument("--compare-serving-dir",
@@ -416,14 +449,11 @@ def main(argv=None) -> int:
     load_at_start = [round(value, 2) for value in os.getloadavg()]
     ceiling_before = in_process_ceiling(args.model_dir, seconds=max(args.seconds, 5.0))
     print(f"in-process ceiling: {ceiling_before['predictions_per_second']:,.0f} predictions/s", flush=True)
-    compare_cells = None
     with tempfile.TemporaryDirectory() as workdir:
         workdir = pathlib.Path(workdir)
         payloads = {(protocol, int(batch)): write_payload(protocol, int(batch), workdir)
                     for protocol in args.protocols.split(",") for batch in args.batches.split(",")}
-        cells = run_all_cells(args, workdir, payloads)
-        if args.compare_serving_dir:
-            compare_cells = run_all_cells(args, workdir, payloads, os.path.abspath(args.compare_serving_dir))
+        cells, compare_cells = run_all_cells(args, workdir, payloads)
     ceiling_after = in_process_ceiling(args.model_dir, seconds=max(args.seconds, 5.0))
     print(f"in-process ceiling after: {ceiling_after['predictions_per_second']:,.0f} predictions/s", flush=True)
     ceiling = (ceiling_before["predictions_per_second"] + ceiling_after["predictions_per_second"]) / 2
@@ -433,6 +463,7 @@ def main(argv=None) -> int:
                     f"{platform.python_version()}"),
         "load_average_start": load_at_start, "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "model_dir": args.model_dir, "seconds_per_cell": args.seconds, "num_batch_threads": args.num_batch_threads,
+        "batch_timeout_micros": args.batch_timeout_micros,
         "client_processes": args.client_processes,
         "ceiling_runs": [ceiling_before, ceiling_after], "ceiling_predictions_per_second": ceiling,
         "cells": cells, "compare_serving_dir": args.compare_serving_dir, "compare_cells": compare_cells,
