@@ -334,7 +334,8 @@ def markdown(report: dict) -> str:
         f"**{ceiling:,.0f} predictions/s** (mean of {before['predictions_per_second']:,.0f} before and "
         f"{after['predictions_per_second']:,.0f} after the cells).", "",
     ]
-    busiest = max(report["load_average_start"][0], report["load_average_end"][0])
+    busiest = max([report["load_average_start"][0], report["load_average_end"][0]]
+                  + [cell["load_average_1min"] for cell in report["cells"] + (report.get("compare_cells") or [])])
     if busiest > os.cpu_count():
         lines += [f"**The machine was shared and overloaded during this run** (1-minute load average up to "
                   f"{busiest:.1f} on {os.cpu_count()} cores, see the last column): the server and the load "

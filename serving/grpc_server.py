@@ -3,7 +3,7 @@
 The server is grpc.aio's, on an asyncio event loop of its own thread. Predict runs on the loop:
 it decodes the request, queues it in the batcher and awaits its slice of the batch, so requests
 waiting for a batch hold no thread. The other methods (and Predict on a model without batching)
-run their blocking work in a thread pool of --grpc_max_threads threads.
+run their blocking work in a thread pool (ServerOptions.grpc_max_threads threads, 64 by default).
 """
 
 import asyncio
