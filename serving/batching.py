@@ -7,7 +7,9 @@ their inputs along the batch dimension, pad to the next `allowed_batch_sizes`
 entry, run the model once and hand each request its slice of the outputs.
 """
 
+import asyncio
 import collections
+import logging
 import threading
 import time
 from typing import Callable, Dict, List, Optional
@@ -17,20 +19,37 @@ import numpy as np
 from serving.config import BatchingParameters
 from serving.errors import DeadlineExceededError, InternalError, ServingError, UnavailableError
 
+LOG = logging.getLogger(__name__)
+
 Arrays = Dict[str, np.ndarray]
 
 
 class _Task:
-    __slots__ = ("inputs", "size", "enqueued", "done", "outputs", "error", "cancelled")
+    """One queued request: sync callers wait on `done`, asyncio callers on `future` of `loop`."""
 
-    def __init__(self, inputs: Arrays, size: int):
+    __slots__ = ("inputs", "size", "enqueued", "done", "outputs", "error", "cancelled", "loop", "future")
+
+    def __init__(self, inputs: Arrays, size: int, loop=None, future=None):
         self.inputs = inputs
         self.size = size
         self.enqueued = time.monotonic()
-        self.done = threading.Event()
+        self.loop = loop
+        self.future = future
+        self.done = threading.Event() if future is None else None
         self.outputs: Optional[Arrays] = None
         self.error: Optional[BaseException] = None
         self.cancelled = False
+
+
+def _resolve(tasks: List[_Task]) -> None:
+    """Runs on an event loop: hands finished tasks their outputs or errors."""
+    for task in tasks:
+        if task.future.done():  # timed out or cancelled meanwhile
+            continue
+        if task.error is not None:
+            task.future.set_exception(task.error)
+        else:
+            task.future.set_result(task.outputs)
 
 
 def padded_size(size: int, allowed_sizes) -> int:
@@ -83,27 +102,75 @@ class SignatureBatcher:
                       for start in range(0, size, maximum)]
             return {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
         task = _Task(inputs, size)
-        with self._condition:
-            if self._stopping:
-                raise UnavailableError(f"{self._name}: the server is shutting down")
-            if self._queued_size + size > self._capacity:
-                raise UnavailableError(
-                    f"{self._name}: the batch scheduling queue is full ({self._capacity} rows queued); "
-                    "retry later or raise max_enqueued_batches")
-            self._queue.append(task)
-            self._queued_size += size
-            self._condition.notify()
+        self._enqueue(task)
         if not task.done.wait(timeout):
-            with self._condition:
-                task.cancelled = True
-                if task in self._queue:  # not taken yet: free its place in the queue now
-                    self._queue.remove(task)
-                    self._queued_size -= task.size
+            self._withdraw(task)
             if not task.done.is_set():
                 raise DeadlineExceededError(f"{self._name}: no result within {timeout:.3f} s")
         if task.error is not None:
             raise task.error
         return task.outputs
+
+    async def submit_async(self, inputs: Arrays, size: int, timeout: Optional[float] = None) -> Arrays:
+        """Like submit, for asyncio code: the event loop is not blocked while the batch runs.
+
+        The batch thread hands all the answers of one batch to the loop in one call.
+
+        Raises:
+            UnavailableError: the queue is full or the batcher is stopping.
+            DeadlineExceededError: no result within timeout seconds.
+        """
+        maximum = self._parameters.max_batch_size
+        if size > maximum:
+            pieces = await asyncio.gather(*[
+                self.submit_async({key: value[start:start + maximum] for key, value in inputs.items()},
+                                  min(maximum, size - start), timeout)
+                for start in range(0, size, maximum)])
+            return {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
+        loop = asyncio.get_running_loop()
+        task = _Task(inputs, size, loop, loop.create_future())
+        self._enqueue(task)
+        expiry = None
+        if timeout is not None:
+            expiry = loop.call_later(timeout, self._expire, task, timeout)
+        try:
+            return await task.future
+        except asyncio.CancelledError:  # the caller went away (e.g. the RPC was cancelled)
+            self._withdraw(task)
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+
+    def _expire(self, task: _Task, timeout: float) -> None:
+        if not task.future.done():
+            self._withdraw(task)
+            task.future.set_exception(DeadlineExceededError(f"{self._name}: no result within {timeout:.3f} s"))
+
+    def _enqueue(self, task: _Task) -> None:
+        with self._condition:
+            if self._stopping:
+                raise UnavailableError(f"{self._name}: the server is shutting down")
+            if self._queued_size + task.size > self._capacity:
+                raise UnavailableError(
+                    f"{self._name}: the batch scheduling queue is full ({self._capacity} rows queued); "
+                    "retry later or raise max_enqueued_batches")
+            was_empty = not self._queue
+            self._queue.append(task)
+            self._queued_size += task.size
+            # Wake a batch thread only when it has something new to decide: the first request
+            # starts a batch's timeout, a full batch ends it. Waking it for every request would
+            # cost a thread switch per request while the batch fills.
+            if was_empty or self._queued_size >= self._parameters.max_batch_size:
+                self._condition.notify()
+
+    def _withdraw(self, task: _Task) -> None:
+        """Marks a task abandoned and frees its place in the queue if no batch took it yet."""
+        with self._condition:
+            task.cancelled = True
+            if task in self._queue:
+                self._queue.remove(task)
+                self._queued_size -= task.size
 
     def _take_batch(self) -> Optional[List[_Task]]:
         timeout = self._parameters.batch_timeout_micros / 1e6
@@ -126,6 +193,8 @@ class SignatureBatcher:
                 if not task.cancelled:
                     batch.append(task)
                     total += task.size
+            if self._queue:  # what is left starts the next batch's timeout in another thread
+                self._condition.notify()
             return batch
 
     def _work(self) -> None:
@@ -160,8 +229,17 @@ class SignatureBatcher:
             for task in batch:
                 task.error = failure
         finally:
+            waiting_loops = {}
             for task in batch:
-                task.done.set()
+                if task.done is not None:
+                    task.done.set()
+                else:
+                    waiting_loops.setdefault(task.loop, []).append(task)
+            for loop, tasks in waiting_loops.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve, tasks)
+                except RuntimeError:  # the loop is closed: nobody waits for these answers any more
+                    LOG.debug("%s: %d answers dropped, their event loop is closed", self._name, len(tasks))
         if self._on_batch is not None:
             self._on_batch(total, padded)
 

@@ -1,8 +1,16 @@
-"""The gRPC API (TF Serving's PredictionService and ModelService) over the shared service."""
+"""The gRPC API (TF Serving's PredictionService and ModelService) over the shared service.
 
+The server is grpc.aio's, on an asyncio event loop of its own thread. Predict runs on the loop:
+it decodes the request, queues it in the batcher and awaits its slice of the batch, so requests
+waiting for a batch hold no thread. The other methods (and Predict on a model without batching)
+run their blocking work in a thread pool (ServerOptions.grpc_max_threads threads, 64 by default).
+"""
+
+import asyncio
 import concurrent.futures
 import logging
-from typing import Optional, Tuple
+import threading
+from typing import Awaitable, Callable, Optional, Tuple
 
 import grpc
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
@@ -42,36 +50,44 @@ def _remaining(context) -> Optional[float]:
 
 
 class _Base:
-    def __init__(self, service: ServingService):
+    def __init__(self, service: ServingService, executor: concurrent.futures.Executor):
         self.service = service
+        self._executor = executor
 
-    def _run(self, api: str, context, handler):
+    async def _run_async(self, api: str, context, handler: Callable[[object], Awaitable]):
+        """Runs `await handler(record)`, turning errors into the RPC's status."""
         try:
             with self.service.request(api, "grpc") as record:
-                return handler(record)
+                return await handler(record)
         except ServingError as error:
-            context.abort(error.code, error.message)
-        except Exception as error:  # report, never crash the server thread
+            await context.abort(error.code, error.message)
+        except Exception as error:  # report, never crash the server
             LOG.exception("%s failed", api)
-            context.abort(grpc.StatusCode.INTERNAL, f"{api} failed: {error}")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{api} failed: {error}")
+
+    async def _run(self, api: str, context, handler: Callable[[object], object]):
+        """Runs the blocking handler(record) in the thread pool."""
+        loop = asyncio.get_running_loop()
+        return await self._run_async(api, context,
+                                     lambda record: loop.run_in_executor(self._executor, handler, record))
 
 
 class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService."""
 
-    def Predict(self, request: predict_pb2.PredictRequest, context):
-        def handle(record):
+    async def Predict(self, request: predict_pb2.PredictRequest, context):
+        async def handle(record):
             name, version, label = _spec(request.model_spec)
             inputs = protocol.arrays_from_tensor_protos(request.inputs)
-            served, signature, outputs = self.service.predict(
+            served, signature, outputs = await self.service.predict_async(
                 record, name, version, label, request.model_spec.signature_name, inputs,
                 list(request.output_filter), _remaining(context), strict_dtypes=True)
             response = predict_pb2.PredictResponse()
             _fill_spec(response.model_spec, name, served, signature)
             for key, value in outputs.items():
-                response.outputs[key].CopyFrom(protocol.tensor_proto(value))
+                protocol.fill_tensor_proto(response.outputs[key], value)
             return response
-        return self._run("predict", context, handle)
+        return await self._run_async("predict", context, handle)
 
     def _classify(self, record, request, context) -> classification_pb2.ClassificationResponse:
         name, version, label = _spec(request.model_spec)
@@ -94,13 +110,13 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
             response.result.regressions.add(value=float(value))
         return response
 
-    def Classify(self, request, context):
-        return self._run("classify", context, lambda record: self._classify(record, request, context))
+    async def Classify(self, request, context):
+        return await self._run("classify", context, lambda record: self._classify(record, request, context))
 
-    def Regress(self, request, context):
-        return self._run("regress", context, lambda record: self._regress(record, request, context))
+    async def Regress(self, request, context):
+        return await self._run("regress", context, lambda record: self._regress(record, request, context))
 
-    def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context):
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context):
         def handle(record):
             if not request.tasks:
                 raise InvalidArgumentError("MultiInferenceRequest has no tasks")
@@ -128,9 +144,9 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
                     raise InvalidArgumentError(f"MultiInference supports methods {CLASSIFY_METHOD} and "
                                                f"{REGRESS_METHOD}, not {task.method_name!r}")
             return response
-        return self._run("multi_inference", context, handle)
+        return await self._run("multi_inference", context, handle)
 
-    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         def handle(record):
             name, version, label = _spec(request.model_spec)
             fields = list(request.metadata_field)
@@ -142,7 +158,7 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
             _fill_spec(response.model_spec, name, served)
             response.metadata["signature_def"].Pack(signature_map)
             return response
-        return self._run("get_model_metadata", context, handle)
+        return await self._run("get_model_metadata", context, handle)
 
 
 def fill_classifications(result: classification_pb2.ClassificationResult, classes, scores, count: int) -> None:
@@ -162,33 +178,90 @@ def fill_classifications(result: classification_pb2.ClassificationResult, classe
 class ModelServicer(_Base, model_service_pb2_grpc.ModelServiceServicer):
     """tensorflow.serving.ModelService."""
 
-    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
         def handle(record):
             name, version, label = _spec(request.model_spec)
             response = get_model_status_pb2.GetModelStatusResponse()
             response.model_version_status.extend(self.service.model_status(record, name, version, label))
             return response
-        return self._run("get_model_status", context, handle)
+        return await self._run("get_model_status", context, handle)
 
-    def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
+    async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         def handle(record):
             self.service.manager.reload_config(request.config)
             return model_management_pb2.ReloadConfigResponse()
-        return self._run("reload_config", context, handle)
+        return await self._run("reload_config", context, handle)
+
+
+class GrpcServer:
+    """A started grpc.aio server on an event loop of its own thread.
+
+    stop(grace) blocks nobody: it returns an event that is set once the server has stopped
+    (as grpc.Server.stop does).
+    """
+
+    def __init__(self, service: ServingService, port: int, host: str, max_workers: int,
+                 max_message_bytes: int):
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+        self._thread.start()
+        self._server = None
+        self._stopped = None
+        try:
+            self.port = asyncio.run_coroutine_threadsafe(
+                self._start(service, port, host, max_message_bytes), self._loop).result(60)
+        except BaseException:
+            self._close_loop()
+            raise
+
+    async def _start(self, service: ServingService, port: int, host: str, max_message_bytes: int) -> int:
+        self._server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", max_message_bytes),
+                     ("grpc.max_send_message_length", max_message_bytes),
+                     ("grpc.so_reuseport", 0)])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(service, self._executor), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service, self._executor),
+                                                                  self._server)
+        try:
+            bound = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as error:  # grpcio raises where older versions returned 0
+            raise OSError(f"cannot bind the gRPC port {host}:{port}: {error}") from error
+        if bound == 0:
+            raise OSError(f"cannot bind the gRPC port {host}:{port}")
+        await self._server.start()
+        return bound
+
+    def stop(self, grace: Optional[float] = None) -> threading.Event:
+        """Stops accepting RPCs; those running get `grace` seconds. Returns an event set when done."""
+        if self._stopped is not None:
+            return self._stopped
+        self._stopped = threading.Event()
+        stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+
+        def finish(_future):
+            self._close_loop()
+            self._stopped.set()
+
+        stopping.add_done_callback(lambda future: threading.Thread(target=finish, args=(future,),
+                                                                   daemon=True).start())
+        return self._stopped
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+        self._executor.shutdown(wait=False)
 
 
 def create_server(service: ServingService, port: int, host: str = "127.0.0.1", max_workers: int = 64,
-                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Tuple[grpc.Server, int]:
-    """Builds and starts the gRPC server; returns (server, bound port)."""
-    server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max_message_bytes),
-                 ("grpc.so_reuseport", 0)])
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(service), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind the gRPC port {host}:{port}")
-    server.start()
-    return server, bound
+                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Tuple[GrpcServer, int]:
+    """Builds and starts the gRPC server; returns (server, bound port).
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    server = GrpcServer(service, port, host, max_workers, max_message_bytes)
+    return server, server.port

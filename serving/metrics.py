@@ -45,7 +45,10 @@ class Counter(_Metric):
         self._values: Dict[Tuple[str, ...], float] = {}
 
     def inc(self, amount: float = 1.0, **labels) -> None:
-        key = self._key(labels)
+        self.inc_key(self._key(labels), amount)
+
+    def inc_key(self, key: Tuple[str, ...], amount: float = 1.0) -> None:
+        """inc() with the label values already in label_names order (the per-request path)."""
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
@@ -79,7 +82,10 @@ class Histogram(_Metric):
         self._sums: Dict[Tuple[str, ...], float] = {}
 
     def observe(self, value: float, **labels) -> None:
-        key = self._key(labels)
+        self.observe_key(self._key(labels), value)
+
+    def observe_key(self, key: Tuple[str, ...], value: float) -> None:
+        """observe() with the label values already in label_names order."""
         index = bisect.bisect_left(self.buckets, value)
         with self._lock:
             counts = self._counts.setdefault(key, [0] * (len(self.buckets) + 1))
@@ -134,10 +140,9 @@ class ServerMetrics:
 
     def record_request(self, model: str, version, api: str, protocol: str, status: str,
                        seconds: float) -> None:
-        labels = dict(model=model or "", version=str(version or ""), api=api, protocol=protocol,
-                      status=status)
-        self.request_count.inc(**labels)
-        self.request_latency.observe(seconds, **labels)
+        key = (model or "", str(version or ""), api, protocol, status)  # the label_names order
+        self.request_count.inc_key(key)
+        self.request_latency.observe_key(key, seconds)
 
     def render(self) -> str:
         return "".join(metric.render() for metric in self._all)

@@ -36,6 +36,7 @@ class RestServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: many clients connecting at once are not refused
 
     def __init__(self, address: Tuple[str, int], service: ServingService,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, metrics_path: Optional[str] = None):

@@ -5,6 +5,7 @@ need a signature whose method is tensorflow/serving/classify (or .../regress)
 taking serialized tf.Examples under the input key "inputs".
 """
 
+import asyncio
 import logging
 import os
 import threading
@@ -225,12 +226,9 @@ class Servable:
             checked[key] = value
         return checked
 
-    def predict(self, signature_name: str, inputs: Arrays, output_filter: Sequence[str] = (),
-                timeout: Optional[float] = None, strict_dtypes: bool = False) -> Tuple[SignatureInfo, Arrays]:
-        """Runs a signature on validated inputs; returns (signature, outputs).
-
-        strict_dtypes refuses inputs of another dtype (gRPC); otherwise lossless conversions are made (JSON).
-        """
+    def _prepare_predict(self, signature_name: str, inputs: Arrays, output_filter: Sequence[str],
+                         strict_dtypes: bool):
+        """Validates a predict call; returns (signature, inputs, batcher or None, batch size or None)."""
         signature = self.signature(signature_name)
         inputs = self.validate_inputs(signature, inputs, strict_dtypes)
         unknown = sorted(set(output_filter) - set(signature.output_keys))
@@ -240,12 +238,40 @@ class Servable:
         batcher = self._batcher(signature)
         sizes = {value.shape[0] if value.ndim else None for value in inputs.values()}
         if batcher is not None and len(sizes) == 1 and None not in sizes and 0 not in sizes:
-            outputs = batcher.submit(inputs, sizes.pop(), timeout)
+            return signature, inputs, batcher, sizes.pop()
+        if batcher is not None and len(sizes) > 1:
+            raise InvalidArgumentError(f"inputs of signature '{signature.name}' have different "
+                                       f"batch sizes {sorted(sizes)}")
+        return signature, inputs, None, None
+
+    def predict(self, signature_name: str, inputs: Arrays, output_filter: Sequence[str] = (),
+                timeout: Optional[float] = None, strict_dtypes: bool = False) -> Tuple[SignatureInfo, Arrays]:
+        """Runs a signature on validated inputs; returns (signature, outputs).
+
+        strict_dtypes refuses inputs of another dtype (gRPC); otherwise lossless conversions are made (JSON).
+        """
+        signature, inputs, batcher, size = self._prepare_predict(signature_name, inputs, output_filter,
+                                                                 strict_dtypes)
+        if batcher is not None:
+            outputs = batcher.submit(inputs, size, timeout)
         else:
-            if batcher is not None and len(sizes) > 1:
-                raise InvalidArgumentError(f"inputs of signature '{signature.name}' have different "
-                                           f"batch sizes {sorted(sizes)}")
             outputs = self._call(signature, inputs)
+        if output_filter:
+            outputs = {key: outputs[key] for key in output_filter}
+        return signature, outputs
+
+    async def predict_async(self, signature_name: str, inputs: Arrays, output_filter: Sequence[str] = (),
+                            timeout: Optional[float] = None,
+                            strict_dtypes: bool = False) -> Tuple[SignatureInfo, Arrays]:
+        """predict() for asyncio code: waits for the batch (or an unbatched call in the loop's
+        default executor) without blocking the event loop."""
+        signature, inputs, batcher, size = self._prepare_predict(signature_name, inputs, output_filter,
+                                                                 strict_dtypes)
+        if batcher is not None:
+            outputs = await batcher.submit_async(inputs, size, timeout)
+        else:
+            # Like predict(): an unbatched call runs to its end (TensorFlow cannot stop it midway).
+            outputs = await asyncio.get_running_loop().run_in_executor(None, self._call, signature, inputs)
         if output_filter:
             outputs = {key: outputs[key] for key in output_filter}
         return signature, outputs

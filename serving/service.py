@@ -102,6 +102,18 @@ class ServingService:
                                                   strict_dtypes)
             return servable.version, signature.name, outputs
 
+    async def predict_async(self, record: RequestRecord, model: str, version: Optional[int],
+                            label: Optional[str], signature_name: str, inputs: Arrays,
+                            output_filter: Sequence[str] = (), timeout: Optional[float] = None,
+                            strict_dtypes: bool = False) -> Tuple[int, str, Arrays]:
+        """predict() for asyncio code (the gRPC server): the event loop is not blocked meanwhile."""
+        record.model = model
+        with self.manager.servable(model, version, label) as servable:
+            record.version = servable.version
+            signature, outputs = await servable.predict_async(signature_name, inputs, output_filter,
+                                                              self.timeout(timeout), strict_dtypes)
+            return servable.version, signature.name, outputs
+
     def classify(self, record: RequestRecord, model: str, version: Optional[int], label: Optional[str],
                  signature_name: str, examples: List[bytes], timeout: Optional[float] = None):
         record.model = model

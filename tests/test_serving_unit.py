@@ -4,6 +4,7 @@ Real TensorFlow SavedModels (small TF1-style ones from tests/serving_models.py) 
 no server process here (see test_serving_e2e.py for those).
 """
 
+import asyncio
 import base64
 import json
 import shutil
@@ -307,6 +308,83 @@ def test_batcher_splits_large_requests_and_reports_full_queue_and_deadline():
     blocker.join()
     queued.join()
     batcher.stop()
+
+
+def test_async_batcher_batches_coroutines_splits_large_requests_and_times_out():
+    """submit_async (the gRPC server's path): one batch thread serves many coroutines of one loop."""
+    batches = []
+    release = threading.Event()
+    release.set()
+
+    def run(inputs):
+        release.wait(5)
+        time.sleep(0.01)
+        return {"double": inputs["x"] * 2}
+
+    batcher = SignatureBatcher(run, BatchingParameters(max_batch_size=16, batch_timeout_micros=20000,
+                                                       max_enqueued_batches=4, num_batch_threads=1),
+                               on_batch=lambda size, padded: batches.append(size))
+
+    async def scenario():
+        rows = [np.full((1 + index % 3, 2), index, np.int64) for index in range(24)]
+        answers = await asyncio.gather(*[batcher.submit_async({"x": row}, row.shape[0], timeout=10)
+                                         for row in rows])
+        for row, answer in zip(rows, answers):
+            np.testing.assert_array_equal(answer["double"], row * 2)
+        big = np.arange(40).reshape(40, 1)  # more than max_batch_size: split, run, joined in order
+        np.testing.assert_array_equal((await batcher.submit_async({"x": big}, 40, timeout=10))["double"], big * 2)
+        release.clear()  # the batch thread now hangs in run(): a short deadline expires
+        with pytest.raises(DeadlineExceededError):
+            await batcher.submit_async({"x": np.ones((1, 2), np.int64)}, 1, timeout=0.3)
+        release.set()
+
+    asyncio.run(scenario())
+    batcher.stop()
+    assert max(batches[:10]) > 3, batches  # the 24 coroutines were really batched together
+    assert sum(batches) >= sum(1 + index % 3 for index in range(24)) + 40
+
+
+def test_tensor_proto_fast_paths_match_tensorflow():
+    """protocol's numpy.frombuffer / tensor_content paths give what tf.make_ndarray/make_tensor_proto give."""
+    import tensorflow as tf
+
+    from serving import protocol
+
+    for array in (np.random.RandomState(0).rand(3, 28, 28).astype(np.float32), np.arange(6, dtype=np.int64),
+                  np.array([[True, False]]), np.arange(4, dtype=np.uint8).reshape(2, 2), np.float64(2.5),
+                  np.array([b"a", b"bc"], dtype=object), np.zeros((0, 3), np.float32)):
+        proto = tf.make_tensor_proto(array)
+        decoded = protocol.array_from_tensor_proto("x", proto)
+        assert decoded.dtype == np.asarray(array).dtype and decoded.shape == np.asarray(array).shape
+        np.testing.assert_array_equal(decoded, array)
+        encoded = protocol.tensor_proto(np.asarray(array))
+        np.testing.assert_array_equal(tf.make_ndarray(encoded), array)
+        assert encoded.dtype == proto.dtype
+    broken = tf.make_tensor_proto(np.ones((2, 2), np.float32))
+    broken.tensor_content = broken.tensor_content[:-4]
+    with pytest.raises(InvalidArgumentError, match="tensor_content holds 12 bytes"):
+        protocol.array_from_tensor_proto("image", broken)
+
+
+@pytest.mark.parametrize("value", [
+    [[1.0, 2], [3, 4]], [[True, False]], [1, 2, 3], 5, 2.5, True, [[1, 2], [3]], [], [[]], [1, True],
+    [1.5, True], [2 ** 63], [-2 ** 63], [2 ** 64], ["a", "b"], [{"b64": "aGVsbG8="}], [[1], 2],
+    [float("nan"), 1.0], [[[0.25] * 28] * 28]])
+def test_json_tensor_fast_path_agrees_with_the_general_decoder(value, monkeypatch):
+    """The C-speed decoding of regular numeric lists gives the general walk's array or error."""
+    def decode():
+        try:
+            return json_codec.tensor_from_json(value), None
+        except InvalidArgumentError as error:
+            return None, str(error)
+
+    fast, fast_error = decode()
+    monkeypatch.setattr(json_codec, "_numeric_tensor_fast", lambda _value: None)
+    general, general_error = decode()
+    assert fast_error == general_error
+    if general is not None:
+        assert fast.dtype == general.dtype and fast.shape == general.shape
+        np.testing.assert_array_equal(fast, general)
 
 
 # ----- metrics --------------------------------------------------------------------------------
