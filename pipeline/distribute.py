@@ -198,8 +198,9 @@ def create_strategy(runtime: config_lib.RuntimeConfig, environ: Mapping[str, str
     if name == Strategy.AUTO:
         name = resolve_auto(len(visible_gpus()))
     if name == Strategy.ONE_DEVICE:
-        device = "/gpu:0" if visible_gpus() else "/cpu:0"
-        return tf.distribute.OneDeviceStrategy(device)
+        # TF's default strategy: one replica on the default device (the first GPU, else
+        # the CPU). Not OneDeviceStrategy, which Keras' BackupAndRestore refuses.
+        return tf.distribute.get_strategy()
     if name == Strategy.MIRRORED:
         return tf.distribute.MirroredStrategy()
     if name == Strategy.MULTI_WORKER_MIRRORED:

@@ -14,6 +14,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT / "data" / "mnist_sample"
 MNIST_CONFIG = REPO_ROOT / "configs" / "mnist_cnn.yaml"
 CURATED_SCHEMA = REPO_ROOT / "configs" / "schemas" / "image_28x28_10class.pbtxt"
+# The shared datasets (../shared/data beside the checkout, as in CI; see its README).
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def load_sample():

@@ -114,15 +114,29 @@ def test_auto_picks_mirrored_only_with_several_gpus():
 
 def test_one_device_mirrored_and_auto_on_this_machine():
     strategy = distribute.create_strategy(runtime(strategy=Strategy.ONE_DEVICE))
-    assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+    # The default strategy: one replica, which Keras' BackupAndRestore accepts
+    # (it refuses OneDeviceStrategy).
+    assert strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1
     assert distribute.strategy_task(strategy) == {"type": None, "index": None, "chief": True}
     mirrored = distribute.create_strategy(runtime(strategy=Strategy.MIRRORED))
     assert isinstance(mirrored, tf.distribute.MirroredStrategy)
     assert mirrored.num_replicas_in_sync == max(1, len(tf.config.list_physical_devices("GPU")))
     auto = distribute.create_strategy(runtime())
     expected = (tf.distribute.MirroredStrategy if len(tf.config.list_physical_devices("GPU")) > 1
-                else tf.distribute.OneDeviceStrategy)
+                else type(tf.distribute.get_strategy()))
     assert isinstance(auto, expected)
+
+
+def test_one_device_training_runs_with_backup_and_restore(tmp_path):
+    strategy = distribute.create_strategy(runtime(strategy=Strategy.ONE_DEVICE))
+    with strategy.scope():
+        model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,))])
+        model.compile(optimizer="sgd", loss="mse")
+    callbacks = distribute.training_callbacks(runtime(strategy=Strategy.ONE_DEVICE),
+                                              str(tmp_path), distribute.strategy_task(strategy))
+    history = model.fit(np.ones((8, 2), np.float32), np.ones((8, 1), np.float32), epochs=2,
+                        batch_size=4, callbacks=callbacks, verbose=0)
+    assert len(history.history["loss"]) == 2
 
 
 def test_multi_worker_without_tf_config_says_how_to_fix_it():

@@ -12,10 +12,11 @@ from models import registry
 from pipeline import config as config_lib
 from pipeline import timeseries, timeseries_ingestion
 from pipeline.tasks import forecasting
+from tests.conftest import SHARED_DATA
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ETTH1_CONFIG = REPO_ROOT / "configs" / "etth1_lstm.yaml"
-AIRLINE_CSV = pathlib.Path("/work/shared/data/time_series/airline_passengers.csv")
+AIRLINE_CSV = SHARED_DATA / "time_series" / "airline_passengers.csv"
 
 
 def spec(**overrides):

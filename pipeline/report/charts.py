@@ -91,6 +91,27 @@ def line_chart(series: Dict[str, Sequence[float]], title: str, xlabel: str, ylab
     return figure_to_uri(figure)
 
 
+def forecast_chart(window: Dict[str, Sequence[float]], title: str) -> str:
+    """The target's history (steps -lookback..-1), then actual and forecasts (1..horizon)."""
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(figsize=(8, 3.4))
+    history = window["history"]
+    axes.plot(np.arange(-len(history) + 1, 1), history, color="#888888", label="history")
+    ahead = np.arange(1, len(window["actual"]) + 1)
+    for number, (name, label) in enumerate((("actual", "actual"), ("forecast", "model"),
+                                            ("persistence", "persistence"),
+                                            ("seasonal_naive", "seasonal naive"))):
+        axes.plot(ahead, window[name], label=label, color=COLORS[number % len(COLORS)],
+                  linestyle="-" if number < 2 else "--", linewidth=2 if number < 2 else 1.2)
+    axes.axvline(0.5, color="#bbbbbb", linewidth=1)
+    axes.set_title(title)
+    axes.set_xlabel("step (0 = last observed)")
+    axes.set_ylabel("value")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, ncol=5)
+    return figure_to_uri(figure)
+
+
 def histogram_chart(per_split: Dict[str, List[tuple]], title: str, xlabel: str) -> str:
     """TFDV histograms (buckets of (low, high, count)), one outline per split, as fractions."""
     pyplot = _pyplot()

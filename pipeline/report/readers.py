@@ -452,6 +452,47 @@ def confusion_matrix(run: RunData) -> Optional[Dict[str, Any]]:
             "limit": MAX_CONFUSION_EXAMPLES, "model_dir": model_dir(run)}
 
 
+def forecast_window(run: RunData) -> Optional[Dict[str, Any]]:
+    """A forecaster's predictions on one window of the evaluation split, beside the actuals.
+
+    Runs the model's `evaluation` signature (forecast, persistence and seasonal-naive
+    forecasts from the same window; pipeline.tasks.forecasting) on the first example of
+    the split the Evaluator used. Returns {"target", "split", "window_end" (unix seconds),
+    "history" (the target's lookback values), "actual", "forecast", "persistence",
+    "seasonal_naive"} in the target's units, or None when the run has no forecaster.
+    """
+    from pipeline import timeseries
+    from pipeline.tasks import forecasting
+
+    model = load_model(run)
+    uri = run.uri("examples")
+    target = run.config_value("data.time_series.target_column")
+    split = run.config_value("eval.split", "test")
+    if model is None or not uri or not target:
+        return None
+    signature = model.signatures.get(forecasting.EVALUATION_SIGNATURE)
+    records = _records(uri, split, 1)
+    if signature is None or records is None:
+        return None
+    import tensorflow as tf
+
+    serialized = [record.numpy() for record in records]
+    if not serialized:
+        return None
+    outputs = signature(examples=tf.constant(serialized))
+    feature = tf.train.Example.FromString(serialized[0]).features.feature
+    end = feature[timeseries.WINDOW_END_KEY].int64_list.value if (
+        timeseries.WINDOW_END_KEY in feature) else []
+    return {
+        "target": target, "split": split, "window_end": int(end[0]) if end else None,
+        "history": [float(v) for v in feature[target].float_list.value],
+        "actual": [float(v) for v in feature[timeseries.LABEL_KEY].float_list.value],
+        **{name: [float(v) for v in outputs[name].numpy()[0]] for name in (
+            forecasting.FORECAST_OUTPUT, forecasting.PERSISTENCE_OUTPUT,
+            forecasting.SEASONAL_NAIVE_OUTPUT)},
+    }
+
+
 # --- mobile -----------------------------------------------------------------------------
 
 def read_tflite_report(run: RunData) -> Optional[Dict[str, Any]]:

@@ -339,18 +339,6 @@ def _confusion_matrix_html(run: RunData) -> str:
 
 # --- forecasting (the hook) -------------------------------------------------------------
 
-def forecast_points(run: RunData) -> Optional[Dict[str, list]]:
-    """Predicted and actual values on a test window, for forecasters.
-
-    The hook for the forecasting task: return {"time": [...], "actual": [...],
-    "predicted": [...], optionally "baseline <name>": [...]} read from the run
-    (e.g. a file the forecaster's Trainer or Evaluator writes, found through
-    run.artifacts), and forecast_section plots it. Nothing writes such a file yet,
-    so this returns None.
-    """
-    return None
-
-
 def forecast_section(run: RunData) -> Section:
     """For forecasters: the error metrics beside the baselines, and predicted vs actual."""
     metrics = run.summary.get("metrics") or {}
@@ -366,15 +354,26 @@ def forecast_section(run: RunData) -> Section:
         "error", horizontal=True, value_format=".4f"),
         "The model's errors beside the baselines' (run_summary.json metrics).",
         "chart-forecast-metrics"))
-    points = forecast_points(run)
-    if points is None:
-        parts.append(not_present("predicted against actual on a test window (no forecast "
-                                 "points recorded for this run)"))
+    window = readers.forecast_window(run)
+    if window is None:
+        parts.append(not_present("predicted against actual on a test window (the run has no "
+                                 "forecasting model with an evaluation signature)"))
     else:
-        series = {name: values for name, values in points.items() if name != "time"}
-        parts.append(figure(charts.line_chart(series, "Predicted against actual", "step",
-                                              "value"),
-                            "Predicted against actual on the test window.", "chart-forecast"))
+        when = (datetime.datetime.fromtimestamp(window["window_end"], datetime.timezone.utc)
+                .strftime("%Y-%m-%d %H:%M UTC") if window["window_end"] is not None else "?")
+        parts.append(figure(charts.forecast_chart(window, f"{window['target']}: predicted "
+                                                  "against actual"),
+                            f"The first window of the {window['split']} split (last observed "
+                            f"step {when}): the target's last {len(window['history'])} values, "
+                            f"then the next {len(window['actual'])} actual values beside the "
+                            "model's forecast and the persistence and seasonal-naive "
+                            "baselines, in the target's units.", "chart-forecast"))
+        parts.append(table(["step ahead", "actual", "forecast", "persistence", "seasonal naive"],
+                           [[step + 1, round(a, 4), round(f, 4), round(p, 4), round(n, 4)]
+                            for step, (a, f, p, n) in enumerate(zip(
+                                window["actual"], window["forecast"], window["persistence"],
+                                window["seasonal_naive"]))],
+                           table_id="forecast-window"))
     return Section("forecast", "Forecast", "".join(parts))
 
 

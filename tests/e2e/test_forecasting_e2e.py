@@ -18,12 +18,13 @@ import tensorflow as tf
 
 from pipeline import timeseries
 from pipeline.tasks import forecasting
+from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.e2e
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "configs" / "etth1_lstm.yaml"
-ETTH1_CSV = pathlib.Path("/work/shared/data/time_series/ETTh1.csv")
+ETTH1_CSV = SHARED_DATA / "time_series" / "ETTh1.csv"
 TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")
 SLICE_ROWS = 2000
 LOOKBACK, HORIZON = 96, 24
@@ -151,3 +152,27 @@ def test_a_gap_in_the_csv_stops_the_run_naming_the_line(tmp_path, etth1_slice_di
     assert "1 step(s) differ from the expected step 'h'" in stderr
     assert "at line 501" in stderr
     assert not (tmp_path / "out" / "pipeline").exists()
+
+
+def test_report_plots_a_test_window_against_the_actual_values(forecast_run):
+    """report.html's forecast section: the first test window's actuals and the model's forecast."""
+    from tests.report.page_index import PageIndex
+
+    output_dir, summary = forecast_run
+    page = PageIndex((output_dir / "report.html").read_text(encoding="utf-8"))
+    assert page.sections["forecast"]["class"] != "absent"
+    assert page.images["chart-forecast"]["src"].startswith("data:image/svg+xml;base64,")
+    rows = page.tables["forecast-window"]
+    assert rows[0] == ["step ahead", "actual", "forecast", "persistence", "seasonal naive"]
+    assert len(rows) == 1 + HORIZON
+    # The same window, read back: its label is the actual column, the model's forecast the next.
+    files = sorted(tf.io.gfile.glob(str(output_dir / "pipeline" / "TimeSeriesExampleGen"
+                                        / "examples" / "*" / "Split-test" / "*.gz")))
+    first = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP"))).numpy()
+    label = tf.train.Example.FromString(first).features.feature[timeseries.LABEL_KEY]
+    np.testing.assert_allclose([float(row[1]) for row in rows[1:]], label.float_list.value,
+                               atol=1e-3)
+    model = tf.saved_model.load(summary["pushed_model_dir"])
+    forecast = model.signatures["serving_default"](examples=tf.constant([first]))
+    np.testing.assert_allclose([float(row[2]) for row in rows[1:]],
+                               forecast[forecasting.FORECAST_OUTPUT].numpy()[0], atol=1e-3)
