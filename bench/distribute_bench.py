@@ -22,13 +22,14 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from machine import describe as describe_machine  # bench/machine.py, beside this script
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -61,21 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def machine_description() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import tensorflow as tf
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "gpus": [device.name for device in tf.config.list_physical_devices("GPU")]}
 
 
 # ---------------------------------------------------------------- one configuration
@@ -220,7 +206,7 @@ def main(argv=None) -> int:
         row["scaling_efficiency"] = (
             row["examples_per_second"] / (row["replicas"] * baseline["examples_per_second"])
             if baseline else float("nan"))
-    machine = machine_description()
+    machine = describe_machine()
     notes = [
         "Scaling efficiency = examples/s / (replicas x one_device examples/s); 1.0 is perfect "
         "weak scaling (per-replica batch fixed, global batch grows with the replicas).",

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+from machine import describe as describe_machine  # bench/machine.py, beside this script
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,22 +32,6 @@ RESULTS_DIR = REPO_ROOT / "docs" / "benchmarks"
 BASELINES = ("persistence", "seasonal_naive")
 
 
-def machine_description() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import platform
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(),
-            # Other helpers share the cores: the load says how busy the machine was.
-            "load_average_at_end": os.getloadavg()}
 
 
 def run_pipeline(data_dir: str, output_dir: str, overrides) -> dict:
@@ -133,7 +119,7 @@ def main(argv=None) -> int:
         "command": " ".join(shlex.quote(part) for part in ["python", "bench/forecast_bench.py",
                                                            *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(),
+        "machine": describe_machine(),
         "model": experiment.model.name,
         "lookback": experiment.data.time_series.lookback,
         "horizon": experiment.data.time_series.horizon,

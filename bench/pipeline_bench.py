@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import shlex
 import sys
 import tempfile
@@ -24,28 +23,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from machine import describe as describe_machine  # bench/machine.py, beside this script
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist"
 RESULTS_DIR = REPO_ROOT / "docs" / "benchmarks"
 
 
-def machine_description() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import tensorflow as tf
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "gpus": len(tf.config.list_physical_devices("GPU")),
-            # Other work on the machine skews absolute figures; ratios hold up better.
-            "load_average_at_end": os.getloadavg()}
 
 
 def _latest_transformed_train_files(output_dir: str):
@@ -186,7 +170,7 @@ def main() -> int:
     results = {
         "command": "python bench/pipeline_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(),
+        "machine": describe_machine(),
         "config": config_lib.to_dict(experiment),
         "pipeline": summary.to_json(),
         "trainer_examples_per_second": trainer_rate,

@@ -31,6 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from machine import describe as describe_machine  # bench/machine.py, beside this script
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist"
 RESULTS_DIR = REPO_ROOT / "docs" / "benchmarks"
@@ -48,23 +50,6 @@ class BenchmarkError(RuntimeError):
     """The benchmark cannot run with these arguments; the message says what to change."""
 
 
-def machine_description() -> Dict[str, Any]:
-    import platform
-
-    import tensorflow as tf
-
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "gpus": len(tf.config.list_physical_devices("GPU"))}
 
 
 def load_task_data(experiment, data_dir: str, train_limit: int = 0):
@@ -144,7 +129,7 @@ def write_markdown(result: Dict[str, Any], path: pathlib.Path) -> None:
         "",
         f"- Command: `{result['command']}`",
         f"- Date: {result['date']}",
-        f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['gpus']} GPU(s); "
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores, {len(machine['gpus'])} GPU(s); "
         f"TensorFlow {machine['tensorflow']}, Python {machine['python']}",
         f"- Load average (1/5/15 min) at start: {result['load_average_at_start']}; the cores "
         "were shared with other jobs, so the times are noisy: compare them within this run.",
@@ -195,7 +180,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     return {
         "command": "python bench/recipes_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(),
+        "machine": describe_machine(),
         "load_average_at_start": [round(v, 2) for v in load_at_start],
         "config": args.config, "data": args.data_dir, "epochs": args.epochs,
         "train_examples": len(data[0]), "eval_examples": len(data[2]),

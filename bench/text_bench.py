@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 
+from machine import describe as describe_machine  # bench/machine.py, beside this script
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,21 +35,6 @@ CONFIGS = ("sst2_lstm", "sst2_transformer")
 ACCURACY_GOAL = 0.80
 
 
-def _machine() -> dict:
-    import platform
-
-    import tensorflow as tf
-
-    cpu = platform.processor() or "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "gpus": len(tf.config.list_physical_devices("GPU")),
-            "load_average_at_end": os.getloadavg()}
 
 
 def run_config(name: str, data_dir: str, output_root: str, overrides) -> dict:
@@ -134,7 +121,7 @@ def write_results(results: dict, machine: dict) -> None:
               for _, run in sorted(runs.items())]
     lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}, "
               f"Python {machine['python']}, TensorFlow {machine['tensorflow']}, "
-              f"{machine['gpus']} GPUs. The machine is shared with other jobs (see the load "
+              f"{len(machine['gpus'])} GPUs. The machine is shared with other jobs (see the load "
               "averages), so absolute times are pessimistic.", "",
               "Reproduce: `python bench/text_bench.py --data-dir ../shared/data/sst2`", ""]
     (RESULTS_DIR / "text_bench.md").write_text("\n".join(lines))
@@ -156,7 +143,7 @@ def main(argv=None) -> int:
         print(f"running {name} on {data_dir} ...", flush=True)
         results[name] = run_config(name, data_dir, output_root, args.overrides)
         print(json.dumps(results[name], indent=2), flush=True)
-    write_results(results, _machine())
+    write_results(results, describe_machine())
     return 0 if all(run["exit_code"] == 0 for run in results.values()) else 1
 
 

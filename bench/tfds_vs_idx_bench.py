@@ -15,10 +15,11 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import shlex
 import sys
 import tempfile
+
+from machine import describe as describe_machine  # bench/machine.py, beside this script
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,19 +29,6 @@ RESULTS_DIR = REPO_ROOT / "docs" / "benchmarks"
 CONFIG = REPO_ROOT / "configs" / "mnist_cnn.yaml"
 
 
-def machine_description() -> dict:
-    cpu = platform.processor() or "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "tensorflow_datasets": tfds.__version__}
 
 
 def write_idx_subset(directory: pathlib.Path, train_count: int, test_count: int) -> None:
@@ -134,7 +122,7 @@ def main(argv=None) -> int:
     results = {
         "command": shlex.join(["python", "bench/tfds_vs_idx_bench.py"] + sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(), "tfds_name": tfds_name, "overrides": args.overrides,
+        "machine": describe_machine(), "tfds_name": tfds_name, "overrides": args.overrides,
         "train_images": counts[0], "test_images": counts[1], "runs": runs,
     }
     write_results(results)
