@@ -150,7 +150,8 @@ def read_validation_failures(evaluation_uri: str) -> List[str]:
             if failure.metric_key.is_diff:
                 change = failure.metric_threshold.change_threshold
                 # Lower-is-better metrics (e.g. MAE) may rise by at most the allowance.
-                relation = "<=" if change.direction == change.LOWER_IS_BETTER else ">="
+                relation = ("<=" if change.direction == tfma.MetricDirection.LOWER_IS_BETTER
+                            else ">=")
                 failures.append(f"{failure.metric_key.name} ({slice_name}) changed by "
                                 f"{value:+.4f} against the last blessed model; allowed "
                                 f"change {relation} {change.absolute.value:+.4f}")
