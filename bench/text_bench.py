@@ -12,6 +12,10 @@ docs/benchmarks/text_bench.md is rewritten from it, so configs can be run one at
 
   python bench/text_bench.py --data-dir ../shared/data/sst2
   python bench/text_bench.py --data-dir ../shared/data/sst2 --configs sst2_lstm
+  python bench/text_bench.py --configs sst2_lstm --label adamw_cosine_smoothing \
+      --set trainer.optimizer=adamw --set trainer.weight_decay=0.0001 ...
+
+--label keeps a run with overrides (e.g. another training recipe) beside the plain ones.
 """
 
 import argparse
@@ -37,9 +41,9 @@ ACCURACY_GOAL = 0.80
 
 
 
-def run_config(name: str, data_dir: str, output_root: str, overrides) -> dict:
+def run_config(name: str, data_dir: str, output_root: str, overrides, label: str = "") -> dict:
     """Runs one config with `tfprod run`; returns its figures."""
-    output_dir = os.path.join(output_root, name)
+    output_dir = os.path.join(output_root, f"{name}_{label}" if label else name)
     command = [os.path.join(os.path.dirname(sys.executable), "tfprod"), "run", "--config",
                f"configs/{name}.yaml", "--data-dir", data_dir, "--output-dir", output_dir]
     for override in overrides:
@@ -61,6 +65,8 @@ def run_config(name: str, data_dir: str, output_root: str, overrides) -> dict:
     history = stats.get("history", {})
     return {
         "config": f"configs/{name}.yaml",
+        "label": label,
+        "overrides": list(overrides),
         "command": " ".join(shlex.quote(part) for part in
                             ["tfprod"] + command[1:]).replace(output_dir, "OUT/" + name),
         "exit_code": result.returncode,
@@ -106,8 +112,9 @@ def write_results(results: dict, machine: dict) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in sorted(runs.items()):
+        label = f" ({run['label']})" if run.get("label") else ""
         lines.append(
-            f"| {run['config']} | {run['test_accuracy']:.4f} | "
+            f"| {run['config']}{label} | {run['test_accuracy']:.4f} | "
             f"{'yes' if run['meets_goal'] else 'no'} | {'yes' if run['blessed'] else 'no'} | "
             f"{run['epochs_run']} | {run['training_seconds']} | "
             f"{run['trainer_component_seconds']} | {run['pipeline_seconds']} | "
@@ -119,6 +126,9 @@ def write_results(results: dict, machine: dict) -> None:
     lines += ["Commands (run from the repository root; OUT is a temporary directory):", ""]
     lines += [f"- `{run['command']}` (started {run['started_utc']})"
               for _, run in sorted(runs.items())]
+    if any(run.get("label") for run in runs.values()):
+        lines += ["", "A labelled row is the same config with the overrides in its command "
+                  "(e.g. another training recipe)."]
     lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}, "
               f"Python {machine['python']}, TensorFlow {machine['tensorflow']}, "
               f"{len(machine['gpus'])} GPUs. The machine is shared with other jobs (see the load "
@@ -135,14 +145,17 @@ def main(argv=None) -> int:
     parser.add_argument("--output-root", help="where the runs write (default: a temp dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="a config override passed to every run")
+    parser.add_argument("--label", default="",
+                        help="name for runs with overrides, kept beside the plain runs")
     args = parser.parse_args(argv)
     data_dir = os.path.abspath(args.data_dir)
     output_root = args.output_root or tempfile.mkdtemp(prefix="text_bench")
     results = {}
     for name in args.configs:
         print(f"running {name} on {data_dir} ...", flush=True)
-        results[name] = run_config(name, data_dir, output_root, args.overrides)
-        print(json.dumps(results[name], indent=2), flush=True)
+        key = f"{name} ({args.label})" if args.label else name
+        results[key] = run_config(name, data_dir, output_root, args.overrides, args.label)
+        print(json.dumps(results[key], indent=2), flush=True)
     write_results(results, describe_machine())
     return 0 if all(run["exit_code"] == 0 for run in results.values()) else 1
 
