@@ -84,8 +84,6 @@ def test_tfprod_serve_answers_rest_string_instances(text_run, tmp_path):
     from tests.test_serving_e2e import ServerProcess
 
     name, summary = text_run
-    if name != "sst2_lstm":
-        pytest.skip("the server is checked once, with the LSTM model")
     pushed = pathlib.Path(summary["pushed_model_dir"])
     server = ServerProcess(["--model_name", name, "--model_base_path", str(pushed.parent)],
                            tmp_path / "server.log")
