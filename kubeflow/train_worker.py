@@ -16,7 +16,6 @@ Split-train/ and Split-eval/), --transform-output the transform_graph artifact.
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional
@@ -42,18 +41,6 @@ def read_tf_config(environ: Mapping[str, str] = os.environ) -> Dict[str, Any]:
 def is_chief(tf_config: Dict[str, Any]) -> bool:
     """The chief writes the model: the 'chief' task, or worker 0 when there is no chief."""
     return distribute.is_chief(tf_config)
-
-
-@dataclasses.dataclass
-class WorkerFnArgs:
-    """The fields of TFX's FnArgs that pipeline.trainer.run_fn reads."""
-
-    train_files: List[str]
-    eval_files: List[str]
-    transform_output: str
-    serving_model_dir: str
-    model_run_dir: str
-    custom_config: Dict[str, Any]
 
 
 def split_files(examples_uri: str, split: str) -> List[str]:
@@ -88,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Every replica gets the real output dirs: run_fn sends the non-chief replicas' SavedModel
     # and logs to temporary dirs, and all replicas share <output-dir>/model_run/backup for
     # BackupAndRestore (so a restarted TFJob resumes).
-    fn_args = WorkerFnArgs(
+    fn_args = multiworker.JobFnArgs(
         train_files=split_files(args.examples, ingestion.TRAIN_SPLIT),
         eval_files=split_files(args.examples, ingestion.EVAL_SPLIT),
         transform_output=args.transform_output,
