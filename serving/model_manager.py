@@ -10,6 +10,7 @@ fails to load is reported with its error and never replaces a serving one.
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -28,6 +29,23 @@ from serving.servable import Servable
 LOG = logging.getLogger(__name__)
 
 State = get_model_status_pb2.ModelVersionStatus.State
+
+
+def freeze_long_lived_objects() -> None:
+    """Moves every object alive now out of the garbage collector's reach.
+
+    TensorFlow and a loaded SavedModel leave several hundred thousand long-lived objects; a full
+    collection scans them all (about 0.2 s on the 2-core benchmark machine) while holding the GIL,
+    which stalls every request in flight. Frozen, they are never scanned.
+    """
+    gc.freeze()
+
+
+def collect_unloaded_objects() -> None:
+    """After an unload: unfreezes, collects what the version left (cycles included), refreezes."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 @dataclasses.dataclass
@@ -217,6 +235,7 @@ class ModelManager:
                 record.state, record.error = State.END, message
             self.metrics.load_events.inc(model=name, version=str(record.version), result="error")
             return
+        freeze_long_lived_objects()
         with self._lock:
             record.servable, record.state, record.error = servable, State.AVAILABLE, None
         self.metrics.load_events.inc(model=name, version=str(record.version), result="ok")
@@ -237,6 +256,8 @@ class ModelManager:
             versions = self._models.get(name, {})
             if versions.get(record.version) is record:
                 del versions[record.version]
+        del servable
+        collect_unloaded_objects()
         self.metrics.unload_events.inc(model=name, version=str(record.version))
         LOG.info("model %s version %d unloaded", name, record.version)
         self._update_available(name)

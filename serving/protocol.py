@@ -1,5 +1,6 @@
 """Conversions between TF Serving's protos and numpy arrays."""
 
+import math
 from typing import Dict, List, Mapping
 
 import numpy as np
@@ -34,7 +35,7 @@ def array_from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndar
     if dtype is not None and proto.tensor_content and not proto.tensor_shape.unknown_rank:
         shape = [dim.size for dim in proto.tensor_shape.dim]
         content = proto.tensor_content
-        expected = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        expected = dtype.itemsize * math.prod(shape)
         if any(size < 0 for size in shape) or len(content) != expected:
             raise InvalidArgumentError(
                 f"input '{name}' is not a valid TensorProto: tensor_content holds {len(content)} bytes, "

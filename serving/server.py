@@ -11,7 +11,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import config as config_lib
 from serving import grpc_server, rest
 from serving.errors import ConfigFileError
-from serving.model_manager import ModelManager
+from serving.model_manager import ModelManager, freeze_long_lived_objects
 from serving.service import ServingService
 
 LOG = logging.getLogger(__name__)
@@ -78,12 +78,13 @@ class ModelServer:
     def start(self) -> None:
         """Loads the models, then opens the gRPC and REST ports (0 picks a free port)."""
         self.manager.start()
+        freeze_long_lived_objects()  # what the server itself has imported and built so far
         self.grpc_server, self.grpc_port = grpc_server.create_server(
             self.service, self.options.port, self.options.host, self.options.grpc_max_threads,
             max_message_bytes=self.options.max_request_bytes)
         if self.options.rest_api_port is not None and self.options.rest_api_port >= 0:
             metrics_path = self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None
-            self.rest_server, self.rest_port, _ = rest.create_server(
+            self.rest_server, self.rest_port = rest.create_server(
                 self.service, self.options.rest_api_port, self.options.host,
                 self.options.max_request_bytes, metrics_path)
 

@@ -1,0 +1,190 @@
+"""The REST server's HTTP/1.1 handling, over raw sockets on 127.0.0.1.
+
+A real `serving.rest` server (asyncio, in this process) in front of a real ModelManager serving
+the small TF1-style model of tests/serving_models.py, with batching on. The API behaviour
+(TF Serving's URLs, bodies and errors) is covered against `tfprod serve` in test_serving_e2e.py;
+this file covers the connection handling: keep-alive, pipelining, Connection: close, body
+limits, malformed requests, large bodies and many simultaneous connections.
+"""
+
+import json
+import socket
+import threading
+
+import pytest
+
+from serving import config as config_lib
+from serving import rest
+from serving.config import BatchingParameters
+from serving.model_manager import ModelManager
+from serving.service import ServingService
+from tests.serving_models import build_examples_model, copy_version
+
+MAX_BODY = 200_000
+
+
+@pytest.fixture(scope="module")
+def rest_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rest_server")
+    model_dir = build_examples_model(str(root / "model"))
+    copy_version(model_dir, str(root / "ex"), 1)
+    manager = ModelManager(config_lib.model_config_from_flags("ex", str(root / "ex")), poll_seconds=0,
+                           batching=BatchingParameters(max_batch_size=64, batch_timeout_micros=1000, max_enqueued_batches=1000,
+                                                       num_batch_threads=1))
+    manager.start()
+    server, port = rest.create_server(ServingService(manager, default_timeout_seconds=30), 0,
+                                      max_body_bytes=MAX_BODY)
+    yield port
+    server.shutdown()
+    server.server_close()
+    manager.stop(drain_seconds=5)
+
+
+def _predict_request(values, close=False, extra_headers=""):
+    body = json.dumps({"instances": values}).encode()
+    head = (f"POST /v1/models/ex:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra_headers}" + ("Connection: close\r\n" if close else "") + "\r\n")
+    return head.encode() + body
+
+
+def _read_answers(sock, count, timeout=30.0):
+    """Reads `count` HTTP answers from sock; returns [(status, headers, body bytes)]."""
+    sock.settimeout(timeout)
+    buffer, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"connection closed after {len(answers)} answers; got {buffer[:300]!r}")
+            buffer += chunk
+        head, buffer = buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+        length = int(headers["content-length"])
+        while len(buffer) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise AssertionError("connection closed in the middle of a body")
+            buffer += chunk
+        answers.append((int(lines[0].split(" ")[1]), headers, buffer[:length]))
+        buffer = buffer[length:]
+    return answers
+
+
+def _closed_by_server(sock, timeout=10.0) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _connect(port):
+    return socket.create_connection(("127.0.0.1", port), timeout=30)
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order(rest_server):
+    with _connect(rest_server) as sock:
+        # Three requests in one write: the answers come back in the order asked.
+        sock.sendall(b"".join(_predict_request([[float(index), 1.0]]) for index in range(3)))
+        answers = _read_answers(sock, 3)
+        assert [json.loads(body)["predictions"][0]["sum"] for _, _, body in answers] == [1.0, 2.0, 3.0]
+        assert all(status == 200 and "connection" not in headers for status, headers, _ in answers)
+        # The connection stays open for the next request.
+        sock.sendall(b"GET /v1/models/ex HTTP/1.1\r\nHost: x\r\n\r\n")
+        (status, _, body), = _read_answers(sock, 1)
+        assert status == 200 and json.loads(body)["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_connection_close_and_http_1_0_close_after_the_answer(rest_server):
+    with _connect(rest_server) as sock:
+        sock.sendall(_predict_request([[2.0, 2.0]], close=True))
+        (status, headers, body), = _read_answers(sock, 1)
+        assert status == 200 and headers["connection"] == "close"
+        assert json.loads(body)["predictions"][0]["sum"] == 4.0
+        assert _closed_by_server(sock)
+    with _connect(rest_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        (status, _, body), = _read_answers(sock, 1)
+        assert status == 200 and json.loads(body) == {"status": "alive"}
+        assert _closed_by_server(sock)
+
+
+@pytest.mark.parametrize("raw, status, fragment", [
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nHost: x\r\n\r\n", 411, "Content-Length"),
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411, "chunked"),
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400, "bad Content-Length"),
+    (b"HELLO\r\n\r\n", 400, "bad request line"),
+    (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad header line"),
+    (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (rest.MAX_HEADER_BYTES + 10), 431, "headers exceed"),
+])
+def test_malformed_requests_get_an_error_and_the_connection_closes(rest_server, raw, status, fragment):
+    with _connect(rest_server) as sock:
+        sock.sendall(raw)
+        (got, headers, body), = _read_answers(sock, 1)
+        assert got == status and fragment in json.loads(body)["error"]
+        assert headers["connection"] == "close" and _closed_by_server(sock)
+    with _connect(rest_server) as sock:  # the server is still up
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert _read_answers(sock, 1)[0][0] == 200
+
+
+def test_oversized_bodies_get_413(rest_server):
+    # Somewhat too large: the body is read and dropped, then 413, so the client sees the answer.
+    with _connect(rest_server) as sock:
+        body = b"x" * (MAX_BODY + 1)
+        sock.sendall(b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        (status, _, answer), = _read_answers(sock, 1)
+        assert status == 413 and "exceeds the limit of 200000 bytes" in json.loads(answer)["error"]
+        assert _closed_by_server(sock)
+    # Far too large: answered as soon as the head arrives, without waiting for the body.
+    with _connect(rest_server) as sock:
+        sock.sendall(b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (10 * MAX_BODY))
+        (status, _, answer), = _read_answers(sock, 1)
+        assert status == 413
+
+
+def test_body_split_over_many_writes_and_a_large_body(rest_server):
+    with _connect(rest_server) as sock:
+        request = _predict_request([[1.5, 1.5]])
+        for start in range(0, len(request), 7):  # the head and body arrive in small pieces
+            sock.sendall(request[start:start + 7])
+        (status, _, body), = _read_answers(sock, 1)
+        assert status == 200 and json.loads(body)["predictions"][0]["sum"] == 3.0
+        # A body above the inline-decoding size is decoded in a worker thread: same answer format.
+        rows = [[float(index), 0.5] for index in range(6000)]
+        request = _predict_request(rows)
+        assert len(request) > rest.INLINE_DECODE_BYTES
+        sock.sendall(request)
+        (status, _, body), = _read_answers(sock, 1)
+        assert status == 200, body[:300]
+        predictions = json.loads(body)["predictions"]
+        assert len(predictions) == 6000
+        assert [row["sum"] for row in predictions[:3]] == [0.5, 1.5, 2.5]
+
+
+def test_many_simultaneous_connections_are_all_answered(rest_server):
+    """100 clients connect at once (beyond the old server's backlog of 5), each sends 3 requests."""
+    results, errors = [], []
+    lock = threading.Lock()
+
+    def client(index):
+        try:
+            with _connect(rest_server) as sock:
+                for repeat in range(3):
+                    sock.sendall(_predict_request([[float(index), float(repeat)]]))
+                    (status, _, body), = _read_answers(sock, 1)
+                    with lock:
+                        results.append((status, json.loads(body)["predictions"][0]["sum"], index + repeat))
+        except Exception as error:  # collected and reported by the assertion below
+            with lock:
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[:3]
+    assert len(results) == 300
+    assert all(status == 200 and got == float(expected) for status, got, expected in results)
