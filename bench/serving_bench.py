@@ -13,6 +13,19 @@ The load generator does as little as a client can: the request is serialized onc
 PredictRequest for gRPC, a TF Serving JSON body for REST) and each call sends those bytes; the
 gRPC answer is checked once with the stock PredictionService stub before the cells run.
 
+--load-generator picks the load generator. `native` (the default, `auto`, when both are on PATH)
+runs compiled tools, which need about a tenth of the CPU per request of the Python clients and so
+leave the cores to the server being measured:
+- gRPC: h2load (Debian package nghttp2-client) over HTTP/2 without TLS (h2c), posting the
+  PredictRequest bytes with gRPC's 5-byte length prefix; `concurrency` = connections x streams per
+  connection. A gRPC error comes back as HTTP 200 with a non-zero grpc-status trailer, which
+  h2load counts as a success, so errors are counted from the server's Prometheus counter
+  tfprod_serving_request_count (all statuses but OK) plus h2load's own failed requests.
+- REST: wrk (Debian package wrk) with a Lua script that posts the JSON body; non-2xx answers,
+  connect/read/write errors and timeouts count as errors.
+`python` runs threads with the sync grpc client / http.client in up to --client-processes
+processes.
+
     .venv/bin/python bench/serving_bench.py --model-dir OUT/serving/mnist_cnn/<version>
 
 --compare-serving-dir DIR runs every cell a second time, right after the first, against a server whose
@@ -27,9 +40,13 @@ import json
 import os
 import pathlib
 import platform
+import re
 import selectors
+import shlex
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -45,6 +62,14 @@ SIGNATURE = "serving_raw"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 GOALS = {"grpc": 0.5, "rest": 0.3}  # share of the in-process ceiling at concurrency 64, 1 image/request
 P99_GOAL_MS = 50.0
+WARM_UP_SECONDS = 1  # h2load's --warm-up-time before each measured gRPC window
+NATIVE_TOOLS = {"grpc": "h2load", "rest": "wrk"}
+TOOL_PACKAGES = {"h2load": "nghttp2-client", "wrk": "wrk"}
+WRK_PREFIX = "tfprod-wrk"  # the lines the wrk Lua script prints in done()
+
+
+class LoadGeneratorError(RuntimeError):
+    """The load generator cannot run, or ran and its results cannot be trusted."""
 
 
 def percentile(values, fraction):
@@ -298,6 +323,417 @@ def run_cell(protocol, port, concurrency, batch, seconds, payload, processes, se
     }
 
 
+# ----- the native load generator (h2load for gRPC, wrk for REST) ---------------------------------
+def resolve_load_generator(choice: str, which=shutil.which) -> tuple:
+    """Which load generator runs: returns (kind, note), kind "native" or "python".
+
+    Args:
+        choice: "auto", "native" or "python" (--load-generator).
+        which: finds a program on PATH (shutil.which; replaceable in tests).
+
+    Returns:
+        The kind and, when `auto` falls back to Python, a note saying why (else "").
+
+    Raises:
+        LoadGeneratorError: `native` was asked for and a tool is missing, or `choice` is unknown.
+    """
+    if choice not in ("auto", "native", "python"):
+        raise LoadGeneratorError(f"unknown load generator {choice!r}: use auto, native or python")
+    if choice == "python":
+        return "python", ""
+    missing = [tool for tool in NATIVE_TOOLS.values() if not which(tool)]
+    if not missing:
+        return "native", ""
+    why = ", ".join(f"{tool} (Debian package {TOOL_PACKAGES[tool]})" for tool in missing)
+    if choice == "native":
+        raise LoadGeneratorError(f"--load-generator native needs {why} on PATH; install it or pass "
+                                 "--load-generator python")
+    return "python", f"not found on PATH: {why}"
+
+
+def tool_version(tool: str) -> str:
+    """The first line a native tool prints about its version (`h2load --version`, `wrk -v`)."""
+    flag = "--version" if tool == "h2load" else "-v"
+    answer = subprocess.run([tool, flag], capture_output=True, text=True, timeout=30)
+    lines = (answer.stdout + answer.stderr).strip().splitlines()
+    # wrk's line goes on with its copyright notice
+    return lines[0].split(" Copyright")[0].strip() if lines else f"{tool} (no version printed)"
+
+
+def h2load_layout(concurrency: int) -> tuple:
+    """(connections, streams per connection) with connections x streams == concurrency.
+
+    Up to 4 connections: the largest number <= 4 that divides `concurrency` (1 -> 1 x 1, 8 -> 4 x 2,
+    6 -> 3 x 2, 7 -> 1 x 7).
+    """
+    if concurrency < 1:
+        raise LoadGeneratorError(f"concurrency must be at least 1, got {concurrency}")
+    connections = next(count for count in range(min(concurrency, 4), 0, -1) if concurrency % count == 0)
+    return connections, concurrency // connections
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message: no compression flag, 4-byte big-endian length, the bytes."""
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def _duration_text(seconds: float) -> str:
+    """h2load's <DURATION>: whole seconds as "5", else milliseconds as "2500ms"."""
+    if float(seconds).is_integer():
+        return str(int(seconds))
+    return f"{int(round(seconds * 1000))}ms"
+
+
+def h2load_command(port: int, concurrency: int, seconds: float, data_path, log_path,
+                   warm_up_seconds: float = WARM_UP_SECONDS) -> list:
+    """The h2load command of one gRPC cell: closed loop, one thread, h2c, timed with a warm-up."""
+    connections, streams = h2load_layout(concurrency)
+    return ["h2load", "-t", "1", "-c", str(connections), "-m", str(streams),
+            "-D", _duration_text(seconds), "--warm-up-time", _duration_text(warm_up_seconds),
+            "-d", str(data_path), "-H", "content-type: application/grpc", "-H", "te: trailers",
+            "--log-file", str(log_path), f"http://127.0.0.1:{port}{PREDICT_METHOD}"]
+
+
+def parse_h2load_summary(output: str) -> dict:
+    """h2load's `requests:` and `status codes:` lines as numbers.
+
+    Returns:
+        {"total", "started", "done", "succeeded", "failed", "errored", "timeout"} and
+        {"2xx", "3xx", "4xx", "5xx"}. h2load's `failed` already includes `errored` (streams that
+        broke) and non-2xx answers.
+
+    Raises:
+        LoadGeneratorError: the lines are missing (h2load failed before the summary).
+    """
+    counts = {}
+    requests = re.search(r"^requests: (.*)$", output, re.MULTILINE)
+    statuses = re.search(r"^status codes: (.*)$", output, re.MULTILINE)
+    if not requests or not statuses:
+        raise LoadGeneratorError("h2load printed no `requests:`/`status codes:` summary; its output ends with: "
+                                 + output[-1500:])
+    for value, name in re.findall(r"(\d+) (\w+)", requests.group(1)):
+        counts[name] = int(value)
+    for value, name in re.findall(r"(\d+) (\dxx)", statuses.group(1)):
+        counts[name] = int(value)
+    needed = {"total", "started", "done", "succeeded", "failed", "errored", "timeout", "2xx"}
+    if not needed <= set(counts):
+        raise LoadGeneratorError(f"h2load's summary lacks {sorted(needed - set(counts))}: {requests.group(0)!r}")
+    return counts
+
+
+def parse_h2load_log(text: str) -> list:
+    """Rows of h2load's --log-file: (start microseconds since the epoch, HTTP status, duration microseconds).
+
+    h2load writes one row per request that ended in the measured window (not the warm-up); the
+    status is -1 for a stream that failed.
+    """
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 3:
+            raise LoadGeneratorError(f"h2load log line {number} has {len(fields)} columns, expected 3: {line!r}")
+        rows.append((int(fields[0]), int(fields[1]), int(fields[2])))
+    return rows
+
+
+def _lua_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def wrk_script(payload_path) -> str:
+    """wrk's Lua script: POST the JSON body from `payload_path`, print the results in done().
+
+    The request is built once (no per-request Lua callbacks, which would cost wrk CPU).
+    """
+    return f"""-- written by bench/serving_bench.py
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local payload = assert(io.open({_lua_string(str(payload_path))}, "rb"))
+wrk.body = payload:read("*a")
+payload:close()
+
+function done(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format("{WRK_PREFIX} requests %d\\n", summary.requests))
+  io.write(string.format("{WRK_PREFIX} duration_us %d\\n", summary.duration))
+  for _, p in ipairs({{50, 95, 99}}) do
+    io.write(string.format("{WRK_PREFIX} p%d_us %d\\n", p, latency:percentile(p)))
+  end
+  io.write(string.format("{WRK_PREFIX} errors_connect %d\\n", errors.connect))
+  io.write(string.format("{WRK_PREFIX} errors_read %d\\n", errors.read))
+  io.write(string.format("{WRK_PREFIX} errors_write %d\\n", errors.write))
+  io.write(string.format("{WRK_PREFIX} errors_status %d\\n", errors.status))
+  io.write(string.format("{WRK_PREFIX} errors_timeout %d\\n", errors.timeout))
+end
+"""
+
+
+def wrk_command(port: int, concurrency: int, seconds: int, script_path) -> list:
+    """The wrk command of one REST cell: one thread, `concurrency` connections, closed loop."""
+    return ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "30s", "--latency",
+            "-s", str(script_path), f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict"]
+
+
+def parse_wrk_output(output: str) -> dict:
+    """The numbers the Lua script's done() printed (`tfprod-wrk NAME VALUE` lines).
+
+    Raises:
+        LoadGeneratorError: a number is missing (wrk failed before done()).
+    """
+    values = {}
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == WRK_PREFIX:
+            values[fields[1]] = int(fields[2])
+    needed = {"requests", "duration_us", "p50_us", "p95_us", "p99_us", "errors_connect", "errors_read",
+              "errors_write", "errors_status", "errors_timeout"}
+    if not needed <= set(values):
+        raise LoadGeneratorError(f"wrk's script printed no {sorted(needed - set(values))}; wrk's output ends "
+                                 "with: " + output[-1500:])
+    return values
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict:
+    """What the bench reads from the server's Prometheus text.
+
+    Returns:
+        {"batches", "rows"}: the batch-size histogram's count and sum (as batch_totals), and
+        "requests": {(protocol, status): count} of tfprod_serving_request_count for api="predict".
+    """
+    snapshot = {"batches": 0.0, "rows": 0.0, "requests": {}}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name_and_labels, value = line.rsplit(" ", 1)
+        name = name_and_labels.split("{", 1)[0]
+        if name == "tfprod_serving_batch_size_count":
+            snapshot["batches"] += float(value)
+        elif name == "tfprod_serving_batch_size_sum":
+            snapshot["rows"] += float(value)
+        elif name == "tfprod_serving_request_count":
+            labels = {key: re.sub(r"\\(.)", r"\1", raw) for key, raw in _LABEL.findall(name_and_labels)}
+            if labels.get("api") == "predict":
+                key = (labels.get("protocol", ""), labels.get("status", ""))
+                snapshot["requests"][key] = snapshot["requests"].get(key, 0.0) + float(value)
+    return snapshot
+
+
+def scrape_metrics(rest_port: int) -> dict:
+    """parse_metrics() of the server's /monitoring/prometheus/metrics now."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=30) as answer:
+        return parse_metrics(answer.read().decode())
+
+
+def status_delta(before: dict, after: dict, protocol: str) -> dict:
+    """{status: requests} the server counted for `protocol` between two parse_metrics() snapshots."""
+    delta = {}
+    for (measured_protocol, status), value in after["requests"].items():
+        if measured_protocol == protocol:
+            change = value - before["requests"].get((measured_protocol, status), 0.0)
+            if change:
+                delta[status] = int(round(change))
+    return delta
+
+
+def wait_until_listening(port: int, timeout: float = 30.0) -> None:
+    """Returns once 127.0.0.1:port accepts a TCP connection, or raises LoadGeneratorError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise LoadGeneratorError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s "
+                                         f"({error}); see the server's log") from error
+            time.sleep(0.2)
+
+
+def check_rest_answer(port: int, payload) -> None:
+    """One REST predict with the payload the cells send; anything but HTTP 200 stops the bench."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", f"/v1/models/{MODEL_NAME}:predict", body=pathlib.Path(payload).read_bytes(),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise LoadGeneratorError(f"the server answered the REST payload {payload} with HTTP {response.status}: "
+                                 f"{body[:300]!r}")
+
+
+def run_tool(command: list, directory: pathlib.Path, timeout: float, at_window_start=None,
+             window_start_seconds: float = 0.0) -> dict:
+    """Runs a load-generator tool to its end, measuring its CPU.
+
+    Args:
+        command: the tool's argv.
+        directory: where its stdout.txt and stderr.txt go.
+        timeout: seconds after which it is killed (and LoadGeneratorError raised).
+        at_window_start: called `window_start_seconds` after the start (the end of h2load's
+            warm-up) to take the server's figures; its result is returned as "window_start".
+        window_start_seconds: see at_window_start.
+
+    Returns:
+        {"began", "window_began", "ended" (perf_counter times), "cpu_seconds" (the tool's user +
+        system CPU from the window start to its end), "stdout", "stderr", "window_start"}.
+    """
+    stdout_path, stderr_path = directory / "stdout.txt", directory / "stderr.txt"
+    with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
+        began = time.perf_counter()
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
+    window_start, tool_cpu_at_window, window_began = None, 0.0, began
+    status = rusage = None
+    try:
+        if at_window_start is not None:
+            time.sleep(max(0.0, began + window_start_seconds - time.perf_counter()))
+            window_began = time.perf_counter()
+            try:
+                tool_cpu_at_window = process_cpu_seconds(process.pid)
+            except (FileNotFoundError, ProcessLookupError, IndexError):  # already gone: its exit status tells
+                tool_cpu_at_window = 0.0
+            window_start = at_window_start()
+        while True:
+            pid, status, rusage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - began > timeout:
+                raise LoadGeneratorError(f"{command[0]} ran past {timeout:.0f} s: {shlex.join(command)}")
+            time.sleep(0.05)
+    finally:
+        if status is None:  # not reaped: stop it before the error goes up
+            process.kill()
+            process.wait()
+    ended = time.perf_counter()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    output, errors = stdout_path.read_text(), stderr_path.read_text()
+    if process.returncode != 0:
+        raise LoadGeneratorError(f"{shlex.join(command)} exited with {process.returncode}: "
+                                 f"{(output + errors)[-2000:]}")
+    return {"began": began, "window_began": window_began, "ended": ended,
+            "cpu_seconds": rusage.ru_utime + rusage.ru_stime - tool_cpu_at_window,
+            "stdout": output, "stderr": errors, "window_start": window_start}
+
+
+def run_native_cell(protocol, port, concurrency, batch, seconds, payload, server_pid, rest_port,
+                    workdir: pathlib.Path) -> dict:
+    """Runs one cell with h2load (gRPC) or wrk (REST); the same figures as run_cell.
+
+    gRPC: the measured window is h2load's -D after a --warm-up-time; latencies come from its
+    log (requests that ended in the window with HTTP 2xx), requests are those less the gRPC
+    errors the server counted in the window; the server's CPU and batches are taken from the
+    window's start (sampled when the warm-up ends) to h2load's exit. Errors are the server's
+    non-OK gRPC predict requests over the whole cell (warm-up included) plus h2load's failed
+    requests. REST: wrk's whole run is the window (no warm-up); requests are wrk's answered
+    requests less its non-2xx ones, errors are wrk's (status, connect, read, write, timeout).
+    Server CPU per request divides by the requests the server counted in the window.
+    """
+    cell_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{protocol}-b{batch}-c{concurrency}-", dir=workdir))
+    wait_until_listening(port)
+    if protocol == "grpc":
+        data_path = cell_dir / "request.grpc"
+        data_path.write_bytes(grpc_frame(pathlib.Path(payload).read_bytes()))
+        log_path = cell_dir / "h2load.log"
+        command = h2load_command(port, concurrency, seconds, data_path, log_path)
+        window_start_seconds = WARM_UP_SECONDS
+    else:
+        script_path = cell_dir / "post.lua"
+        script_path.write_text(wrk_script(payload))
+        command = wrk_command(port, concurrency, max(1, int(round(seconds))), script_path)
+        window_start_seconds = 0.0
+
+    def server_figures():
+        return {"metrics": scrape_metrics(rest_port), "server_cpu": process_cpu_seconds(server_pid),
+                "time": time.perf_counter()}
+
+    load_before = os.getloadavg()
+    before = server_figures()
+    run = run_tool(command, cell_dir, timeout=seconds + WARM_UP_SECONDS + 120,
+                   at_window_start=server_figures if protocol == "grpc" else None,
+                   window_start_seconds=window_start_seconds)
+    after = server_figures()
+    window = run["window_start"] or before
+    window_seconds = after["time"] - window["time"]
+    server_cpu = after["server_cpu"] - window["server_cpu"]
+    statuses_cell = status_delta(before["metrics"], after["metrics"], protocol)
+    statuses_window = status_delta(window["metrics"], after["metrics"], protocol)
+    server_errors = sum(count for status, count in statuses_cell.items() if status != "OK")
+    cell = {"protocol": protocol, "concurrency": concurrency, "batch": batch, "client_processes": 1,
+            "load_generator": command[0], "load_generator_command": shlex.join(command)}
+    if protocol == "grpc":
+        summary = parse_h2load_summary(run["stdout"])
+        rows = parse_h2load_log(log_path.read_text())
+        latencies = [duration / 1e6 for _, status, duration in rows if 200 <= status < 300]
+        measured_seconds = seconds
+        if not after["metrics"]["requests"] and summary["2xx"]:
+            raise LoadGeneratorError(
+                "the server's /monitoring/prometheus/metrics has no tfprod_serving_request_count for "
+                "api=\"predict\": gRPC errors (HTTP 200 with a grpc-status trailer) cannot be counted without it")
+        errors = server_errors + summary["failed"]
+        error_examples = [f"server: {count} {status}" for status, count in sorted(statuses_cell.items())
+                          if status != "OK"]
+        if summary["failed"]:
+            error_examples.append(f"h2load: {summary['failed']} failed ({summary['errored']} errored, "
+                                  f"{summary['timeout']} timeout)")
+        cell.update({"tool_counts": summary, "tool_log_rows": len(rows),
+                     "server_ok_in_window": statuses_window.get("OK", 0)})
+        if summary["done"] == 0:
+            raise LoadGeneratorError(f"h2load finished no request in the window: {shlex.join(command)}\n"
+                                     + run["stdout"][-1500:])
+    else:
+        summary = parse_wrk_output(run["stdout"])
+        wrk_errors = {name[len("errors_"):]: value for name, value in summary.items() if name.startswith("errors_")}
+        errors = sum(wrk_errors.values())
+        latencies = None
+        measured_seconds = summary["duration_us"] / 1e6
+        error_examples = [f"wrk: {value} {name}" for name, value in wrk_errors.items() if value]
+        cell.update({"tool_counts": summary})
+        if summary["requests"] == 0:
+            raise LoadGeneratorError(f"wrk finished no request: {shlex.join(command)}\n" + run["stdout"][-1500:])
+    cell["server_statuses"] = statuses_cell
+    if protocol == "grpc":
+        # HTTP 2xx answers in the window less the gRPC errors the server counted in it: a gRPC error is an
+        # HTTP 200 too (the latencies cannot tell them apart, and include any)
+        window_errors = sum(count for status, count in statuses_window.items() if status != "OK")
+        requests = max(0, len(latencies) - window_errors)
+        p50, p95, p99 = (percentile(latencies, fraction) * 1000 for fraction in (0.50, 0.95, 0.99))
+    else:
+        requests = summary["requests"] - summary["errors_status"]  # answered with 2xx (wrk counts them all)
+        p50, p95, p99 = (summary[f"p{level}_us"] / 1000 for level in (50, 95, 99))
+    batches = after["metrics"]["batches"] - window["metrics"]["batches"]
+    rows_batched = after["metrics"]["rows"] - window["metrics"]["rows"]
+    cell.update({
+        "seconds": round(measured_seconds, 2), "requests": requests, "errors": errors,
+        "error_examples": error_examples[:3],
+        "requests_per_second": requests / measured_seconds,
+        "predictions_per_second": requests * batch / measured_seconds,
+        "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+        "server_cpu_cores": server_cpu / window_seconds,
+        "client_cpu_cores": run["cpu_seconds"] / (run["ended"] - run["window_began"]),
+        # per request the server counted in the same window (the tool's count if it counted none)
+        "server_cpu_ms_per_request": 1000 * server_cpu / max(1, sum(statuses_window.values()) or requests),
+        "mean_batch_size": rows_batched / max(1.0, batches),
+        "load_average_1min": round(load_before[0], 2),
+    })
+    if protocol == "grpc":
+        succeeded, server_ok = summary["2xx"], cell["server_ok_in_window"]
+        if abs(succeeded - server_ok) > max(concurrency, 0.05 * max(succeeded, server_ok)):
+            print(f"warning: h2load counted {succeeded} HTTP 2xx answers in the window, the server {server_ok} OK "
+                  "gRPC predictions", flush=True)
+    return cell
+
+
 def _table(cells, ceiling) -> list:
     lines = [
         "| protocol | images/request | concurrency | req/s | predictions/s | % of ceiling | p50 ms | p95 ms | "
@@ -315,6 +751,35 @@ def _table(cells, ceiling) -> list:
     return lines
 
 
+def load_generator_text(report: dict) -> str:
+    """The Markdown header's sentence on the load generator that ran (reports without the key: Python)."""
+    generator = report.get("load_generator") or {"kind": "python"}
+    if generator["kind"] == "python":
+        text = (f"Load generator: Python (threads with the sync grpc client / http.client), up to "
+                f"{report['client_processes']} processes (separate from the server) sharing the closed-loop "
+                "clients")
+        if generator.get("note"):
+            text += f"; native tools not used: {generator['note']}"
+        return text + "."
+    parts = []
+    tools = generator.get("tools", {})
+    commands = generator.get("example_commands", {})
+    if "grpc" in tools:
+        parts.append(
+            f"gRPC by `{tools['grpc']}` (one thread; concurrency C as min(C, 4) HTTP/2 connections without TLS "
+            "x C/connections streams each, closed loop; the PredictRequest bytes with gRPC's 5-byte prefix "
+            f"as the POST body; {WARM_UP_SECONDS} s warm-up before each measured window; gRPC errors, which "
+            "come back as HTTP 200, counted from the server's `tfprod_serving_request_count` non-OK statuses "
+            "plus h2load's failed requests)"
+            + (f", e.g. `{commands['grpc']}`" if commands.get("grpc") else ""))
+    if "rest" in tools:
+        parts.append(
+            f"REST by `{tools['rest']}` (one thread, C connections, closed loop, no warm-up; non-2xx answers, "
+            "socket errors and timeouts count as errors)"
+            + (f", e.g. `{commands['rest']}`" if commands.get("rest") else ""))
+    return "Load generator: native tools in their own processes, " + "; ".join(parts) + "."
+
+
 def markdown(report: dict) -> str:
     ceiling = report["ceiling_predictions_per_second"]
     before, after = report["ceiling_runs"]
@@ -327,8 +792,7 @@ def markdown(report: dict) -> str:
         f"Model: `{report['model_dir']}` (signature `{SIGNATURE}`, 28x28 float32 images)  ",
         f"Server: `tfprod serve --enable_batching` (max_batch_size 256, batch_timeout_micros "
         f"{report['batch_timeout_micros']}, num_batch_threads {report['num_batch_threads']}).  ",
-        f"Load generator: up to {report['client_processes']} processes (separate from the server) sharing the "
-        "closed-loop clients; CPU columns are cores used during the cell (the machine has "
+        load_generator_text(report) + " CPU columns are cores used during the cell (the machine has "
         f"{os.cpu_count()}).  ",
         f"Each cell ran {report['seconds_per_cell']} s. In-process ceiling (SavedModel, batch 256, loop): "
         f"**{ceiling:,.0f} predictions/s** (mean of {before['predictions_per_second']:,.0f} before and "
@@ -435,6 +899,12 @@ def run_all_cells(args, workdir: pathlib.Path, payloads) -> tuple:
             process, ports = start_server(args.model_dir, server_dir, args.num_batch_threads,
                                           args.batch_timeout_micros, serving_dir)
             started.append((label, process, ports))
+            if args.load_generator_kind == "native":  # the tools start measuring at once: the server must answer
+                wait_until_listening(ports["rest_port"])
+                wait_until_listening(ports["grpc_port"])
+                for (protocol, _), payload in sorted(payloads.items()):
+                    if protocol == "rest":
+                        check_rest_answer(ports["rest_port"], payload)
             if "grpc" in args.protocols.split(","):
                 check_grpc_answer(ports["grpc_port"], args.model_dir)
         results = {label: [] for label, _, _ in started}
@@ -443,8 +913,15 @@ def run_all_cells(args, workdir: pathlib.Path, payloads) -> tuple:
                 for concurrency in (int(value) for value in args.concurrency.split(",")):
                     for label, process, ports in started:
                         port = ports["grpc_port"] if protocol == "grpc" else ports["rest_port"]
-                        cell = run_cell(protocol, port, concurrency, batch, args.seconds, payloads[protocol, batch],
-                                        args.client_processes, process.pid, ports["rest_port"])
+                        if args.load_generator_kind == "native":
+                            cell = run_native_cell(protocol, port, concurrency, batch, args.seconds,
+                                                   payloads[protocol, batch], process.pid, ports["rest_port"],
+                                                   workdir)
+                        else:
+                            cell = run_cell(protocol, port, concurrency, batch, args.seconds,
+                                            payloads[protocol, batch], args.client_processes, process.pid,
+                                            ports["rest_port"])
+                            cell["load_generator"] = "python"
                         results[label].append(cell)
                         print(f"{label}{protocol:4} batch {batch:3} c{concurrency:3}: "
                               f"{cell['requests_per_second']:8,.0f} req/s {cell['predictions_per_second']:8,.0f} "
@@ -471,8 +948,13 @@ def main(argv=None) -> int:
                         help="the server's num_batch_threads (1: TensorFlow spreads each batch over the "
                              "cores itself, and the RPC handling keeps a core)")
     parser.add_argument("--batch-timeout-micros", type=int, default=2000, help="the server's batch_timeout_micros")
+    parser.add_argument("--load-generator", choices=("auto", "native", "python"), default="auto",
+                        help="native: h2load (gRPC) and wrk (REST); python: threads with the grpc client / "
+                             "http.client in --client-processes processes; auto: native when both tools are on "
+                             "PATH, else python")
     parser.add_argument("--client-processes", type=int, default=4,
-                        help="load-generator processes the clients of a cell are spread over")
+                        help="load-generator processes the clients of a cell are spread over "
+                             "(--load-generator python only)")
     parser.add_argument("--compare-serving-dir",
                         help="a directory holding another `serving` package: every cell also runs against it")
     parser.add_argument("--reference-ceiling", type=float,
@@ -480,6 +962,21 @@ def main(argv=None) -> int:
                              "machine is overloaded, the goals are also stated against it")
     parser.add_argument("--output", default=str(REPO_ROOT / "docs" / "benchmarks" / "serving_bench"))
     args = parser.parse_args(argv)
+    try:
+        args.load_generator_kind, fallback_note = resolve_load_generator(args.load_generator)
+    except LoadGeneratorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    protocols = args.protocols.split(",")
+    load_generator = {"kind": args.load_generator_kind, "requested": args.load_generator, "note": fallback_note}
+    if args.load_generator_kind == "native":
+        load_generator["tools"] = {protocol: tool_version(NATIVE_TOOLS[protocol]) for protocol in protocols}
+        if "rest" in protocols and not float(args.seconds).is_integer():
+            print(f"note: wrk takes whole seconds: REST cells run {max(1, int(round(args.seconds)))} s",
+                  flush=True)
+    print(f"load generator: {args.load_generator_kind}"
+          + (f" ({fallback_note})" if fallback_note else "")
+          + (": " + ", ".join(load_generator["tools"].values()) if "tools" in load_generator else ""), flush=True)
 
     load_at_start = [round(value, 2) for value in os.getloadavg()]
     ceiling_before = in_process_ceiling(args.model_dir, seconds=max(args.seconds, 5.0))
@@ -489,6 +986,11 @@ def main(argv=None) -> int:
         payloads = {(protocol, int(batch)): write_payload(protocol, int(batch), workdir)
                     for protocol in args.protocols.split(",") for batch in args.batches.split(",")}
         cells, compare_cells = run_all_cells(args, workdir, payloads)
+    if args.load_generator_kind == "native":
+        load_generator["example_commands"] = {  # the command of the protocol's busiest cell
+            protocol: max((cell for cell in cells if cell["protocol"] == protocol),
+                          key=lambda cell: (cell["concurrency"], cell["batch"]))["load_generator_command"]
+            for protocol in protocols}
     ceiling_after = in_process_ceiling(args.model_dir, seconds=max(args.seconds, 5.0))
     print(f"in-process ceiling after: {ceiling_after['predictions_per_second']:,.0f} predictions/s", flush=True)
     ceiling = (ceiling_before["predictions_per_second"] + ceiling_after["predictions_per_second"]) / 2
@@ -499,7 +1001,9 @@ def main(argv=None) -> int:
         "load_average_start": load_at_start, "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "model_dir": args.model_dir, "seconds_per_cell": args.seconds, "num_batch_threads": args.num_batch_threads,
         "batch_timeout_micros": args.batch_timeout_micros,
-        "client_processes": args.client_processes, "reference_ceiling": args.reference_ceiling,
+        "load_generator": load_generator,
+        "client_processes": args.client_processes if args.load_generator_kind == "python" else None,
+        "reference_ceiling": args.reference_ceiling,
         "ceiling_runs": [ceiling_before, ceiling_after], "ceiling_predictions_per_second": ceiling,
         "cells": cells, "compare_serving_dir": args.compare_serving_dir, "compare_cells": compare_cells,
         "goals": evaluate_goals(cells, ceiling, args.reference_ceiling),
