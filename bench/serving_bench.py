@@ -52,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -77,6 +78,17 @@ def percentile(values, fraction):
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes of the machine have used so far, summed over cores (Linux /proc/stat)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+OTHER_CPU_LIMIT = 0.25  # cores other processes may use during a cell before the run is called shared
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -291,6 +303,7 @@ def run_cell(protocol, port, concurrency, batch, seconds, payload, processes, se
     load_before = os.getloadavg()
     batches_before, rows_before = batch_totals(rest_port)
     server_cpu_before = process_cpu_seconds(server_pid)
+    machine_before = machine_busy_seconds()
     began = time.perf_counter()
     for worker in workers:
         worker.stdin.write("go\n")
@@ -303,6 +316,7 @@ def run_cell(protocol, port, concurrency, batch, seconds, payload, processes, se
         results.append(json.loads(output.strip().splitlines()[-1]))
     wall = time.perf_counter() - began
     server_cpu = process_cpu_seconds(server_pid) - server_cpu_before
+    machine_busy = machine_busy_seconds() - machine_before
     batches_after, rows_after = batch_totals(rest_port)
     elapsed = max(result["seconds"] for result in results)
     latencies = [value for result in results for value in result["latencies"]]
@@ -320,6 +334,9 @@ def run_cell(protocol, port, concurrency, batch, seconds, payload, processes, se
         "server_cpu_ms_per_request": 1000 * server_cpu / max(1, len(latencies)),
         "mean_batch_size": (rows_after - rows_before) / max(1.0, batches_after - batches_before),
         "load_average_1min": round(load_before[0], 2),
+        # what the rest of the machine used meanwhile (the load generator's start-up and exit included)
+        "other_cpu_cores": max(0.0, machine_busy - server_cpu
+                               - sum(result["cpu_seconds"] for result in results)) / wall,
     }
 
 
@@ -655,7 +672,7 @@ def run_native_cell(protocol, port, concurrency, batch, seconds, payload, server
 
     def server_figures():
         return {"metrics": scrape_metrics(rest_port), "server_cpu": process_cpu_seconds(server_pid),
-                "time": time.perf_counter()}
+                "machine_busy": machine_busy_seconds(), "time": time.perf_counter()}
 
     load_before = os.getloadavg()
     before = server_figures()
@@ -725,6 +742,9 @@ def run_native_cell(protocol, port, concurrency, batch, seconds, payload, server
         "server_cpu_ms_per_request": 1000 * server_cpu / max(1, sum(statuses_window.values()) or requests),
         "mean_batch_size": rows_batched / max(1.0, batches),
         "load_average_1min": round(load_before[0], 2),
+        # what the rest of the machine used in the window (this script's metric scrapes included)
+        "other_cpu_cores": max(0.0, after["machine_busy"] - window["machine_busy"] - server_cpu
+                               - run["cpu_seconds"]) / window_seconds,
     })
     if protocol == "grpc":
         succeeded, server_ok = summary["2xx"], cell["server_ok_in_window"]
@@ -738,8 +758,8 @@ def _table(cells, ceiling) -> list:
     lines = [
         "| protocol | images/request | concurrency | req/s | predictions/s | % of ceiling | p50 ms | p95 ms | "
         "p99 ms | errors | server CPU (cores) | server CPU ms/request | load generator CPU (cores) | mean batch | "
-        "load avg (1 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "other processes' CPU (cores) | load avg (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in cells:
         lines.append(
@@ -747,8 +767,34 @@ def _table(cells, ceiling) -> list:
             f"{cell['predictions_per_second']:,.0f} | {100 * cell['predictions_per_second'] / ceiling:.1f}% | "
             f"{cell['p50_ms']:.1f} | {cell['p95_ms']:.1f} | {cell['p99_ms']:.1f} | {cell['errors']} | "
             f"{cell['server_cpu_cores']:.2f} | {cell['server_cpu_ms_per_request']:.2f} | {cell['client_cpu_cores']:.2f} | "
-            f"{cell['mean_batch_size']:.1f} | {cell['load_average_1min']} |")
+            f"{cell['mean_batch_size']:.1f} | {_other_cpu_text(cell)} | {cell['load_average_1min']} |")
     return lines
+
+
+def _other_cpu_text(cell) -> str:
+    return f"{cell['other_cpu_cores']:.2f}" if "other_cpu_cores" in cell else "n/a"
+
+
+def shared_machine(report: dict) -> Optional[str]:
+    """Why the run's machine counts as shared, or None when it was quiet.
+
+    The load average counts the benchmark's own server and load generator, so it is only used
+    for the start (before anything ran); during the cells what counts is the CPU other
+    processes took (the machine's busy time less the server's and the load generator's).
+    """
+    cells = report["cells"] + (report.get("compare_cells") or [])
+    others = [cell["other_cpu_cores"] for cell in cells if "other_cpu_cores" in cell]
+    if others and max(others) > OTHER_CPU_LIMIT:
+        return (f"other processes used up to {max(others):.2f} cores during a cell (column 'other processes' "
+                f"CPU'), more than {OTHER_CPU_LIMIT}")
+    if report["load_average_start"][0] > os.cpu_count():
+        return f"the 1-minute load average was {report['load_average_start'][0]:.1f} on {os.cpu_count()} cores at the start"
+    if not others:  # an old report: only the load averages
+        busiest = max([report["load_average_start"][0], report["load_average_end"][0]]
+                      + [cell["load_average_1min"] for cell in cells])
+        if busiest > os.cpu_count():
+            return f"the 1-minute load average reached {busiest:.1f} on {os.cpu_count()} cores"
+    return None
 
 
 def load_generator_text(report: dict) -> str:
@@ -798,11 +844,9 @@ def markdown(report: dict) -> str:
         f"**{ceiling:,.0f} predictions/s** (mean of {before['predictions_per_second']:,.0f} before and "
         f"{after['predictions_per_second']:,.0f} after the cells).", "",
     ]
-    busiest = max([report["load_average_start"][0], report["load_average_end"][0]]
-                  + [cell["load_average_1min"] for cell in report["cells"] + (report.get("compare_cells") or [])])
-    if busiest > os.cpu_count():
-        lines += [f"**The machine was shared and overloaded during this run** (1-minute load average up to "
-                  f"{busiest:.1f} on {os.cpu_count()} cores, see the last column): the server and the load "
+    shared = shared_machine(report)
+    if shared:
+        lines += [f"**The machine was shared during this run** ({shared}): the server and the load "
                   "generator got only part of the cores, and how much varied from cell to cell (server CPU "
                   "column). Absolute req/s and latencies are therefore low and noisy; the server's CPU time per "
                   "request and the before/after comparison of the same cell, run back to back, are the steadier "
@@ -841,15 +885,15 @@ def markdown(report: dict) -> str:
                 f"{'idle-machine ' if report.get('reference_ceiling') else ''}ceiling ({reference:,.0f} "
                 "predictions/s).")
     lines += ["", "## Goals (concurrency 64, one image per request)", ""]
-    if busiest > os.cpu_count():
-        lines += ["This run's ceiling was measured on the same overloaded machine, so shares of it say little "
+    if shared:
+        lines += ["This run's ceiling was measured on the same shared machine, so shares of it say little "
                   "(the ceiling loop and each cell got different, varying shares of the cores). "
                   + ("Shares of the idle-machine ceiling "
                      f"({report['reference_ceiling']:,.0f} predictions/s, --reference-ceiling) follow each line."
                      if report.get("reference_ceiling") else ""), ""]
     for goal in report["goals"]:
-        if busiest > os.cpu_count():
-            line = (f"- {goal['text']}: {goal['measured']} of this run's ceiling (no verdict: overloaded "
+        if shared:
+            line = (f"- {goal['text']}: {goal['measured']} of this run's ceiling (no verdict: shared "
                     "machine)")
             if report.get("reference_ceiling"):
                 line += (f"; {goal['reference_share']:.1%} of the idle-machine ceiling: "
@@ -959,7 +1003,7 @@ def main(argv=None) -> int:
                         help="a directory holding another `serving` package: every cell also runs against it")
     parser.add_argument("--reference-ceiling", type=float,
                         help="the ceiling (predictions/s) measured on this machine when idle; when this run's "
-                             "machine is overloaded, the goals are also stated against it")
+                             "machine is shared, the goals are also stated against it")
     parser.add_argument("--output", default=str(REPO_ROOT / "docs" / "benchmarks" / "serving_bench"))
     args = parser.parse_args(argv)
     try:

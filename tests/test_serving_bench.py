@@ -191,3 +191,26 @@ def test_wait_until_listening_names_the_port(bench):
         port = probe.getsockname()[1]
     with pytest.raises(bench.LoadGeneratorError, match=f"127.0.0.1:{port}"):
         bench.wait_until_listening(port, timeout=0.3)
+
+
+def test_shared_machine_counts_other_processes_cpu_not_the_benchmarks_own_load(bench):
+    """The server and load generator push the load average above the core count by themselves; only CPU
+    taken by other processes (or a busy machine before the run) makes the run a shared one."""
+    cores = bench.os.cpu_count()
+    quiet_cell = {"other_cpu_cores": 0.05, "load_average_1min": cores + 0.5}
+    report = {"cells": [quiet_cell], "compare_cells": None, "load_average_start": [0.4, 0.5, 0.5],
+              "load_average_end": [cores + 0.6, 1.0, 1.0]}
+    assert bench.shared_machine(report) is None
+    busy_cell = dict(quiet_cell, other_cpu_cores=0.9)
+    assert "0.90 cores" in bench.shared_machine(dict(report, compare_cells=[busy_cell]))
+    assert "at the start" in bench.shared_machine(dict(report, load_average_start=[cores + 3.0, 1.0, 1.0]))
+    old_cell = {"load_average_1min": cores + 5.0}  # a report written before other_cpu_cores existed
+    assert "load average reached" in bench.shared_machine(dict(report, cells=[old_cell]))
+
+
+def test_machine_busy_seconds_grows_with_work(bench):
+    before = bench.machine_busy_seconds()
+    deadline = bench.time.perf_counter() + 0.3
+    while bench.time.perf_counter() < deadline:
+        pass
+    assert bench.machine_busy_seconds() - before >= 0.2
