@@ -8,14 +8,13 @@ a version's in-flight requests to finish before it is unloaded. A version that
 fails to load is reported with its error and never replaces a serving one.
 """
 
-import contextlib
 import dataclasses
 import gc
 import logging
 import os
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -46,6 +45,31 @@ def collect_unloaded_objects() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+class ServableLease:
+    """`with manager.servable(name, version, label) as servable:` (a class, not a generator: it runs
+    per request)."""
+
+    __slots__ = ("_manager", "_name", "_version", "_label", "_servable")
+
+    def __init__(self, manager: "ModelManager", name: str, version: Optional[int], label: Optional[str]):
+        self._manager = manager
+        self._name = name
+        self._version = version
+        self._label = label
+
+    def __enter__(self) -> Servable:
+        manager = self._manager
+        with manager._lock:
+            resolved = manager.resolve_version(self._name, self._version, self._label)
+            self._servable = manager._models[self._name][resolved].servable
+            self._servable.acquire()
+        return self._servable
+
+    def __exit__(self, error_type, error, traceback) -> bool:
+        self._servable.release()
+        return False
 
 
 @dataclasses.dataclass
@@ -300,18 +324,14 @@ class ModelManager:
                 raise NotFoundError(f"Servable not found for request: Specific({name}, {version})")
             return version
 
-    @contextlib.contextmanager
     def servable(self, name: str, version: Optional[int] = None,
-                 label: Optional[str] = None) -> Iterator[Servable]:
-        """Holds a serving version for the length of a request; it is not unloaded meanwhile."""
-        with self._lock:
-            resolved = self.resolve_version(name, version, label)
-            servable = self._models[name][resolved].servable
-            servable.acquire()
-        try:
-            yield servable
-        finally:
-            servable.release()
+                 label: Optional[str] = None) -> "ServableLease":
+        """Holds a serving version for the length of a request (a `with` block); it is not unloaded meanwhile.
+
+        Raises (on entering):
+            NotFoundError: no such model, version or label is serving.
+        """
+        return ServableLease(self, name, version, label)
 
     def model_names(self) -> List[str]:
         with self._lock:

@@ -3,10 +3,10 @@
 REST and gRPC only translate their wire formats to these calls and back.
 """
 
-import contextlib
+import asyncio
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
@@ -29,6 +29,43 @@ class RequestRecord:
         self.status = "OK"
 
 
+class RequestScope:
+    """`with service.request(api, protocol) as record:` (a class, not a generator: this runs per request)."""
+
+    __slots__ = ("_service", "_api", "_protocol", "_record", "_started")
+
+    def __init__(self, service: "ServingService", api: str, protocol: str):
+        self._service = service
+        self._api = api
+        self._protocol = protocol
+
+    def __enter__(self) -> RequestRecord:
+        service = self._service
+        self._record = RequestRecord()
+        self._started = time.perf_counter()
+        with service._in_flight_changed:
+            if service._draining:
+                service.metrics.record_request("", None, self._api, self._protocol, "UNAVAILABLE", 0.0)
+                raise UnavailableError("the server is shutting down; retry on another replica")
+            service._in_flight += 1
+        return self._record
+
+    def __exit__(self, error_type, error, traceback) -> bool:
+        record, service = self._record, self._service
+        if isinstance(error, ServingError):
+            record.status = error.code.name
+        elif isinstance(error, asyncio.CancelledError):  # the client went away
+            record.status = "CANCELLED"
+        elif error is not None:
+            record.status = "INTERNAL"
+        service.metrics.record_request(record.model, record.version, self._api, self._protocol, record.status,
+                                       time.perf_counter() - self._started)
+        with service._in_flight_changed:
+            service._in_flight -= 1
+            service._in_flight_changed.notify_all()
+        return False  # the error, if any, goes on to the protocol layer
+
+
 class ServingService:
     """Runs requests against a ModelManager.
 
@@ -46,34 +83,13 @@ class ServingService:
         self._draining = False
 
     # ----- request accounting ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def request(self, api: str, protocol: str) -> Iterator[RequestRecord]:
-        """Counts a request in flight and records its outcome and latency.
+    def request(self, api: str, protocol: str) -> "RequestScope":
+        """Counts a request in flight and records its outcome and latency (a `with` block).
 
-        Raises:
+        Raises (on entering):
             UnavailableError: the server is draining for shutdown.
         """
-        record = RequestRecord()
-        started = time.perf_counter()
-        with self._in_flight_changed:
-            if self._draining:
-                self.metrics.record_request("", None, api, protocol, "UNAVAILABLE", 0.0)
-                raise UnavailableError("the server is shutting down; retry on another replica")
-            self._in_flight += 1
-        try:
-            yield record
-        except ServingError as error:
-            record.status = error.code.name
-            raise
-        except Exception:
-            record.status = "INTERNAL"
-            raise
-        finally:
-            self.metrics.record_request(record.model, record.version, api, protocol, record.status,
-                                        time.perf_counter() - started)
-            with self._in_flight_changed:
-                self._in_flight -= 1
-                self._in_flight_changed.notify_all()
+        return RequestScope(self, api, protocol)
 
     def start_draining(self) -> None:
         """New requests are refused from now on; those in flight finish."""
