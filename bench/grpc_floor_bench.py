@@ -29,7 +29,8 @@ import tempfile
 
 from machine import describe as describe_machine  # bench/machine.py, beside this script
 from serving_bench import (MODEL_NAME, PREDICT_METHOD, SIGNATURE, WARM_UP_SECONDS, grpc_frame, h2load_command,
-                           images, parse_h2load_log, parse_h2load_summary, process_cpu_seconds, run_tool)
+                           images, parse_h2load_log, parse_h2load_summary, process_cpu_seconds, run_tool,
+                           write_report)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONCURRENCY = 64
@@ -172,11 +173,7 @@ def main(argv=None) -> int:
         runs = serving["ceiling_runs"]
         report["model_cpu_ms_per_image"] = sum(run["cpu_ms_per_prediction"] for run in runs) / len(runs)
         report["ceiling"] = serving["ceiling_predictions_per_second"]
-    output = pathlib.Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    output.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.output, report, markdown(report))
     return 0
 
 

@@ -63,6 +63,7 @@ SIGNATURE = "serving_raw"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 GOALS = {"grpc": 0.5, "rest": 0.3}  # share of the in-process ceiling at concurrency 64, 1 image/request
 P99_GOAL_MS = 50.0
+NOT_ERRORS = ("OK", "CANCELLED")  # server statuses that are not errors of the server
 WARM_UP_SECONDS = 1  # h2load's --warm-up-time before each measured gRPC window
 NATIVE_TOOLS = {"grpc": "h2load", "rest": "wrk"}
 TOOL_PACKAGES = {"h2load": "nghttp2-client", "wrk": "wrk"}
@@ -685,7 +686,9 @@ def run_native_cell(protocol, port, concurrency, batch, seconds, payload, server
     server_cpu = after["server_cpu"] - window["server_cpu"]
     statuses_cell = status_delta(before["metrics"], after["metrics"], protocol)
     statuses_window = status_delta(window["metrics"], after["metrics"], protocol)
-    server_errors = sum(count for status, count in statuses_cell.items() if status != "OK")
+    # CANCELLED: requests still in flight when the tool stops and drops its connections (the server
+    # records them as cancelled by the client); not errors of the server, reported on their own.
+    server_errors = sum(count for status, count in statuses_cell.items() if status not in NOT_ERRORS)
     cell = {"protocol": protocol, "concurrency": concurrency, "batch": batch, "client_processes": 1,
             "load_generator": command[0], "load_generator_command": shlex.join(command)}
     if protocol == "grpc":
@@ -699,7 +702,7 @@ def run_native_cell(protocol, port, concurrency, batch, seconds, payload, server
                 "api=\"predict\": gRPC errors (HTTP 200 with a grpc-status trailer) cannot be counted without it")
         errors = server_errors + summary["failed"]
         error_examples = [f"server: {count} {status}" for status, count in sorted(statuses_cell.items())
-                          if status != "OK"]
+                          if status not in NOT_ERRORS]
         if summary["failed"]:
             error_examples.append(f"h2load: {summary['failed']} failed ({summary['errored']} errored, "
                                   f"{summary['timeout']} timeout)")
@@ -719,10 +722,11 @@ def run_native_cell(protocol, port, concurrency, batch, seconds, payload, server
         if summary["requests"] == 0:
             raise LoadGeneratorError(f"wrk finished no request: {shlex.join(command)}\n" + run["stdout"][-1500:])
     cell["server_statuses"] = statuses_cell
+    cell["cancelled_by_client"] = statuses_cell.get("CANCELLED", 0)
     if protocol == "grpc":
         # HTTP 2xx answers in the window less the gRPC errors the server counted in it: a gRPC error is an
         # HTTP 200 too (the latencies cannot tell them apart, and include any)
-        window_errors = sum(count for status, count in statuses_window.items() if status != "OK")
+        window_errors = sum(count for status, count in statuses_window.items() if status not in NOT_ERRORS)
         requests = max(0, len(latencies) - window_errors)
         p50, p95, p99 = (percentile(latencies, fraction) * 1000 for fraction in (0.50, 0.95, 0.99))
     else:
@@ -1052,12 +1056,17 @@ def main(argv=None) -> int:
         "cells": cells, "compare_serving_dir": args.compare_serving_dir, "compare_cells": compare_cells,
         "goals": evaluate_goals(cells, ceiling, args.reference_ceiling),
     }
-    output = pathlib.Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    output.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.output, report, markdown(report))
     return 0
+
+
+def write_report(output: str, report: dict, text: str) -> None:
+    """Writes OUTPUT.json (the report) and OUTPUT.md (text), and prints the text."""
+    path = pathlib.Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    path.with_suffix(".md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from serving import protocol
 from serving.errors import InvalidArgumentError, ServingError
+from serving.event_loop import EventLoopThread
 from serving.servable import CLASSIFY_METHOD, REGRESS_METHOD
 from serving.service import ServingService
 
@@ -202,17 +203,14 @@ class GrpcServer:
 
     def __init__(self, service: ServingService, port: int, host: str, max_workers: int,
                  max_message_bytes: int):
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
-        self._thread.start()
+        self._thread = EventLoopThread("grpc", max_workers)
+        self._executor = self._thread.executor
         self._server = None
         self._stopped = None
         try:
-            self.port = asyncio.run_coroutine_threadsafe(
-                self._start(service, port, host, max_message_bytes), self._loop).result(60)
+            self.port = self._thread.run(self._start(service, port, host, max_message_bytes), 60)
         except BaseException:
-            self._close_loop()
+            self._thread.close()
             raise
 
     async def _start(self, service: ServingService, port: int, host: str, max_message_bytes: int) -> int:
@@ -238,22 +236,15 @@ class GrpcServer:
         if self._stopped is not None:
             return self._stopped
         self._stopped = threading.Event()
-        stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+        stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._thread.loop)
 
         def finish(_future):
-            self._close_loop()
+            self._thread.close()
             self._stopped.set()
 
         stopping.add_done_callback(lambda future: threading.Thread(target=finish, args=(future,),
                                                                    daemon=True).start())
         return self._stopped
-
-    def _close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        if not self._thread.is_alive():
-            self._loop.close()
-        self._executor.shutdown(wait=False)
 
 
 def create_server(service: ServingService, port: int, host: str = "127.0.0.1", max_workers: int = 64,

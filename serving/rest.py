@@ -28,6 +28,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 
 from serving import json_codec
 from serving.errors import NotFoundError, ServingError
+from serving.event_loop import EventLoopThread
 from serving.service import ServingService, parse_version
 
 LOG = logging.getLogger(__name__)
@@ -257,16 +258,13 @@ class RestServer:
         self._connections = set()
         self._active = 0
         self._active_changed = threading.Condition()
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="rest")
-        self._loop = asyncio.new_event_loop()
-        self._loop.set_default_executor(self._executor)
-        self._thread = threading.Thread(target=self._loop.run_forever, name="rest-loop", daemon=True)
-        self._thread.start()
+        self._thread = EventLoopThread("rest", max_threads)
+        self._loop, self._executor = self._thread.loop, self._thread.executor
         self._server = None
         try:
-            self.server_address = asyncio.run_coroutine_threadsafe(self._start(*address), self._loop).result(60)
+            self.server_address = self._thread.run(self._start(*address), 60)
         except BaseException:
-            self._close_loop()
+            self._thread.close()
             raise
 
     async def _start(self, host: str, port: int):
@@ -290,7 +288,7 @@ class RestServer:
 
     def shutdown(self) -> None:
         """Stops accepting connections and closes the idle ones; answers in progress still go out."""
-        if self._server is None or self._loop.is_closed():
+        if self._server is None or self._thread.closed:
             return
 
         async def close():
@@ -298,11 +296,11 @@ class RestServer:
             for connection in list(self._connections):
                 connection.close_if_idle()
 
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._thread.run(close(), 10)
 
     def server_close(self) -> None:
         """Closes every connection and stops the event loop."""
-        if self._loop.is_closed():
+        if self._thread.closed:
             return
 
         async def close_all():
@@ -312,17 +310,10 @@ class RestServer:
             await asyncio.sleep(0)
 
         try:
-            asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(10)
+            self._thread.run(close_all(), 10)
         except (concurrent.futures.TimeoutError, RuntimeError):
             LOG.warning("REST connections did not close in time")
-        self._close_loop()
-
-    def _close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        if not self._thread.is_alive():
-            self._loop.close()
-        self._executor.shutdown(wait=False)
+        self._thread.close()
 
     # ----- routing ----------------------------------------------------------------------------------
     async def answer(self, request: _Request) -> bytes:

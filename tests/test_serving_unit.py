@@ -597,3 +597,27 @@ def test_warmup_file_round_trip_and_replay(tmp_path, examples_model):
     with pytest.raises(InvalidArgumentError, match="shape"):
         servable.warm_up()
     servable.close()
+
+
+def test_request_scope_records_each_outcome_and_refuses_requests_while_draining():
+    import types
+
+    from serving.service import ServingService
+
+    service = ServingService(types.SimpleNamespace(metrics=ServerMetrics()))
+    with service.request("predict", "grpc") as record:
+        record.model, record.version = "m", 1
+    for error in (NotFoundError("no such model"), ValueError("bug"), asyncio.CancelledError()):
+        with pytest.raises(type(error)):
+            with service.request("predict", "grpc") as record:
+                record.model, record.version = "m", 1
+                raise error
+    count = service.metrics.request_count
+    assert [count.value(model="m", version="1", api="predict", protocol="grpc", status=status)
+            for status in ("OK", "NOT_FOUND", "INTERNAL", "CANCELLED")] == [1, 1, 1, 1]
+    assert service.wait_drained(0.1)  # every scope left: nothing in flight
+    service.start_draining()
+    with pytest.raises(UnavailableError):
+        with service.request("predict", "rest"):
+            pass
+    assert count.value(model="", version="", api="predict", protocol="rest", status="UNAVAILABLE") == 1
