@@ -92,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self._pending: "asyncio.Queue[Optional[_Request]]" = asyncio.Queue()
         self._worker = None
         self._idle_timer = None
+        self._last_activity = 0.0
         self._closing = False
         self._busy = False  # a request is being answered
 
@@ -103,8 +104,10 @@ class _Connection(asyncio.Protocol):
             # Small answers must not wait for the client's delayed ACK (Nagle's algorithm).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._server._connections.add(self)
-        self._worker = asyncio.get_running_loop().create_task(self._answer_in_order())
-        self._arm_idle_timer()
+        loop = asyncio.get_running_loop()
+        self._worker = loop.create_task(self._answer_in_order())
+        self._last_activity = loop.time()
+        self._idle_timer = loop.call_later(IDLE_TIMEOUT_SECONDS, self._idle_timeout)
 
     def connection_lost(self, exc):
         self._server._connections.discard(self)
@@ -114,7 +117,7 @@ class _Connection(asyncio.Protocol):
         self._pending.put_nowait(None)
 
     def data_received(self, data: bytes):
-        self._arm_idle_timer()
+        self._last_activity = self._worker.get_loop().time()  # the idle timer checks it when it fires
         if self._discarding:
             self._discarding -= min(self._discarding, len(data))
             if self._discarding == 0:
@@ -219,19 +222,18 @@ class _Connection(asyncio.Protocol):
         if not self._transport.is_closing():
             self._transport.write(data)
 
-    def _arm_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_SECONDS, self._idle_timeout)
-
     def _idle(self) -> bool:
         return not self._busy and self._pending.empty() and self._body_needed is None and not self._buffer
 
     def _idle_timeout(self) -> None:
-        if self._idle():
+        """Closes the connection once it has been idle for IDLE_TIMEOUT_SECONDS (one timer per connection,
+        moved on when it fires rather than on every request)."""
+        loop = self._worker.get_loop()
+        quiet_for = loop.time() - self._last_activity
+        if quiet_for >= IDLE_TIMEOUT_SECONDS and self._idle():
             self._transport.close()
         else:
-            self._arm_idle_timer()
+            self._idle_timer = loop.call_later(max(1.0, IDLE_TIMEOUT_SECONDS - quiet_for), self._idle_timeout)
 
     def close_if_idle(self) -> None:
         if self._idle():

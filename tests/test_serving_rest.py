@@ -10,6 +10,7 @@ limits, malformed requests, large bodies and many simultaneous connections.
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -188,3 +189,18 @@ def test_many_simultaneous_connections_are_all_answered(rest_server):
     assert not errors, errors[:3]
     assert len(results) == 300
     assert all(status == 200 and got == float(expected) for status, got, expected in results)
+
+
+def test_idle_keep_alive_connections_are_closed_and_busy_ones_kept(rest_server, monkeypatch):
+    monkeypatch.setattr(rest, "IDLE_TIMEOUT_SECONDS", 0.3)
+    with _connect(rest_server) as idle, _connect(rest_server) as busy:
+        for sock in (idle, busy):
+            sock.sendall(_predict_request([[1.0, 1.0]]))
+            assert _read_answers(sock, 1)[0][0] == 200
+        for index in range(8):  # `busy` asks every 0.2 s, within the timeout each time
+            time.sleep(0.2)
+            busy.sendall(_predict_request([[float(index), 0.0]]))
+            assert _read_answers(busy, 1)[0][0] == 200
+        assert _closed_by_server(idle, timeout=5.0)
+        busy.sendall(_predict_request([[2.0, 0.0]]))
+        assert _read_answers(busy, 1)[0][0] == 200
