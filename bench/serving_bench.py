@@ -242,7 +242,12 @@ def check_grpc_answer(port: int, model_dir: str) -> None:
 
 # ----- orchestration -----------------------------------------------------------------------------
 def start_server(model_dir: str, workdir: pathlib.Path, num_batch_threads: int, batch_timeout_micros: int,
-                 serving_dir: str = None):
+                 serving_dir: str = None, intra_op_threads: int = 0):
+    """Starts `tfprod serve` on the model with batching and metrics; returns (process, announced ports).
+
+    intra_op_threads > 0 is passed as --tensorflow_intra_op_parallelism; a server from serving_dir (older
+    code, which may not have that flag) gets TensorFlow's TF_NUM_INTRAOP_THREADS instead, to the same effect.
+    """
     base = workdir / "models" / MODEL_NAME
     base.mkdir(parents=True)
     shutil.copytree(model_dir, base / "1")
@@ -254,15 +259,21 @@ def start_server(model_dir: str, workdir: pathlib.Path, num_batch_threads: int, 
     monitoring = workdir / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
     environment = dict(os.environ)
+    thread_flags = []
     if serving_dir:  # another `serving` package first on the path (the code to compare with)
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [serving_dir, environment.get("PYTHONPATH")]))
+        if intra_op_threads:
+            environment["TF_NUM_INTRAOP_THREADS"] = str(intra_op_threads)
+    elif intra_op_threads:
+        thread_flags = ["--tensorflow_intra_op_parallelism", str(intra_op_threads)]
     tfprod = os.path.join(os.path.dirname(sys.executable), "tfprod")
     log = open(workdir / "server.log", "w")
     process = subprocess.Popen(
         [tfprod, "serve", "--port", "0", "--rest_api_port", "0", "--model_name", MODEL_NAME,
          "--model_base_path", str(base), "--enable_batching", "--batching_parameters_file", str(batching),
          "--file_system_poll_wait_seconds", "0",
-         "--monitoring_config_file", str(monitoring)], stdout=subprocess.PIPE, stderr=log, text=True, env=environment)
+         "--monitoring_config_file", str(monitoring), *thread_flags],
+        stdout=subprocess.PIPE, stderr=log, text=True, env=environment)
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
     if not selector.select(timeout=300):
@@ -841,7 +852,9 @@ def markdown(report: dict) -> str:
         f"{' '.join(map(str, report['load_average_end']))} at the end  ",
         f"Model: `{report['model_dir']}` (signature `{SIGNATURE}`, 28x28 float32 images)  ",
         f"Server: `tfprod serve --enable_batching` (max_batch_size 256, batch_timeout_micros "
-        f"{report['batch_timeout_micros']}, num_batch_threads {report['num_batch_threads']}).  ",
+        f"{report['batch_timeout_micros']}, num_batch_threads {report['num_batch_threads']}"
+        + (f"; --tensorflow_intra_op_parallelism {report['intra_op_threads']}, TF_NUM_INTRAOP_THREADS for the "
+           "server compared with" if report.get("intra_op_threads") else "") + ").  ",
         load_generator_text(report) + " CPU columns are cores used during the cell (the machine has "
         f"{os.cpu_count()}).  ",
         f"Each cell ran {report['seconds_per_cell']} s. In-process ceiling (SavedModel, batch 256, loop): "
@@ -945,7 +958,7 @@ def run_all_cells(args, workdir: pathlib.Path, payloads) -> tuple:
             server_dir = workdir / ("before" if serving_dir else "now")
             server_dir.mkdir()
             process, ports = start_server(args.model_dir, server_dir, args.num_batch_threads,
-                                          args.batch_timeout_micros, serving_dir)
+                                          args.batch_timeout_micros, serving_dir, args.intra_op_threads)
             started.append((label, process, ports))
             if args.load_generator_kind == "native":  # the tools start measuring at once: the server must answer
                 wait_until_listening(ports["rest_port"])
@@ -995,6 +1008,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num-batch-threads", type=int, default=1,
                         help="the server's num_batch_threads (1: TensorFlow spreads each batch over the "
                              "cores itself, and the RPC handling keeps a core)")
+    parser.add_argument("--intra-op-threads", type=int, default=1,
+                        help="the server's --tensorflow_intra_op_parallelism (0: TensorFlow's default, all cores); "
+                             "1 leaves the request handling a core of its own on a small machine")
     parser.add_argument("--batch-timeout-micros", type=int, default=2000, help="the server's batch_timeout_micros")
     parser.add_argument("--load-generator", choices=("auto", "native", "python"), default="auto",
                         help="native: h2load (gRPC) and wrk (REST); python: threads with the grpc client / "
@@ -1048,6 +1064,7 @@ def main(argv=None) -> int:
                     f"{platform.python_version()}"),
         "load_average_start": load_at_start, "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "model_dir": args.model_dir, "seconds_per_cell": args.seconds, "num_batch_threads": args.num_batch_threads,
+        "intra_op_threads": args.intra_op_threads,
         "batch_timeout_micros": args.batch_timeout_micros,
         "load_generator": load_generator,
         "client_processes": args.client_processes if args.load_generator_kind == "python" else None,

@@ -41,6 +41,10 @@ def register(subparsers) -> None:
     serve.add_argument("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout")
     serve.add_argument("--max_request_bytes", type=int, default=16 * 1024 * 1024,
                        help="largest request body or message accepted (tfprod only)")
+    serve.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                       help="threads TensorFlow spreads one op over (0: as many as cores)")
+    serve.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                       help="ops TensorFlow runs at once (0: its default)")
     serve.add_argument("--enable_model_warmup", type=_bool_flag, nargs="?", const=True, default=True,
                        help="replay assets.extra/tf_serving_warmup_requests on load")
     serve.add_argument("--drain_seconds", type=float, default=30.0,
@@ -77,7 +81,9 @@ def _serve_command(args: argparse.Namespace) -> int:
         monitoring_config_file=args.monitoring_config_file,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_request_bytes=args.max_request_bytes,
-        drain_seconds=args.drain_seconds, enable_model_warmup=args.enable_model_warmup)
+        drain_seconds=args.drain_seconds, enable_model_warmup=args.enable_model_warmup,
+        tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+        tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism)
     try:
         server = ModelServer(options)
     except ConfigFileError as error:

@@ -36,6 +36,8 @@ class ServerOptions:
     grpc_max_threads: int = 64
     drain_seconds: float = 30.0
     enable_model_warmup: bool = True
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
 
     def model_server_config(self) -> model_server_config_pb2.ModelServerConfig:
         """The models to serve, from --model_config_file or --model_name/--model_base_path.
@@ -52,11 +54,40 @@ class ServerOptions:
         return config_lib.model_config_from_flags(self.model_name or "default", self.model_base_path)
 
 
+def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism (0 keeps TF's choice).
+
+    On a small machine one intra-op thread can serve more: the request handling needs a core of its
+    own, and a batch split over every core waits for the share that lost its core to it.
+
+    Raises:
+        ConfigFileError: a negative count, or TensorFlow has already started in this process.
+    """
+    import tensorflow as tf
+
+    for name, value, setter in (
+            ("--tensorflow_intra_op_parallelism", intra_op, tf.config.threading.set_intra_op_parallelism_threads),
+            ("--tensorflow_inter_op_parallelism", inter_op, tf.config.threading.set_inter_op_parallelism_threads)):
+        if value < 0:
+            raise ConfigFileError(f"{name} must be 0 (TensorFlow's default) or a positive thread count, got {value}")
+        if value:
+            try:
+                setter(value)
+            except RuntimeError as error:
+                raise ConfigFileError(f"{name} must be set before TensorFlow starts in this process: {error}") \
+                    from error
+    LOG.info("TensorFlow thread pools: intra-op %d, inter-op %d (0: TensorFlow's choice)",
+             tf.config.threading.get_intra_op_parallelism_threads(),
+             tf.config.threading.get_inter_op_parallelism_threads())
+
+
 class ModelServer:
     """Runs the manager and both APIs until stop() (or SIGTERM/SIGINT in serve_forever)."""
 
     def __init__(self, options: ServerOptions):
         self.options = options
+        configure_tensorflow_threads(options.tensorflow_intra_op_parallelism,
+                                     options.tensorflow_inter_op_parallelism)
         server_config = options.model_server_config()
         batching = None
         if options.enable_batching:

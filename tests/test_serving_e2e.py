@@ -152,7 +152,8 @@ allowed_batch_sizes: 32
         "--model_config_file", str(root / "models.config"), "--enable_batching",
         "--batching_parameters_file", str(root / "batching.config"),
         "--monitoring_config_file", str(root / "monitoring.config"),
-        "--file_system_poll_wait_seconds", "0.3", "--max_request_bytes", str(MAX_REQUEST_BYTES)],
+        "--file_system_poll_wait_seconds", "0.3", "--max_request_bytes", str(MAX_REQUEST_BYTES),
+        "--tensorflow_intra_op_parallelism", "1", "--tensorflow_inter_op_parallelism", "2"],
         root / "server.log")
     process.root = root
     yield process
@@ -364,6 +365,10 @@ def test_grpc_errors_carry_tf_serving_status_codes(server):
         with pytest.raises(grpc.RpcError) as raised:
             server.prediction.Predict(request, timeout=10)
         assert raised.value.code() == code, raised.value.details()
+
+
+def test_tensorflow_thread_flags_reach_tensorflow(server):
+    assert "TensorFlow thread pools: intra-op 1, inter-op 2" in server.log()
 
 
 def test_prometheus_metrics_and_health(server):

@@ -621,3 +621,12 @@ def test_request_scope_records_each_outcome_and_refuses_requests_while_draining(
         with service.request("predict", "rest"):
             pass
     assert count.value(model="", version="", api="predict", protocol="rest", status="UNAVAILABLE") == 1
+
+
+def test_negative_tensorflow_thread_counts_are_refused_before_tensorflow_is_touched():
+    from serving.server import configure_tensorflow_threads
+
+    with pytest.raises(ConfigFileError, match="--tensorflow_intra_op_parallelism must be 0"):
+        configure_tensorflow_threads(-1, 0)
+    with pytest.raises(ConfigFileError, match="--tensorflow_inter_op_parallelism must be 0"):
+        configure_tensorflow_threads(0, -2)
