@@ -1008,9 +1008,10 @@ def main(argv=None) -> int:
     parser.add_argument("--num-batch-threads", type=int, default=1,
                         help="the server's num_batch_threads (1: TensorFlow spreads each batch over the "
                              "cores itself, and the RPC handling keeps a core)")
-    parser.add_argument("--intra-op-threads", type=int, default=1,
-                        help="the server's --tensorflow_intra_op_parallelism (0: TensorFlow's default, all cores); "
-                             "1 leaves the request handling a core of its own on a small machine")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="the server's --tensorflow_intra_op_parallelism (0: TensorFlow's default, all cores; "
+                             "1 leaves the request handling a core of its own on a small machine, but a batch then "
+                             "runs on one core)")
     parser.add_argument("--batch-timeout-micros", type=int, default=2000, help="the server's batch_timeout_micros")
     parser.add_argument("--load-generator", choices=("auto", "native", "python"), default="auto",
                         help="native: h2load (gRPC) and wrk (REST); python: threads with the grpc client / "
