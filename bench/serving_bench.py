@@ -793,17 +793,18 @@ def _other_cpu_text(cell) -> str:
 def shared_machine(report: dict) -> Optional[str]:
     """Why the run's machine counts as shared, or None when it was quiet.
 
-    The load average counts the benchmark's own server and load generator, so it is only used
-    for the start (before anything ran); during the cells what counts is the CPU other
-    processes took (the machine's busy time less the server's and the load generator's).
+    The load average counts the benchmark's own server and load generator (and lags by minutes),
+    so what counts is the CPU other processes took: in the 2 s before the benchmark started, and
+    during each cell (the machine's busy time less the server's and the load generator's).
     """
     cells = report["cells"] + (report.get("compare_cells") or [])
     others = [cell["other_cpu_cores"] for cell in cells if "other_cpu_cores" in cell]
     if others and max(others) > OTHER_CPU_LIMIT:
         return (f"other processes used up to {max(others):.2f} cores during a cell (column 'other processes' "
                 f"CPU'), more than {OTHER_CPU_LIMIT}")
-    if report["load_average_start"][0] > os.cpu_count():
-        return f"the 1-minute load average was {report['load_average_start'][0]:.1f} on {os.cpu_count()} cores at the start"
+    if report.get("busy_cores_at_start", 0.0) > OTHER_CPU_LIMIT:
+        return (f"other processes used {report['busy_cores_at_start']:.2f} cores in the 2 s before the "
+                "benchmark started")
     if not others:  # an old report: only the load averages
         busiest = max([report["load_average_start"][0], report["load_average_end"][0]]
                       + [cell["load_average_1min"] for cell in cells])
@@ -1044,6 +1045,9 @@ def main(argv=None) -> int:
           + (": " + ", ".join(load_generator["tools"].values()) if "tools" in load_generator else ""), flush=True)
 
     load_at_start = [round(value, 2) for value in os.getloadavg()]
+    busy_before, sampled_at = machine_busy_seconds(), time.perf_counter()
+    time.sleep(2.0)  # what the machine does without this benchmark (the load average lags by minutes)
+    busy_at_start = (machine_busy_seconds() - busy_before) / (time.perf_counter() - sampled_at)
     ceiling_before = in_process_ceiling(args.model_dir, seconds=max(args.seconds, 5.0))
     print(f"in-process ceiling: {ceiling_before['predictions_per_second']:,.0f} predictions/s", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
@@ -1064,6 +1068,7 @@ def main(argv=None) -> int:
         "machine": (f"{platform.node()}: {os.cpu_count()} CPU cores, {platform.platform()}, Python "
                     f"{platform.python_version()}"),
         "load_average_start": load_at_start, "load_average_end": [round(v, 2) for v in os.getloadavg()],
+        "busy_cores_at_start": busy_at_start,
         "model_dir": args.model_dir, "seconds_per_cell": args.seconds, "num_batch_threads": args.num_batch_threads,
         "intra_op_threads": args.intra_op_threads,
         "batch_timeout_micros": args.batch_timeout_micros,
