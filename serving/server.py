@@ -57,8 +57,8 @@ class ServerOptions:
 def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
     """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism (0 keeps TF's choice).
 
-    On a small machine one intra-op thread can serve more: the request handling needs a core of its
-    own, and a batch split over every core waits for the share that lost its core to it.
+    Fewer intra-op threads leave the request handling more of a small machine's cores, but a batch
+    then runs on fewer cores (docs/serving.md, Performance, has the trade-off measured).
 
     Raises:
         ConfigFileError: a negative count, or TensorFlow has already started in this process.
