@@ -77,6 +77,13 @@ def make_custom_config(eval_fraction: float) -> example_gen_pb2.CustomConfig:
     return example_gen_pb2.CustomConfig(custom_config=packed)
 
 
+def split_patterns(exec_properties: Dict[str, Any]) -> Dict[str, str]:
+    """The ExampleGen's input splits, {split name: file pattern}, from its executor properties."""
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    return {split.name: split.pattern for split in input_config.splits}
+
+
 def _read_custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
     text = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY)
     if not text:
@@ -97,10 +104,7 @@ class IdxExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
-        input_config = example_gen_pb2.Input()
-        proto_utils.json_to_proto(
-            exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
-        patterns = {split.name: split.pattern for split in input_config.splits}
+        patterns = split_patterns(exec_properties)
         if set(patterns) != {TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT}:
             raise ValueError(f"IdxExampleGen needs input splits train, eval and test; got "
                              f"{sorted(patterns)}")

@@ -29,7 +29,6 @@ from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
-from tfx.utils import proto_utils
 
 from pipeline import features, ingestion
 
@@ -162,10 +161,7 @@ class TsvExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
-        input_config = example_gen_pb2.Input()
-        proto_utils.json_to_proto(
-            exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
-        patterns = {split.name: split.pattern for split in input_config.splits}
+        patterns = ingestion.split_patterns(exec_properties)
         expected = {ingestion.TRAIN_SPLIT, ingestion.EVAL_SPLIT, ingestion.TEST_SPLIT}
         if set(patterns) != expected or patterns[ingestion.TRAIN_SPLIT] != patterns[
                 ingestion.EVAL_SPLIT]:

@@ -22,7 +22,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
-from pipeline import timeseries
+from pipeline import ingestion, timeseries
 
 
 def find_csv(input_base: str, pattern: str) -> str:
@@ -74,10 +74,7 @@ class TimeSeriesExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecu
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
-        input_config = example_gen_pb2.Input()
-        proto_utils.json_to_proto(
-            exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
-        patterns = {split.name: split.pattern for split in input_config.splits}
+        patterns = ingestion.split_patterns(exec_properties)
         if set(patterns) != set(timeseries.SPLITS) or len(set(patterns.values())) != 1:
             raise ValueError(f"TimeSeriesExampleGen needs splits train, eval and test over one "
                              f"CSV pattern; got {patterns}")
