@@ -29,15 +29,26 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = ["pytest", "pytest-timeout", "hypothesis", "tflite-support==0.4.4",
                  "websocket-client"]
 
+# One import root: the repository's top-level folders are installed as subpackages of
+# tfprod (pipeline/ is tfprod.pipeline, ...); tfprod/ holds the root, the contract layer,
+# the errors and the CLI. Nothing of ours is installed under a generic top-level name.
+SUBPACKAGE_FOLDERS = ["pipeline", "models", "serving", "mobile", "kubeflow"]
+PACKAGE_DIR = {"tfprod": "tfprod", **{f"tfprod.{name}": name for name in SUBPACKAGE_FOLDERS}}
+PACKAGES = [f"tfprod.{name}" for name in find_packages(include=["contract", "contract.*"],
+                                                        where="tfprod")]
+PACKAGES.append("tfprod")
+for folder in SUBPACKAGE_FOLDERS:
+    PACKAGES.append(f"tfprod.{folder}")
+    PACKAGES.extend(f"tfprod.{folder}.{name}" for name in find_packages(where=folder))
+
 setup(
     name="tfprod",
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["pipeline", "pipeline.*", "models", "models.*",
-                                    "serving", "serving.*", "mobile", "mobile.*",
-                                    "kubeflow", "kubeflow.*"]),
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
-    entry_points={"console_scripts": ["tfprod = pipeline.cli:main"]},
+    entry_points={"console_scripts": ["tfprod = tfprod.cli:main"]},
 )

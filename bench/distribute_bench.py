@@ -31,7 +31,7 @@ import time
 
 from machine import describe as describe_machine  # bench/machine.py, beside this script
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -87,9 +87,9 @@ def run_one(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from models import registry
-    from pipeline import config as config_lib
-    from pipeline import distribute, idx
+    from tfprod.models import registry
+    from tfprod.pipeline import config as config_lib
+    from tfprod.pipeline import distribute, idx
 
     experiment = config_lib.load_config(args.config)
     images, labels = idx.read_image_label_pair(os.path.join(args.data_dir, idx.TRAIN_IMAGES),
@@ -139,7 +139,7 @@ def run_one(args: argparse.Namespace) -> None:
 
 
 def run_mode(mode: str, args: argparse.Namespace, workdir: str) -> dict:
-    from pipeline import distribute, multiworker
+    from tfprod.pipeline import distribute, multiworker
 
     result_path = os.path.join(workdir, f"{mode}.json")
     command = [sys.executable, os.path.abspath(__file__), "--run-one", mode, "--result",

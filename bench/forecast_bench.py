@@ -22,7 +22,7 @@ import tempfile
 
 from machine import describe as describe_machine  # bench/machine.py, beside this script
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                         help="file names under docs/benchmarks/ (e.g. for another model)")
     args = parser.parse_args(argv)
 
-    from pipeline import config as config_lib
+    from tfprod.pipeline import config as config_lib
 
     experiment = config_lib.load_config(str(CONFIG), [f"data.data_dir={args.data_dir}",
                                                       *args.overrides])

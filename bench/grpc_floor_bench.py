@@ -47,7 +47,7 @@ def canned_response() -> bytes:
     import numpy as np
     from tensorflow_serving.apis import predict_pb2
 
-    from serving import protocol
+    from tfprod.serving import protocol
 
     response = predict_pb2.PredictResponse()
     response.model_spec.name = MODEL_NAME

@@ -26,7 +26,7 @@ import shlex
 import sys
 import tempfile
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def latency_ratios(report: dict) -> list:
 
 
 def write_results(results: dict) -> None:
-    from mobile import verify
+    from tfprod.mobile import verify
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "mobile_bench.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -95,8 +95,8 @@ def write_results(results: dict) -> None:
 
 
 def run_pipeline(data_dir: str, output_dir: str, overrides: list) -> tuple:
-    from pipeline import config as config_lib
-    from pipeline import local_runner
+    from tfprod.pipeline import config as config_lib
+    from tfprod.pipeline import local_runner
 
     experiment = config_lib.load_config(
         str(REPO_ROOT / "configs" / "mnist_cnn.yaml"),
@@ -112,7 +112,7 @@ def run_pipeline(data_dir: str, output_dir: str, overrides: list) -> tuple:
 
 
 def convert_pushed_model(model_dir: str, data_dir: str, output_dir: str) -> dict:
-    from mobile import cli, data, export
+    from tfprod.mobile import cli, data, export
 
     model_name, version, _ = cli.default_names(model_dir)
     train_images, _ = data.read_idx_split(data_dir, "train")

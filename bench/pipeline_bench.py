@@ -18,7 +18,7 @@ import shlex
 import sys
 import tempfile
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -50,7 +50,7 @@ def interleaved_throughput(experiment, data_dir: str, output_dir: str, rounds: i
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from pipeline import idx, preprocessing, trainer
+    from tfprod.pipeline import idx, preprocessing, trainer
 
     files, transform_graph = _latest_transformed_train_files(output_dir)
     tf_transform_output = tft.TFTransformOutput(transform_graph)
@@ -149,8 +149,8 @@ def main() -> int:
                              "(its run_summary.json and Transform output); measure throughput only")
     args = parser.parse_args()
 
-    from pipeline import config as config_lib
-    from pipeline import local_runner
+    from tfprod.pipeline import config as config_lib
+    from tfprod.pipeline import local_runner
 
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="tfprod_bench_")
     experiment = config_lib.load_config(
@@ -158,7 +158,7 @@ def main() -> int:
         [f"data.data_dir={args.data_dir}", f"runtime.output_dir={output_dir}",
          *args.overrides])
     if args.reuse_run:
-        from pipeline import summary as summary_lib
+        from tfprod.pipeline import summary as summary_lib
 
         with open(os.path.join(output_dir, "run_summary.json"), encoding="utf-8") as handle:
             summary = summary_lib.RunSummary(**json.load(handle))

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Dict, List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -59,7 +59,7 @@ def load_task_data(experiment, data_dir: str, train_limit: int = 0):
     split is a seeded random eval_fraction of the training files (the pipeline splits by
     a hash of the example instead).
     """
-    from pipeline import idx, preprocessing, tasks
+    from tfprod.pipeline import idx, preprocessing, tasks
 
     task = tasks.get_task(experiment)
     if task.name != "image_classification":
@@ -88,7 +88,7 @@ def train_recipe(name: str, experiment, data, epochs: int) -> Dict[str, Any]:
     """Fits one recipe as run_fn does and scores it on the test split."""
     import tensorflow as tf
 
-    from pipeline import augmentation, config as config_lib, recipes, trainer
+    from tfprod.pipeline import augmentation, config as config_lib, recipes, trainer
 
     train_x, train_y, eval_x, eval_y, test_x, test_y = data
     settings = experiment.trainer
@@ -153,7 +153,7 @@ def write_markdown(result: Dict[str, Any], path: pathlib.Path) -> None:
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
-    from pipeline import config as config_lib
+    from tfprod.pipeline import config as config_lib
 
     base = config_lib.load_config(args.config, args.overrides)
     tuned_overrides = args.tuned_overrides or TUNED_RECIPE

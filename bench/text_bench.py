@@ -31,7 +31,7 @@ import tempfile
 
 from machine import describe as describe_machine  # bench/machine.py, beside this script
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "docs" / "benchmarks"

@@ -21,7 +21,7 @@ import tempfile
 
 from machine import describe as describe_machine  # bench/machine.py, beside this script
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ CONFIG = REPO_ROOT / "configs" / "mnist_cnn.yaml"
 
 def write_idx_subset(directory: pathlib.Path, train_count: int, test_count: int) -> None:
     """The first train_count / test_count images of the shipped sample, as IDX files."""
-    from pipeline import idx
+    from tfprod.pipeline import idx
 
     directory.mkdir(parents=True, exist_ok=True)
     sample = mnist_sample_dir()
@@ -46,13 +46,13 @@ def write_idx_subset(directory: pathlib.Path, train_count: int, test_count: int)
 
 
 def mnist_sample_dir() -> pathlib.Path:
-    from pipeline.tfds_source import mnist_sample
+    from tfprod.pipeline.tfds_source import mnist_sample
 
     return mnist_sample.SHIPPED_SAMPLE_DIR
 
 
 def run(overrides: list) -> dict:
-    from pipeline import config as config_lib, local_runner
+    from tfprod.pipeline import config as config_lib, local_runner
 
     experiment = config_lib.load_config(str(CONFIG), overrides)
     summary = local_runner.run_pipeline(experiment, progress=lambda line: None)
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                              "eval.accuracy_threshold=0.5")
     args = parser.parse_args(argv)
 
-    from pipeline.tfds_source import mnist_sample
+    from tfprod.pipeline.tfds_source import mnist_sample
 
     counts = {"small": (2000, 500), "full": (10000, 2000)}[args.config]
     with tempfile.TemporaryDirectory(prefix="tfds_vs_idx_") as work:

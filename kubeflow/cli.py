@@ -54,9 +54,9 @@ def register(subparsers) -> None:
 
 
 def _compile_command(args: argparse.Namespace) -> int:
-    from kubeflow import compiler
-    from kubeflow.errors import CompileError
-    from pipeline import config as config_lib
+    from tfprod.kubeflow import compiler
+    from tfprod.kubeflow.errors import CompileError
+    from tfprod.pipeline import config as config_lib
 
     try:
         experiment = config_lib.load_config(args.config, args.overrides)
@@ -73,8 +73,8 @@ def _compile_command(args: argparse.Namespace) -> int:
 
 
 def _submit_command(args: argparse.Namespace) -> int:
-    from kubeflow import submit
-    from kubeflow.errors import CompileError, ParameterError, SubmitError
+    from tfprod.kubeflow import submit
+    from tfprod.kubeflow.errors import CompileError, ParameterError, SubmitError
 
     try:
         parameters = submit.parse_parameters(args.params)
@@ -93,9 +93,9 @@ def _submit_command(args: argparse.Namespace) -> int:
 
 
 def _validate_command(args: argparse.Namespace) -> int:
-    from kubeflow import compiler, manifests
-    from kubeflow.errors import ManifestError
-    from pipeline import config as config_lib
+    from tfprod.kubeflow import compiler, manifests
+    from tfprod.kubeflow.errors import ManifestError
+    from tfprod.pipeline import config as config_lib
 
     try:
         checked = manifests.validate_tree(args.manifests)

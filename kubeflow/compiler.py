@@ -27,9 +27,9 @@ from typing import Any, Dict, List, Optional
 import yaml
 from google.protobuf import json_format
 
-from kubeflow.errors import CompileError
-from pipeline import config as config_lib
-from pipeline import pipeline as pipeline_lib
+from tfprod.kubeflow.errors import CompileError
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import pipeline as pipeline_lib
 
 # Where kubeflow/Dockerfile puts the project inside the image.
 PROJECT_DIR_IN_IMAGE = "/tfprod"

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from kubeflow.errors import ManifestError
+from tfprod.kubeflow.errors import ManifestError
 
 MANIFESTS_DIR = pathlib.Path(__file__).resolve().parent / "manifests"
 SCHEMAS_DIR = pathlib.Path(__file__).resolve().parent / "schemas"

@@ -11,8 +11,8 @@ from typing import Dict, Optional, Sequence
 
 import yaml
 
-from kubeflow import compiler
-from kubeflow.errors import ParameterError, SubmitError
+from tfprod.kubeflow import compiler
+from tfprod.kubeflow.errors import ParameterError, SubmitError
 
 
 @dataclasses.dataclass

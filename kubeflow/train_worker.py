@@ -11,7 +11,7 @@ The inputs are the outputs of a pipeline run's Transform (their URIs are in the 
 or under the pipeline root): --examples is the transformed_examples artifact (with
 Split-train/ and Split-eval/), --transform-output the transform_graph artifact.
 
-    python -m kubeflow.train_worker --config /tfprod/configs/mnist_cnn.yaml \\
+    python -m tfprod.kubeflow.train_worker --config /tfprod/configs/mnist_cnn.yaml \\
         --examples URI --transform-output URI --output-dir URI
 """
 
@@ -20,8 +20,8 @@ import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
-from kubeflow.errors import KubeflowError
-from pipeline import distribute
+from tfprod.kubeflow.errors import KubeflowError
+from tfprod.pipeline import distribute
 
 TF_CONFIG = distribute.TF_CONFIG
 
@@ -49,7 +49,7 @@ def split_files(examples_uri: str, split: str) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kubeflow.train_worker",
+    parser = argparse.ArgumentParser(prog="python -m tfprod.kubeflow.train_worker",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="experiment YAML (in the image)")
     parser.add_argument("--examples", required=True, help="Transform's transformed_examples URI")
@@ -68,8 +68,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from pipeline import config as config_lib
-    from pipeline import ingestion, multiworker, trainer
+    from tfprod.pipeline import config as config_lib
+    from tfprod.pipeline import ingestion, multiworker, trainer
 
     experiment = config_lib.load_config(args.config, args.overrides)
     # Every replica gets the real output dirs: run_fn sends the non-chief replicas' SavedModel

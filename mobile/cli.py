@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from mobile import options
+from tfprod.mobile import options
 
 # TensorFlow is imported only when the command runs, so `tfprod --help` stays fast.
 
@@ -63,7 +63,7 @@ def default_names(model_dir: str):
 
 
 def _tflite_command(args: argparse.Namespace) -> int:
-    from mobile import convert, data, export, metadata, verify
+    from tfprod.mobile import convert, data, export, metadata, verify
 
     model_name, version, output_dir = default_names(args.model_dir)
     model_name = args.model_name or model_name

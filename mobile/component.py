@@ -53,7 +53,7 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
     Args:
       mobile_config: the experiment's ``mobile`` section as JSON (pipeline.config.MobileConfig).
     """
-    from mobile import data, export
+    from tfprod.mobile import data, export
 
     if model_blessing.get_int_custom_property("blessed") != 1:
         tflite_models.set_int_custom_property(CONVERTED_PROPERTY, 0)

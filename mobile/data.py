@@ -5,7 +5,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from pipeline import features, idx
+from tfprod.contract import features
+
+from tfprod.pipeline import idx
 
 CALIBRATION_SAMPLES_RANGE = (100, 500)
 

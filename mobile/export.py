@@ -13,8 +13,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mobile import convert, metadata, verify
-from pipeline import features
+from tfprod.mobile import convert, metadata, verify
+from tfprod.contract import features
 
 
 class ExportError(RuntimeError):

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mobile.options import RUNTIMES
+from tfprod.mobile.options import RUNTIMES
 
 THREAD_COUNTS = (1, 2)
 REPORT_JSON = "report.json"
@@ -99,7 +99,7 @@ def savedmodel_probabilities(serving_model, images: np.ndarray, batch_size: int 
     """The SavedModel's probabilities through its serving_raw signature (the reference)."""
     import tensorflow as tf
 
-    from pipeline import features
+    from tfprod.contract import features
 
     signature = serving_model.signatures[features.SERVING_RAW_SIGNATURE]
     return np.concatenate([

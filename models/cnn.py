@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from models import registry
+from tfprod.models import registry
 
 # Faster-moving BatchNorm statistics than the 0.99 default: small datasets train for
 # only a few hundred steps, and inference uses the moving statistics.

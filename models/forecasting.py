@@ -7,7 +7,7 @@ so an untrained network starts as the naive forecast and learns the correction.
 
 import tensorflow as tf
 
-from models import registry
+from tfprod.models import registry
 
 FORECASTING_TASK = "forecasting"
 

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from models import registry
+from tfprod.models import registry
 
 TEXT_CLASSIFICATION = "text_classification"
 

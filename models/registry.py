@@ -58,8 +58,8 @@ def register(name: str, tasks: Sequence[str] = ()) -> Callable:
 
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register decorators.
-    from models import cnn, lstm, transformer  # noqa: F401
-    from models import forecasting  # noqa: F401
+    from tfprod.models import cnn, lstm, transformer  # noqa: F401
+    from tfprod.models import forecasting  # noqa: F401
 
 
 def registered_names() -> List[str]:

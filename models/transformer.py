@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from models import registry, text_layers
-from models.lstm import TEXT_CLASSIFICATION
+from tfprod.models import registry, text_layers
+from tfprod.models.lstm import TEXT_CLASSIFICATION
 
 
 @registry.register("transformer", tasks=(TEXT_CLASSIFICATION,))

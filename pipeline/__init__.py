@@ -1,6 +1,1 @@
 """The tfprod TFX pipeline: config, components, ingestion, Transform and Trainer code."""
-
-import os
-
-# Keras 2 (tf-keras) everywhere: must be set before TensorFlow is first imported.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -18,7 +18,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from pipeline import config as config_lib
+from tfprod.pipeline import config as config_lib
 
 
 def _beta(shape, alpha: float, seed: Optional[int]):

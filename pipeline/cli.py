@@ -1,26 +1,11 @@
-"""The `tfprod` command line: a thin layer of argument parsing over the library."""
+"""`tfprod run`: the argument parsing of the local pipeline run, over the library."""
 
 import argparse
-import os
 import sys
-import warnings
-from typing import List, Optional
 
 
-# Quiet TensorFlow's C++ start-up chatter unless the user asked otherwise.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-# Google Cloud client libraries (pulled in by TFX) warn about Python 3.10 on import.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
-
-from kubeflow import cli as kubeflow_cli  # noqa: E402  (after the environment is set)
-from pipeline.tfds_source import cli as tfds_cli  # noqa: E402
-from serving import cli as serving_cli  # noqa: E402  (after the environment is set)
-from mobile import cli as mobile_cli  # noqa: E402  (after the environment is set)
-from pipeline.report import cli as report_cli  # noqa: E402  (after the environment is set)
-
-
-def _add_run_parser(subparsers) -> None:
+def register(subparsers) -> None:
+    """Adds `tfprod run`."""
     parser = subparsers.add_parser(
         "run", help="run the TFX pipeline locally (LocalDagRunner, SQLite metadata, Beam)",
         description="Run the pipeline for an experiment config and push the model if blessed.")
@@ -34,8 +19,8 @@ def _add_run_parser(subparsers) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from pipeline import config as config_lib
-    from pipeline import idx, local_runner, text_ingestion, timeseries
+    from tfprod.pipeline import config as config_lib
+    from tfprod.pipeline import idx, local_runner, text_ingestion, timeseries
 
     overrides = []
     if args.data_dir:
@@ -68,26 +53,3 @@ def _run_command(args: argparse.Namespace) -> int:
         return error.exit_code
     print(summary.format(), flush=True)
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tfprod", description="tfprod: a production ML pipeline on TFX and Keras.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
-    _add_run_parser(subparsers)
-    kubeflow_cli.register(subparsers)
-    tfds_cli.register(subparsers)
-    serving_cli.register(subparsers)
-    mobile_cli.register(subparsers)
-    report_cli.register(subparsers)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from mobile import options as mobile_options
+from tfprod.mobile import options as mobile_options
 
 
 class ConfigError(ValueError):
@@ -362,7 +362,7 @@ class ModelConfig:
     transformer: TransformerConfig = _added_key(TransformerConfig)
 
     def validate(self) -> None:
-        from models import registry  # Local import: models imports TensorFlow.
+        from tfprod.models import registry  # Local import: models imports TensorFlow.
 
         if self.name not in registry.registered_names():
             raise ConfigError(
@@ -412,7 +412,7 @@ class TrainerConfig:
                "an integer >= 0", self.early_stopping_patience)
         _check(self.shuffle_buffer >= 1, "trainer.shuffle_buffer", "an integer >= 1",
                self.shuffle_buffer)
-        from pipeline import recipes  # Local import: recipes imports TensorFlow.
+        from tfprod.pipeline import recipes  # Local import: recipes imports TensorFlow.
 
         recipes.validate_trainer(self)
 
@@ -694,8 +694,8 @@ class ExperimentConfig:
             _check(self.eval.mae_threshold is not None, "eval.mae_threshold",
                    "a positive number (the largest test MAE a forecaster may be blessed with)",
                    self.eval.mae_threshold)
-        from models import registry  # Local imports: models imports TensorFlow.
-        from pipeline import tasks
+        from tfprod.models import registry  # Local imports: models imports TensorFlow.
+        from tfprod.pipeline import tasks
 
         task = tasks.get_task(self)
         fits = registry.model_tasks(self.model.name)
@@ -704,7 +704,7 @@ class ExperimentConfig:
                 f"model.name: model '{self.model.name}' fits {', '.join(fits) or 'no task'}, "
                 f"not {task.name} (the task of data.format {self.data.format.value!r}); "
                 f"models for {task.name}: {', '.join(registry.registered_for_task(task.name))}")
-        from pipeline import recipes, tuning  # Cross-section checks of recipes and tuning.
+        from tfprod.pipeline import recipes, tuning  # Cross-section checks of recipes and tuning.
 
         recipes.validate_experiment(self, task.name)
         tuning.validate_tuning(self, task.name)

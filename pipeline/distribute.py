@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
-from pipeline import config as config_lib
+from tfprod.pipeline import config as config_lib
 
 TF_CONFIG = "TF_CONFIG"
 CLUSTER_TASK_TYPES = ("chief", "worker", "ps", "evaluator")

@@ -22,7 +22,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
-from pipeline import features, idx
+from tfprod.contract import features
+
+from tfprod.pipeline import idx
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"

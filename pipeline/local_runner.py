@@ -12,10 +12,10 @@ import os
 import time
 from typing import Callable, Dict, List, Optional
 
-from pipeline import config as config_lib
-from pipeline import idx, pipeline as pipeline_lib, summary as summary_lib
-from pipeline import text_ingestion, timeseries, validation
-from pipeline.report import builder as report_builder
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import idx, pipeline as pipeline_lib, summary as summary_lib
+from tfprod.pipeline import text_ingestion, timeseries, validation
+from tfprod.pipeline.report import builder as report_builder
 
 ProgressFn = Callable[[str], None]
 
@@ -129,7 +129,7 @@ def preflight_check(experiment: config_lib.ExperimentConfig) -> None:
     """
     experiment.check_paths()
     if experiment.data.source == config_lib.DataSource.TFDS:
-        from pipeline.tfds_source import dataset as tfds_dataset
+        from tfprod.pipeline.tfds_source import dataset as tfds_dataset
 
         tfds_dataset.check_source(experiment.data)
         return
@@ -137,7 +137,7 @@ def preflight_check(experiment: config_lib.ExperimentConfig) -> None:
         text_ingestion.check_tsv_dir(experiment.data)
         return
     if experiment.data.format == config_lib.DataFormat.CSV:
-        from pipeline import timeseries_ingestion
+        from tfprod.pipeline import timeseries_ingestion
 
         time_series = experiment.data.time_series
         path = timeseries_ingestion.find_csv(experiment.data.data_dir, time_series.file)

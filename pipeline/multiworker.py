@@ -7,7 +7,7 @@ TF_CONFIG), ``pipeline.trainer.run_fn`` calls ``run_local_job``, which:
 
 1. writes the Trainer's inputs and outputs (the FnArgs fields run_fn reads) to
    ``<model_run_dir>/multiworker/job.json``;
-2. starts ``python -m pipeline.multiworker --job job.json`` N times, on free ports, each
+2. starts ``python -m tfprod.pipeline.multiworker --job job.json`` N times, on free ports, each
    with TF_CONFIG naming all N workers and its own index;
 3. streams each worker's output, prefixed ``[worker i]``, and keeps it in
    ``<model_run_dir>/multiworker/attempt-<a>-worker-<i>.log``;
@@ -32,8 +32,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
-from pipeline import config as config_lib
-from pipeline import distribute
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import distribute
 
 JOB_SUBDIR = "multiworker"
 JOB_FILE = "job.json"
@@ -117,11 +117,10 @@ def _stream(worker: Worker, sink: Optional[TextIO]) -> None:
 
 def start_worker(index: int, ports: Sequence[int], job_path: str, log_path: str,
                  sink: Optional[TextIO]) -> Worker:
-    """Starts `python -m pipeline.multiworker --job job_path` as worker `index`."""
-    environ = dict(os.environ, TF_USE_LEGACY_KERAS="1",
-                   TF_CONFIG=json.dumps(distribute.local_tf_config(ports, index)))
+    """Starts `python -m tfprod.pipeline.multiworker --job job_path` as worker `index`."""
+    environ = dict(os.environ, TF_CONFIG=json.dumps(distribute.local_tf_config(ports, index)))
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.multiworker", "--job", job_path],
+        [sys.executable, "-m", "tfprod.pipeline.multiworker", "--job", job_path],
         env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     worker = Worker(index=index, process=process, log_path=log_path)
@@ -236,7 +235,7 @@ def run_worker(fn_args: Any, runtime: config_lib.RuntimeConfig) -> Dict[str, Any
     tf_config = distribute.read_tf_config()
     strategy = distribute.create_strategy(dataclasses.replace(
         runtime, strategy=config_lib.StrategyName.MULTI_WORKER_MIRRORED))
-    from pipeline import trainer  # after the strategy: it must come before any TF op
+    from tfprod.pipeline import trainer  # after the strategy: it must come before any TF op
 
     chief = distribute.is_chief(tf_config)
     print(f"task {tf_config['task']} of {strategy.num_replicas_in_sync} replicas "
@@ -247,7 +246,7 @@ def run_worker(fn_args: Any, runtime: config_lib.RuntimeConfig) -> Dict[str, Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.multiworker",
+    parser = argparse.ArgumentParser(prog="python -m tfprod.pipeline.multiworker",
                                      description="One worker of a local multi-worker job.")
     parser.add_argument("--job", required=True, help="job.json written by run_local_job")
     return parser
@@ -262,7 +261,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except distribute.DistributeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from pipeline import trainer
+    from tfprod.pipeline import trainer
 
     experiment_values = job.custom_config[trainer.EXPERIMENT_CONFIG_KEY]
     runtime = config_lib.from_dict(experiment_values).runtime

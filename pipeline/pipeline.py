@@ -14,11 +14,11 @@ from typing import List, Optional, Union
 
 from tfx import v1 as tfx
 
-from mobile import component as mobile_component
-from pipeline import config as config_lib
-from pipeline import ingestion, tasks, trainer, tuning, validation
+from tfprod.mobile import component as mobile_component
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import ingestion, tasks, trainer, tuning, validation
 
-RUN_FN = "pipeline.trainer.run_fn"
+RUN_FN = "tfprod.pipeline.trainer.run_fn"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,6 @@ def beam_pipeline_args(runtime: config_lib.RuntimeConfig) -> List[str]:
 def create_pipeline(experiment: config_lib.ExperimentConfig,
                     paths: Optional[PipelinePaths] = None,
                     metadata_connection_config=None,
-                    extra_beam_args: Optional[List[str]] = None,
                     data_dir: Optional[Union[str, tfx.dsl.experimental.RuntimeParameter]] = None,
                     beam_args: Optional[List[str]] = None,
                     pipeline_name: Optional[str] = None,
@@ -75,11 +74,10 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
       experiment: the validated experiment config.
       paths: where the run writes; defaults to experiment.runtime.output_dir.
       metadata_connection_config: MLMD connection; defaults to SQLite in the output dir.
-      extra_beam_args: Beam args appended after the runtime's (e.g. for another runner).
       data_dir: the raw data directory, or a RuntimeParameter for it (Kubeflow);
         defaults to experiment.data.data_dir.
       beam_args: Beam args used instead of the runtime's DirectRunner args (Kubeflow
-        picks the runner from its config section); extra_beam_args still follow them.
+        picks the runner from its config section).
       pipeline_name: defaults to experiment.name.
       baseline_resolver: compare with the latest blessed model (a Resolver node). The
         open-source Kubeflow Pipelines backend cannot run resolver nodes.
@@ -171,4 +169,4 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
         components=[component for component in components if component is not None],
         enable_cache=experiment.runtime.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(beam_args) + list(extra_beam_args or []))
+        beam_pipeline_args=list(beam_args))

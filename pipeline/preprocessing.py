@@ -4,7 +4,7 @@ from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
-from pipeline import features
+from tfprod.contract import features
 
 # Pixels are stored as 0..255; the model sees them scaled to [0, 1].
 PIXEL_SCALE = 255.0

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Union
 
 import tensorflow as tf
 
-from pipeline import config as config_lib
+from tfprod.pipeline import config as config_lib
 
 ConfigError = config_lib.ConfigError
 

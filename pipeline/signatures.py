@@ -13,7 +13,7 @@ from typing import Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline import features
+from tfprod.contract import features
 
 
 def make_serving_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,

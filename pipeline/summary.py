@@ -8,8 +8,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
-from pipeline import config as config_lib
-from pipeline import trainer
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import trainer
 
 EVALUATOR_ID = "Evaluator"
 PUSHER_ID = "Pusher"

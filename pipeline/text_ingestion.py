@@ -30,7 +30,9 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
 
-from pipeline import features, ingestion
+from tfprod.contract import features
+
+from tfprod.pipeline import ingestion
 
 TEXT_KEY = "text"
 LABEL_NAME_KEY = "label_name"

@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline import features
-from pipeline import text_ingestion
+from tfprod.contract import features
+from tfprod.pipeline import text_ingestion
 
 TOKENS_TRANSFORMED_KEY = "tokens_xf"  # int64 [N, max_len], 0 = padding
 TOKEN_VOCABULARY = "tokens"  # the Transform asset holding the token vocabulary

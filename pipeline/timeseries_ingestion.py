@@ -22,7 +22,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
-from pipeline import ingestion, timeseries
+from tfprod.pipeline import ingestion, timeseries
 
 
 def find_csv(input_base: str, pattern: str) -> str:

@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models import registry
-from pipeline import augmentation, recipes, tuning
-from pipeline import config as config_lib
-from pipeline import distribute
-from pipeline import tasks
-from pipeline.tasks import image as image_task
-from serving import warmup
+from tfprod.models import registry
+from tfprod.pipeline import augmentation, recipes, tuning
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import distribute
+from tfprod.pipeline import tasks
+from tfprod.pipeline.tasks import image as image_task
+from tfprod.serving import warmup
 
 EXPERIMENT_CONFIG_KEY = "experiment"
 TRAINING_STATS_FILE = "training_stats.json"
@@ -140,7 +140,7 @@ def run_fn(fn_args: Any) -> None:
     hyperparameters = tuning.hyperparameter_values(getattr(fn_args, "hyperparameters", None))
     experiment = tuning.apply_hyperparameters(experiment, hyperparameters)
     if distribute.needs_local_workers(experiment.runtime):
-        from pipeline import multiworker
+        from tfprod.pipeline import multiworker
 
         multiworker.run_local_job(fn_args, experiment)
         return

@@ -13,10 +13,10 @@ import dataclasses
 import enum
 from typing import Any, Dict, Optional
 
-from pipeline import config as config_lib
+from tfprod.pipeline import config as config_lib
 
 ConfigError = config_lib.ConfigError
-TUNER_FN = "pipeline.tuning.tuner_fn"
+TUNER_FN = "tfprod.pipeline.tuning.tuner_fn"
 # Keys a trial cannot change: the input pipeline is built once for all trials, and the
 # budget and the search itself come from the tuning section.
 FIXED_KEYS = ("trainer.batch_size", "trainer.epochs", "trainer.max_steps",
@@ -45,7 +45,7 @@ def validate_tuning(experiment: config_lib.ExperimentConfig, task_name: str) -> 
     the default (val_accuracy) suits classifiers, and a forecaster's config need not
     name one it never uses.
     """
-    from pipeline import recipes
+    from tfprod.pipeline import recipes
 
     tuning = experiment.tuning
     _check = recipes._check
@@ -217,7 +217,7 @@ def make_tuner(experiment: config_lib.ExperimentConfig, directory: str,
     """The KerasTuner tuner for tuning.algorithm, over tuning.space."""
     import keras_tuner
 
-    from pipeline import trainer
+    from tfprod.pipeline import trainer
 
     tuning = experiment.tuning
     total_steps = tuning.trial_epochs * tuning.trial_steps_per_epoch
@@ -251,7 +251,7 @@ def tuner_fn(fn_args: Any):
     import tensorflow_transform as tft
     from tfx import v1 as tfx
 
-    from pipeline import augmentation, tasks, trainer
+    from tfprod.pipeline import augmentation, tasks, trainer
 
     experiment = config_lib.from_dict(fn_args.custom_config[trainer.EXPERIMENT_CONFIG_KEY])
     task = tasks.get_task(experiment)
@@ -276,7 +276,7 @@ def tuner_component(experiment: config_lib.ExperimentConfig, transform, schema_g
     """The TFX Tuner on the transformed examples (train split), scored on eval."""
     from tfx import v1 as tfx
 
-    from pipeline import ingestion
+    from tfprod.pipeline import ingestion
 
     tuning = experiment.tuning
     return tfx.components.Tuner(

@@ -16,8 +16,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from serving.config import BatchingParameters
-from serving.errors import DeadlineExceededError, InternalError, ServingError, UnavailableError
+from tfprod.serving.config import BatchingParameters
+from tfprod.serving.errors import DeadlineExceededError, InternalError, ServingError, UnavailableError
 
 LOG = logging.getLogger(__name__)
 

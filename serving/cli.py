@@ -69,8 +69,8 @@ def register(subparsers) -> None:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    from serving.errors import ConfigFileError
-    from serving.server import ModelServer, ServerOptions
+    from tfprod.serving.errors import ConfigFileError
+    from tfprod.serving.server import ModelServer, ServerOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -113,7 +113,7 @@ def _read_request(text: str) -> str:
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    from serving import client as client_lib
+    from tfprod.serving import client as client_lib
 
     try:
         body = json.loads(_read_request(args.request))
@@ -146,8 +146,8 @@ def _grpc_predict(args: argparse.Namespace, body: dict, signature_name):
     """Sends the REST-shaped body over gRPC; answers in REST's columnar shape {"outputs": {...}}."""
     import tensorflow as tf
 
-    from serving import client as client_lib
-    from serving import json_codec
+    from tfprod.serving import client as client_lib
+    from tfprod.serving import json_codec
 
     client = client_lib.GrpcClient(args.server or "127.0.0.1:8500", timeout=args.timeout)
     try:

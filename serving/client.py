@@ -129,6 +129,6 @@ class RestClient:
 def __getattr__(name: str):
     # GrpcClient lives in serving.grpc_client, which imports TensorFlow; REST users skip that import.
     if name == "GrpcClient":
-        from serving.grpc_client import GrpcClient
+        from tfprod.serving.grpc_client import GrpcClient
         return GrpcClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

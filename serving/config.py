@@ -14,8 +14,8 @@ from typing import List, Optional, Tuple
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import textproto
-from serving.errors import ConfigFileError
+from tfprod.serving import textproto
+from tfprod.serving.errors import ConfigFileError
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
@@ -161,17 +161,6 @@ def load_monitoring_config(path: Optional[str]) -> MonitoringConfig:
         raise ConfigFileError(f"{path}: prometheus_config.path must start with '/'")
     return MonitoringConfig(prometheus_enabled=bool(prometheus.get("enable", [False])[-1]),
                             prometheus_path=str(path_value))
-
-
-def version_policy_description(model: model_server_config_pb2.ModelConfig) -> str:
-    """A short text for logs: latest{N}, all or specific{...}."""
-    policy = model.model_version_policy
-    kind = policy.WhichOneof("policy_choice")
-    if kind == "all":
-        return "all"
-    if kind == "specific":
-        return "specific{" + ",".join(str(v) for v in policy.specific.versions) + "}"
-    return f"latest{{{policy.latest.num_versions or 1}}}"
 
 
 def policy_versions(model: model_server_config_pb2.ModelConfig, on_disk: List[int]) -> List[int]:

@@ -78,12 +78,6 @@ class DeadlineExceededError(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class ResourceExhaustedError(ServingError):
-    """The request is too large."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 class InternalError(ServingError):
     """The model failed while running."""
 

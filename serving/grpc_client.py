@@ -9,7 +9,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
                                      regression_pb2)
 
-from serving.client import ClientError
+from tfprod.serving.client import ClientError
 
 
 class GrpcClient:

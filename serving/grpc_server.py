@@ -17,11 +17,11 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from serving import protocol
-from serving.errors import InvalidArgumentError, ServingError
-from serving.event_loop import EventLoopThread
-from serving.servable import CLASSIFY_METHOD, REGRESS_METHOD
-from serving.service import ServingService
+from tfprod.serving import protocol
+from tfprod.serving.errors import InvalidArgumentError, ServingError
+from tfprod.serving.event_loop import EventLoopThread
+from tfprod.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD
+from tfprod.serving.service import ServingService
 
 LOG = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from serving.errors import InvalidArgumentError
+from tfprod.serving.errors import InvalidArgumentError
 
 ROW_FORMAT = "row"
 COLUMNAR_FORMAT = "columnar"

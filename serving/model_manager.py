@@ -19,11 +19,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import config as config_lib
-from serving.config import BatchingParameters
-from serving.errors import InvalidArgumentError, NotFoundError
-from serving.metrics import ServerMetrics
-from serving.servable import Servable
+from tfprod.serving import config as config_lib
+from tfprod.serving.config import BatchingParameters
+from tfprod.serving.errors import InvalidArgumentError, NotFoundError
+from tfprod.serving.metrics import ServerMetrics
+from tfprod.serving.servable import Servable
 
 LOG = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import input_pb2
 
-from serving.errors import InvalidArgumentError
+from tfprod.serving.errors import InvalidArgumentError
 
 
 # Numeric dtypes whose tensor_content is the array's bytes in machine order (the DataType enum of

@@ -26,10 +26,10 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 
-from serving import json_codec
-from serving.errors import NotFoundError, ServingError
-from serving.event_loop import EventLoopThread
-from serving.service import ServingService, parse_version
+from tfprod.serving import json_codec
+from tfprod.serving.errors import NotFoundError, ServingError
+from tfprod.serving.event_loop import EventLoopThread
+from tfprod.serving.service import ServingService, parse_version
 
 LOG = logging.getLogger(__name__)
 

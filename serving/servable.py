@@ -15,9 +15,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from serving.batching import SignatureBatcher
-from serving.config import BatchingParameters
-from serving.errors import FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError
+from tfprod.serving.batching import SignatureBatcher
+from tfprod.serving.config import BatchingParameters
+from tfprod.serving.errors import FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError
 
 LOG = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ class Servable:
         """
         from tensorflow_serving.apis import prediction_log_pb2
 
-        from serving import protocol
+        from tfprod.serving import protocol
 
         path = os.path.join(self.export_dir, WARMUP_FILE)
         if not tf.io.gfile.exists(path):

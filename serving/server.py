@@ -8,11 +8,11 @@ from typing import Optional
 
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import config as config_lib
-from serving import grpc_server, rest
-from serving.errors import ConfigFileError
-from serving.model_manager import ModelManager, freeze_long_lived_objects
-from serving.service import ServingService
+from tfprod.serving import config as config_lib
+from tfprod.serving import grpc_server, rest
+from tfprod.serving.errors import ConfigFileError
+from tfprod.serving.model_manager import ModelManager, freeze_long_lived_objects
+from tfprod.serving.service import ServingService
 
 LOG = logging.getLogger(__name__)
 

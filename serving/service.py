@@ -11,9 +11,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from serving.errors import InvalidArgumentError, ServingError, UnavailableError
-from serving.metrics import ServerMetrics
-from serving.model_manager import ModelManager
+from tfprod.serving.errors import InvalidArgumentError, ServingError, UnavailableError
+from tfprod.serving.metrics import ServerMetrics
+from tfprod.serving.model_manager import ModelManager
 
 Arrays = Dict[str, np.ndarray]
 

@@ -9,7 +9,7 @@ names each file allows.
 import re
 from typing import Any, Dict, List
 
-from serving.errors import ConfigFileError
+from tfprod.serving.errors import ConfigFileError
 
 _TOKEN = re.compile(r"""
     \s*(?:

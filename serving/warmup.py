@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from pipeline import features
+from tfprod.contract import features
 
 WARMUP_DIRECTORY = "assets.extra"
 WARMUP_FILE_NAME = "tf_serving_warmup_requests"

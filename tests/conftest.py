@@ -2,7 +2,7 @@
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib
@@ -20,7 +20,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 def load_sample():
     """The shipped MNIST sample as (train_images, train_labels, test_images, test_labels)."""
-    from pipeline import idx
+    from tfprod.pipeline import idx
 
     train = idx.read_image_label_pair(str(SAMPLE_DIR / idx.TRAIN_IMAGES),
                                       str(SAMPLE_DIR / idx.TRAIN_LABELS))
@@ -31,7 +31,7 @@ def load_sample():
 
 def write_idx_dataset(directory, train_images, train_labels, test_images, test_labels):
     """Writes the four IDX files of an image dataset into directory; returns its path."""
-    from pipeline import idx
+    from tfprod.pipeline import idx
 
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

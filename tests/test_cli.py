@@ -2,7 +2,9 @@
 
 import pytest
 
-from pipeline import cli, idx, local_runner
+from tfprod import cli
+
+from tfprod.pipeline import idx, local_runner
 from tests.conftest import MNIST_CONFIG
 
 

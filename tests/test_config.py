@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from pipeline import config as config_lib
+from tfprod.pipeline import config as config_lib
 from tests.conftest import MNIST_CONFIG
 
 
@@ -116,7 +116,7 @@ def test_saved_config_loads_back_identically(tmp_path):
 
 
 def test_a_model_that_does_not_fit_the_task_is_rejected(monkeypatch):
-    from models import registry
+    from tfprod.models import registry
 
     monkeypatch.setitem(registry._BUILDERS, "toy_forecaster", lambda config, inputs: None)
     monkeypatch.setitem(registry._TASKS, "toy_forecaster", ("forecasting",))
@@ -128,8 +128,8 @@ def test_a_model_that_does_not_fit_the_task_is_rejected(monkeypatch):
 
 
 def test_image_data_gets_the_image_task():
-    from models import registry
-    from pipeline import tasks
+    from tfprod.models import registry
+    from tfprod.pipeline import tasks
 
     assert tasks.get_task(config_lib.ExperimentConfig()).name == "image_classification"
     assert "cnn" in registry.registered_for_task("image_classification")

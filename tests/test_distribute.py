@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from pipeline import distribute
-from pipeline.distribute import DistributeError
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import distribute
+from tfprod.pipeline.distribute import DistributeError
 
 Strategy = config_lib.StrategyName
 
@@ -277,7 +277,7 @@ def test_mixed_float16_without_a_gpu_is_refused():
 
 
 def test_bfloat16_policy_keeps_the_cnn_output_float32_and_is_restored():
-    from models import registry
+    from tfprod.models import registry
 
     before = tf.keras.mixed_precision.global_policy().name
     bfloat16 = runtime(mixed_precision=config_lib.MixedPrecision.MIXED_BFLOAT16)

@@ -20,8 +20,9 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import config as config_lib
-from pipeline import distribute, features, multiworker
+from tfprod.pipeline import config as config_lib
+from tfprod.contract import features
+from tfprod.pipeline import distribute, multiworker
 from tests.conftest import MNIST_CONFIG, REPO_ROOT, write_idx_dataset
 
 pytestmark = pytest.mark.e2e

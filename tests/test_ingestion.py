@@ -9,7 +9,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
-from pipeline import features, idx, ingestion
+from tfprod.contract import features
+
+from tfprod.pipeline import idx, ingestion
 
 
 def _read_split(examples_uri, split):
@@ -88,7 +90,7 @@ def test_multi_process_beam_gives_the_same_splits(tiny_idx_dir, tmp_path):
     """Beam's DirectRunner with 2 worker processes (runtime.beam_mode=multi_process)."""
     from tfx.dsl.components.base import base_beam_executor
 
-    from pipeline import config as config_lib, pipeline as pipeline_lib
+    from tfprod.pipeline import config as config_lib, pipeline as pipeline_lib
 
     runtime = config_lib.RuntimeConfig(beam_mode=config_lib.BeamMode.MULTI_PROCESS,
                                        beam_workers=2)

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from kubeflow import compiler
-from kubeflow.errors import CompileError
-from pipeline import cli
-from pipeline import config as config_lib
+from tfprod.kubeflow import compiler
+from tfprod.kubeflow.errors import CompileError
+from tfprod import cli
+from tfprod.pipeline import config as config_lib
 from tests.conftest import REPO_ROOT
 
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
@@ -80,7 +80,7 @@ def task_graph(pipeline_spec):
 
 def local_graph(experiment, tmp_path):
     """{component id: set of upstream ids} of the pipeline the local runner runs."""
-    from pipeline import pipeline as pipeline_lib
+    from tfprod.pipeline import pipeline as pipeline_lib
 
     tfx_pipeline = pipeline_lib.create_pipeline(
         experiment, pipeline_lib.PipelinePaths(str(tmp_path / "local")))

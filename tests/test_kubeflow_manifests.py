@@ -14,10 +14,10 @@ import subprocess
 import pytest
 import yaml
 
-from kubeflow import manifests, train_worker
-from kubeflow.errors import KubeflowError, ManifestError
-from pipeline import cli
-from pipeline import config as config_lib
+from tfprod.kubeflow import manifests, train_worker
+from tfprod.kubeflow.errors import KubeflowError, ManifestError
+from tfprod import cli
+from tfprod.pipeline import config as config_lib
 from tests.conftest import MNIST_CONFIG, REPO_ROOT
 
 OVERLAY_DIRS = ["base"] + [f"overlays/{name}" for name in manifests.OVERLAYS]
@@ -60,7 +60,7 @@ def test_overlays_hold_the_serving_kinds():
 
 @pytest.mark.parametrize("relative", manifests.OVERLAYS)
 def test_manifests_point_at_the_configs_model_and_image(experiment, relative):
-    from kubeflow import compiler
+    from tfprod.kubeflow import compiler
 
     manifests.check_wiring(rendered(f"overlays/{relative}"), experiment.kubeflow.output_dir,
                            experiment.export.model_name,
@@ -176,7 +176,7 @@ def test_bad_tf_config_is_refused(tf_config, message):
 
 
 def test_dockerfile_matches_the_stack_and_the_compiler():
-    from kubeflow import compiler
+    from tfprod.kubeflow import compiler
 
     dockerfile = (REPO_ROOT / "kubeflow" / "Dockerfile").read_text()
     pins = dict(line.split("==") for line in (REPO_ROOT / "constraints.txt").read_text().split()

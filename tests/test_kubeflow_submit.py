@@ -14,9 +14,9 @@ import urllib.parse
 
 import pytest
 
-from kubeflow import compiler, submit
-from kubeflow.errors import ParameterError, SubmitError
-from pipeline import cli
+from tfprod.kubeflow import compiler, submit
+from tfprod.kubeflow.errors import ParameterError, SubmitError
+from tfprod import cli
 from tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "tests" / "golden" / "mnist_cnn_pipeline.yaml"

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import features
+from tfprod.contract import features
 from tests.conftest import MNIST_CONFIG, REPO_ROOT
 
 NUM_EXAMPLES = 256
@@ -46,7 +46,7 @@ def transform_outputs(tmp_path_factory, mnist_sample):
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import metadata_io
 
-    from pipeline import preprocessing
+    from tfprod.pipeline import preprocessing
 
     train_images, train_labels = mnist_sample[0][:NUM_EXAMPLES], mnist_sample[1][:NUM_EXAMPLES]
     root = tmp_path_factory.mktemp("transform")
@@ -92,7 +92,7 @@ def test_worker_trains_and_the_chief_writes_a_servable_model(transform_outputs, 
                TF_CPP_MIN_LOG_LEVEL="2")
     output_dir = tmp_path / "multiworker"
     result = subprocess.run(
-        [sys.executable, "-m", "kubeflow.train_worker", "--config", str(MNIST_CONFIG),
+        [sys.executable, "-m", "tfprod.kubeflow.train_worker", "--config", str(MNIST_CONFIG),
          "--examples", examples, "--transform-output", graph, "--output-dir", str(output_dir),
          "--set", "trainer.epochs=1", "--set", "trainer.max_steps=3",
          "--set", "trainer.batch_size=32", "--set", "model.cnn.filters=[4]",
@@ -114,7 +114,7 @@ def test_worker_trains_and_the_chief_writes_a_servable_model(transform_outputs, 
 def test_worker_without_tf_config_exits_2(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
     result = subprocess.run(
-        [sys.executable, "-m", "kubeflow.train_worker", "--config", str(MNIST_CONFIG),
+        [sys.executable, "-m", "tfprod.kubeflow.train_worker", "--config", str(MNIST_CONFIG),
          "--examples", "x", "--transform-output", "y", "--output-dir", str(tmp_path)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "TF_CONFIG is not set" in result.stderr

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobile import convert, metadata
-from mobile.verify import TfliteClassifier
+from tfprod.mobile import convert, metadata
+from tfprod.mobile.verify import TfliteClassifier
 from tests.conftest import MNIST_CONFIG, REPO_ROOT, write_idx_dataset
 
 TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")
@@ -250,7 +250,7 @@ def test_int8_needs_calibration_and_int8_io_needs_int8():
 
 
 def test_cli_bad_inputs_exit_2_and_say_what_to_fix(tmp_path, tiny_idx_dir, capsys):
-    from pipeline import cli
+    from tfprod import cli
 
     missing = tmp_path / "out" / "serving" / "mnist_cnn" / "1"
     code = cli.main(["tflite", "--model-dir", str(missing), "--data-dir", str(tiny_idx_dir),

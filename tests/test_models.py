@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from models import registry
-from pipeline import config as config_lib
-from pipeline import trainer
+from tfprod.models import registry
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import trainer
 
 INPUTS = registry.ModelInputs(feature_name="image_xf", feature_shape=(784,), num_classes=10)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import augmentation, recipes, trainer
-from pipeline import config as config_lib
+from tfprod.pipeline import augmentation, recipes, trainer
+from tfprod.pipeline import config as config_lib
 
 
 def load(*overrides):

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from serving import client as client_lib
+from tfprod.serving import client as client_lib
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-from serving import config as config_lib
-from serving import rest
-from serving.config import BatchingParameters
-from serving.model_manager import ModelManager
-from serving.service import ServingService
+from tfprod.serving import config as config_lib
+from tfprod.serving import rest
+from tfprod.serving.config import BatchingParameters
+from tfprod.serving.model_manager import ModelManager
+from tfprod.serving.service import ServingService
 from tests.serving_models import build_examples_model, copy_version
 
 MAX_BODY = 200_000

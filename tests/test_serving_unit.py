@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import config as config_lib
-from serving import json_codec
-from serving.batching import SignatureBatcher, padded_size
-from serving.config import BatchingParameters
-from serving.errors import (ConfigFileError, DeadlineExceededError, InvalidArgumentError, NotFoundError,
+from tfprod.serving import config as config_lib
+from tfprod.serving import json_codec
+from tfprod.serving.batching import SignatureBatcher, padded_size
+from tfprod.serving.config import BatchingParameters
+from tfprod.serving.errors import (ConfigFileError, DeadlineExceededError, InvalidArgumentError, NotFoundError,
                             UnavailableError)
-from serving.metrics import ServerMetrics
-from serving.model_manager import ModelManager
+from tfprod.serving.metrics import ServerMetrics
+from tfprod.serving.model_manager import ModelManager
 from tests.serving_models import build_examples_model, copy_version, example
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -348,7 +348,7 @@ def test_tensor_proto_fast_paths_match_tensorflow():
     """protocol's numpy.frombuffer / tensor_content paths give what tf.make_ndarray/make_tensor_proto give."""
     import tensorflow as tf
 
-    from serving import protocol
+    from tfprod.serving import protocol
 
     for array in (np.random.RandomState(0).rand(3, 28, 28).astype(np.float32), np.arange(6, dtype=np.int64),
                   np.array([[True, False]]), np.arange(4, dtype=np.uint8).reshape(2, 2), np.float64(2.5),
@@ -503,7 +503,7 @@ def test_unload_waits_for_in_flight_requests(tmp_path, examples_model):
 
 
 def test_servable_checks_dtypes_shapes_and_inputs(examples_model):
-    from serving.servable import Servable
+    from tfprod.serving.servable import Servable
 
     servable = Servable("ex", 1, examples_model)
     with pytest.raises(InvalidArgumentError, match="shape"):
@@ -516,7 +516,7 @@ def test_servable_checks_dtypes_shapes_and_inputs(examples_model):
         servable.predict("", {"x": np.zeros([1, 2], np.float32), "y": np.zeros([1])})
     with pytest.raises(NotFoundError, match="not found in signature def"):
         servable.predict("nope", {"x": np.zeros([1, 2], np.float32)})
-    from serving.errors import FailedPreconditionError
+    from tfprod.serving.errors import FailedPreconditionError
     with pytest.raises(FailedPreconditionError, match="tensorflow/serving/classify"):
         servable.classify("regress_x", [example(1, 2).SerializeToString()])
     _, classes, scores = servable.classify("classify_x", [example(1, 2).SerializeToString()])
@@ -530,7 +530,7 @@ DEPLOY_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "servin
 
 
 def _parse_serve_flags(flags):
-    from pipeline import cli
+    from tfprod import cli
 
     return cli.build_parser().parse_args(["serve", *flags])
 
@@ -574,8 +574,8 @@ def test_warmup_file_round_trip_and_replay(tmp_path, examples_model):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    from serving import warmup
-    from serving.servable import Servable
+    from tfprod.serving import warmup
+    from tfprod.serving.servable import Servable
 
     requests = warmup.image_warmup_requests("mnist_cnn", 28, 28, batch_sizes=(1, 3))
     assert [(request.model_spec.signature_name, tf.make_ndarray(next(iter(request.inputs.values()))).shape[0])
@@ -602,7 +602,7 @@ def test_warmup_file_round_trip_and_replay(tmp_path, examples_model):
 def test_request_scope_records_each_outcome_and_refuses_requests_while_draining():
     import types
 
-    from serving.service import ServingService
+    from tfprod.serving.service import ServingService
 
     service = ServingService(types.SimpleNamespace(metrics=ServerMetrics()))
     with service.request("predict", "grpc") as record:
@@ -624,7 +624,7 @@ def test_request_scope_records_each_outcome_and_refuses_requests_while_draining(
 
 
 def test_negative_tensorflow_thread_counts_are_refused_before_tensorflow_is_touched():
-    from serving.server import configure_tensorflow_threads
+    from tfprod.serving.server import configure_tensorflow_threads
 
     with pytest.raises(ConfigFileError, match="--tensorflow_intra_op_parallelism must be 0"):
         configure_tensorflow_threads(-1, 0)

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import registry, text_layers
-from pipeline import config as config_lib
-from pipeline import features, tasks, text_ingestion, text_preprocessing
-from serving import json_codec
+from tfprod.models import registry, text_layers
+from tfprod.pipeline import config as config_lib
+from tfprod.contract import features
+from tfprod.pipeline import tasks, text_ingestion, text_preprocessing
+from tfprod.serving import json_codec
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -285,7 +286,8 @@ def test_json_string_instances_decode_to_a_string_tensor():
 
 
 def test_tfprod_run_reports_bad_text_data_before_the_pipeline_starts(tmp_path, capsys):
-    from pipeline import cli, local_runner
+    from tfprod import cli
+    from tfprod.pipeline import local_runner
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data_dir = write_tsv(tmp_path / "data", ["good\t1", "bad\t0"], ["fine\t1", "odd\t7"])

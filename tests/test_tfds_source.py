@@ -21,9 +21,13 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
-from pipeline import cli, config as config_lib, features, ingestion, pipeline as pipeline_lib
+from tfprod.contract import features
+
+from tfprod import cli
+
+from tfprod.pipeline import config as config_lib, ingestion, pipeline as pipeline_lib
 from tests.conftest import MNIST_CONFIG, REPO_ROOT, write_idx_dataset
-from pipeline.tfds_source import dataset, example_gen, mnist_sample
+from tfprod.pipeline.tfds_source import dataset, example_gen, mnist_sample
 
 SMALL_NAME = "tfprod_mnist_sample/small:1.0.0"
 SMALL_TRAIN, SMALL_TEST = 2000, 500

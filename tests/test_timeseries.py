@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import forecasting as forecasting_models
-from models import registry
-from pipeline import config as config_lib
-from pipeline import timeseries, timeseries_ingestion
-from pipeline.tasks import forecasting
+from tfprod.models import forecasting as forecasting_models
+from tfprod.models import registry
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import timeseries, timeseries_ingestion
+from tfprod.pipeline.tasks import forecasting
 from tests.conftest import SHARED_DATA
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

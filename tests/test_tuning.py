@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from pipeline import features, trainer, tuning
+from tfprod.pipeline import config as config_lib
+from tfprod.contract import features
+from tfprod.pipeline import trainer, tuning
 from tests.conftest import REPO_ROOT, write_idx_dataset
 
 TUNED_CONFIG = REPO_ROOT / "configs" / "mnist_cnn_tuned.yaml"

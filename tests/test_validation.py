@@ -7,7 +7,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
-from pipeline import features, validation
+from tfprod.contract import features
+
+from tfprod.pipeline import validation
 from tests.conftest import CURATED_SCHEMA
 
 

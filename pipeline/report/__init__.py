@@ -4,8 +4,3 @@ run_data collects a finished run (ML Metadata, artifacts, run_summary.json,
 training_stats.json, config.yaml); sections turns it into HTML sections with
 inline charts (charts); builder writes the page; cli adds `tfprod report`.
 """
-
-import os
-
-# Keras 2 (tf-keras) everywhere: must be set before TensorFlow is first imported.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -6,8 +6,8 @@ import time
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from pipeline.report import html, sections
-from pipeline.report.run_data import REPORT_FILE, ReportError, RunData, load_run
+from tfprod.pipeline.report import html, sections
+from tfprod.pipeline.report.run_data import REPORT_FILE, ReportError, RunData, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def write_after_run(run_summary, progress: Callable[[str], None]) -> Optional[st
 
     A report that cannot be written is a warning, not a failed run. Returns the path or None.
     """
-    from pipeline.report.run_data import source_commit
+    from tfprod.pipeline.report.run_data import source_commit
 
     run_summary.git_commit = source_commit()
     started = time.perf_counter()

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    from pipeline.report import builder
+    from tfprod.pipeline.report import builder
 
     try:
         path = builder.build_report(args.output_dir, report_path=args.report_path)

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from pipeline import features
-from pipeline.report.run_data import TRAINING_STATS_FILE, RunData
+from tfprod.contract import features
+from tfprod.pipeline.report.run_data import TRAINING_STATS_FILE, RunData
 
 # Bounds that keep the report quick on big runs; the report states them where they apply.
 MAX_LABELS_COUNTED = 200_000       # per split, for the class balance
@@ -158,7 +158,7 @@ def read_sample_images(run: RunData, per_class: int) -> Optional[Dict[int, np.nd
     uri = run.uri("examples")
     if shape is None or not uri or not label_is_integer(run):
         return None
-    from mobile import data as mobile_data
+    from tfprod.mobile import data as mobile_data
 
     images, labels = mobile_data.read_examples_split(uri, "train", *shape,
                                                      limit=SAMPLE_IMAGES_SCANNED)
@@ -461,8 +461,8 @@ def forecast_window(run: RunData) -> Optional[Dict[str, Any]]:
     "history" (the target's lookback values), "actual", "forecast", "persistence",
     "seasonal_naive"} in the target's units, or None when the run has no forecaster.
     """
-    from pipeline import timeseries
-    from pipeline.tasks import forecasting
+    from tfprod.pipeline import timeseries
+    from tfprod.pipeline.tasks import forecasting
 
     model = load_model(run)
     uri = run.uri("examples")

@@ -14,11 +14,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from pipeline import features
-from pipeline.report import charts, readers
-from pipeline.report.html import (Section, badge, escape, figure, not_present, number, pre,
+from tfprod.contract import features
+from tfprod.pipeline.report import charts, readers
+from tfprod.pipeline.report.html import (Section, badge, escape, figure, not_present, number, pre,
                                   table)
-from pipeline.report.run_data import RunData
+from tfprod.pipeline.report.run_data import RunData
 
 SAMPLES_PER_CLASS = 8
 MAX_FEATURE_CHARTS = 12

@@ -11,7 +11,7 @@ from the config's data section.
 import abc
 from typing import Any, Dict, List, Optional, Tuple
 
-from pipeline import config as config_lib
+from tfprod.pipeline import config as config_lib
 
 
 class Task(abc.ABC):
@@ -64,7 +64,7 @@ class Task(abc.ABC):
 
 def get_task(experiment: config_lib.ExperimentConfig) -> Task:
     """The task for the experiment's data (data.source and data.format)."""
-    from pipeline.tasks import image, text
+    from tfprod.pipeline.tasks import image, text
 
     data = experiment.data
     if data.source == config_lib.DataSource.FILES and data.format == config_lib.DataFormat.TSV:
@@ -72,7 +72,7 @@ def get_task(experiment: config_lib.ExperimentConfig) -> Task:
     if data.source == config_lib.DataSource.TFDS or data.format == config_lib.DataFormat.IDX:
         return image.ImageClassificationTask()
     if data.format == config_lib.DataFormat.CSV:
-        from pipeline.tasks import forecasting
+        from tfprod.pipeline.tasks import forecasting
 
         return forecasting.ForecastingTask()
     raise config_lib.ConfigError(f"data.format: no task handles {data.format.value!r}")

@@ -16,9 +16,10 @@ Exported signatures:
 
 from typing import Any, Dict, List, Tuple
 
-from pipeline import config as config_lib
-from pipeline import features, timeseries
-from pipeline.tasks import Task
+from tfprod.pipeline import config as config_lib
+from tfprod.contract import features
+from tfprod.pipeline import timeseries
+from tfprod.pipeline.tasks import Task
 
 FORECASTING = "forecasting"
 
@@ -55,7 +56,7 @@ def column_names(experiment: config_lib.ExperimentConfig) -> List[str]:
         import pandas as pd
         import tensorflow as tf
 
-        from pipeline import timeseries_ingestion
+        from tfprod.pipeline import timeseries_ingestion
 
         path = timeseries_ingestion.find_csv(experiment.data.data_dir, time_series.file)
         with tf.io.gfile.GFile(path, "r") as handle:
@@ -131,10 +132,10 @@ class ForecastingTask(Task):
     """Multi-step forecasting of data.time_series.target_column from a window of columns."""
 
     name = FORECASTING
-    preprocessing_fn = "pipeline.tasks.forecasting.preprocessing_fn"
+    preprocessing_fn = "tfprod.pipeline.tasks.forecasting.preprocessing_fn"
 
     def example_gen(self, experiment: config_lib.ExperimentConfig, data_dir: Any):
-        from pipeline import timeseries_ingestion
+        from tfprod.pipeline import timeseries_ingestion
 
         return timeseries_ingestion.TimeSeriesExampleGen(
             input_base=data_dir, file_pattern=experiment.data.time_series.file,
@@ -147,7 +148,7 @@ class ForecastingTask(Task):
                 "lookback": time_series.lookback}
 
     def model_inputs(self, experiment: config_lib.ExperimentConfig):
-        from models import registry
+        from tfprod.models import registry
 
         time_series = experiment.data.time_series
         columns = column_names(experiment)

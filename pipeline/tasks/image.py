@@ -2,9 +2,9 @@
 
 from typing import Any, Dict, List, Tuple
 
-from pipeline import config as config_lib
-from pipeline import features
-from pipeline.tasks import Task
+from tfprod.pipeline import config as config_lib
+from tfprod.contract import features
+from tfprod.pipeline.tasks import Task
 
 IMAGE_CLASSIFICATION = "image_classification"
 
@@ -13,21 +13,21 @@ class ImageClassificationTask(Task):
     """Grayscale images of data.image_height x data.image_width, data.num_classes classes."""
 
     name = IMAGE_CLASSIFICATION
-    preprocessing_fn = "pipeline.preprocessing.preprocessing_fn"
+    preprocessing_fn = "tfprod.pipeline.preprocessing.preprocessing_fn"
 
     def example_gen(self, experiment: config_lib.ExperimentConfig, data_dir: Any):
         data = experiment.data
         if data.source == config_lib.DataSource.TFDS:
-            from pipeline.tfds_source import dataset as tfds_dataset
-            from pipeline.tfds_source import example_gen as tfds_example_gen
+            from tfprod.pipeline.tfds_source import dataset as tfds_dataset
+            from tfprod.pipeline.tfds_source import example_gen as tfds_example_gen
 
             return tfds_example_gen.TfdsExampleGen(tfds_dataset.TfdsSource.from_config(data))
-        from pipeline import ingestion
+        from tfprod.pipeline import ingestion
 
         return ingestion.IdxExampleGen(input_base=data_dir, eval_fraction=data.eval_fraction)
 
     def model_inputs(self, experiment: config_lib.ExperimentConfig):
-        from models import registry
+        from tfprod.models import registry
 
         data = experiment.data
         return registry.ModelInputs(
@@ -44,14 +44,14 @@ class ImageClassificationTask(Task):
 
     def serving_signatures(self, model, tf_transform_output,
                            experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
-        from pipeline import signatures
+        from tfprod.pipeline import signatures
 
         return signatures.make_serving_signatures(
             model, tf_transform_output, experiment.data.image_height,
             experiment.data.image_width)
 
     def warmup_requests(self, experiment: config_lib.ExperimentConfig) -> List[Any]:
-        from serving import warmup
+        from tfprod.serving import warmup
 
         return warmup.image_warmup_requests(
             experiment.export.model_name, experiment.data.image_height,
@@ -69,7 +69,7 @@ def compile_classifier(model, experiment: config_lib.ExperimentConfig, optimizer
 
     Label smoothing, and soft labels when mixup/cutmix mix them (pipeline.recipes).
     """
-    from pipeline import recipes
+    from tfprod.pipeline import recipes
 
     num_classes = experiment.data.num_classes
     mixed = experiment.data.augmentation.mixes_labels

@@ -10,10 +10,10 @@ import os
 import tempfile
 from typing import Any, Dict, List, Tuple
 
-from pipeline import config as config_lib
-from pipeline import features
-from pipeline.tasks import Task
-from pipeline.tasks.image import classification_eval_config, compile_classifier
+from tfprod.pipeline import config as config_lib
+from tfprod.contract import features
+from tfprod.pipeline.tasks import Task
+from tfprod.pipeline.tasks.image import classification_eval_config, compile_classifier
 
 TEXT_CLASSIFICATION = "text_classification"
 CLASSES_OUTPUT = "classes"
@@ -26,10 +26,10 @@ class TextClassificationTask(Task):
     """Texts with one label each; data.num_classes classes (labels of train.tsv)."""
 
     name = TEXT_CLASSIFICATION
-    preprocessing_fn = "pipeline.text_preprocessing.preprocessing_fn"
+    preprocessing_fn = "tfprod.pipeline.text_preprocessing.preprocessing_fn"
 
     def example_gen(self, experiment: config_lib.ExperimentConfig, data_dir: Any):
-        from pipeline import text_ingestion
+        from tfprod.pipeline import text_ingestion
 
         data = experiment.data
         return text_ingestion.TsvExampleGen(
@@ -43,8 +43,8 @@ class TextClassificationTask(Task):
                 "max_len": text.max_len}
 
     def model_inputs(self, experiment: config_lib.ExperimentConfig):
-        from models import registry
-        from pipeline import text_preprocessing
+        from tfprod.models import registry
+        from tfprod.pipeline import text_preprocessing
 
         text = experiment.data.text
         return registry.ModelInputs(
@@ -55,7 +55,7 @@ class TextClassificationTask(Task):
             vocab_size=text.vocab_size + text.num_oov_buckets + 1)
 
     def features_and_label(self, transformed: Dict[str, Any]) -> Tuple[Any, Any]:
-        from pipeline import text_preprocessing
+        from tfprod.pipeline import text_preprocessing
 
         return (transformed[text_preprocessing.TOKENS_TRANSFORMED_KEY],
                 transformed[features.LABEL_KEY])
@@ -76,7 +76,7 @@ class TextClassificationTask(Task):
 
 def label_names(tf_transform_output) -> List[str]:
     """The label names, ordered by class id, from the Transform graph's label vocabulary."""
-    from pipeline import text_preprocessing
+    from tfprod.pipeline import text_preprocessing
 
     return text_preprocessing.label_names_from_vocabulary(
         tf_transform_output.vocabulary_by_name(text_preprocessing.LABEL_VOCABULARY))
@@ -90,7 +90,7 @@ def make_text_signatures(model, tf_transform_output, num_classes: int) -> Dict[s
     """
     import tensorflow as tf
 
-    from pipeline import text_ingestion, text_preprocessing
+    from tfprod.pipeline import text_ingestion, text_preprocessing
 
     names = label_names(tf_transform_output)
     if len(names) != num_classes:
@@ -144,7 +144,7 @@ def text_warmup_requests(model_name: str) -> List[Any]:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from pipeline import text_ingestion
+    from tfprod.pipeline import text_ingestion
 
     texts = np.array([text.encode("utf-8") for text in WARMUP_TEXTS], dtype=object)
     raw = predict_pb2.PredictRequest()

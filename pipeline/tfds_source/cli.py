@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 
 def _tfds_build_command(args: argparse.Namespace) -> int:
-    from pipeline.tfds_source import mnist_sample
+    from tfprod.pipeline.tfds_source import mnist_sample
 
     try:
         names = mnist_sample.build(args.data_dir, configs=args.configs or ["full"],

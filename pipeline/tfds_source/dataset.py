@@ -14,10 +14,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import naming
 
-from pipeline import config as config_lib
-from pipeline import features
+from tfprod.pipeline import config as config_lib
+from tfprod.contract import features
 # Registers the project's own builder (tfprod_mnist_sample) with TFDS.
-from pipeline.tfds_source import mnist_sample
+from tfprod.pipeline.tfds_source import mnist_sample
 
 # The pipeline's three splits.
 TRAIN_SPLIT = "train"

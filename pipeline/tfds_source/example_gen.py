@@ -28,8 +28,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
-from pipeline.tfds_source import dataset
-from pipeline.tfds_source.dataset import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
+from tfprod.pipeline.tfds_source import dataset
+from tfprod.pipeline.tfds_source.dataset import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 
 _HASH_BUCKETS = 10000
 

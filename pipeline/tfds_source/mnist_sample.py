@@ -21,7 +21,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from pipeline import idx
+from tfprod.pipeline import idx
 
 DATASET_NAME = "tfprod_mnist_sample"
 VERSION = "1.0.0"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import timeseries
-from pipeline.tasks import forecasting
+from tfprod.pipeline import timeseries
+from tfprod.pipeline.tasks import forecasting
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.e2e
@@ -116,7 +116,7 @@ def test_served_forecast_is_in_target_units_and_both_signatures_agree(forecast_r
 def test_rest_json_window_through_the_serving_stack(forecast_run):
     """A TF Serving REST body, decoded by tfprod's JSON codec and run by its Servable
     (in-process: the HTTP server itself is covered by tests/test_serving_e2e.py)."""
-    from serving import json_codec, servable
+    from tfprod.serving import json_codec, servable
 
     output_dir, summary = forecast_run
     model = servable.Servable("etth1_lstm", 1, summary["pushed_model_dir"])
@@ -138,7 +138,7 @@ def test_rest_json_window_through_the_serving_stack(forecast_run):
 
 def test_a_gap_in_the_csv_stops_the_run_naming_the_line(tmp_path, etth1_slice_dir, capsys):
     """`tfprod run` in-process (the CLI's main): the check runs before TFX starts."""
-    from pipeline import cli
+    from tfprod import cli
 
     lines = (etth1_slice_dir / "ETTh1.csv").read_text().splitlines(keepends=True)
     del lines[500]  # the data row on CSV line 501: line 501 now comes two hours after line 500

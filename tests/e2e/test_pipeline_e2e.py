@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import features
+from tfprod.contract import features
 from tests.conftest import MNIST_CONFIG, REPO_ROOT, SAMPLE_DIR, write_idx_dataset
 
 pytestmark = pytest.mark.e2e

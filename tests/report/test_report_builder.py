@@ -15,9 +15,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline import cli, features
-from pipeline.report import builder, readers, sections
-from pipeline.report.run_data import RunData, load_run
+from tfprod.contract import features
+
+from tfprod import cli
+from tfprod.pipeline.report import builder, readers, sections
+from tfprod.pipeline.report.run_data import RunData, load_run
 from tests.conftest import REPO_ROOT, load_sample
 from tests.report.conftest import BAD_LABEL
 from tests.report.page_index import PageIndex

@@ -1,4 +1,5 @@
-"""Feature names shared by ingestion, Transform, the Trainer, serving and evaluation."""
+"""Feature, output and signature names shared by ingestion, Transform, the Trainer, serving,
+evaluation and TFLite conversion."""
 
 # Raw features, as ExampleGen writes them into tf.Examples.
 IMAGE_KEY = "image"  # int64 list of height*width pixel values 0..255, row-major
