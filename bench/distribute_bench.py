@@ -89,7 +89,8 @@ def run_one(args: argparse.Namespace) -> None:
 
     from tfprod.models import registry
     from tfprod.pipeline import config as config_lib
-    from tfprod.pipeline import distribute, idx
+    from tfprod.contract import idx
+    from tfprod.pipeline import distribute
 
     experiment = config_lib.load_config(args.config)
     images, labels = idx.read_image_label_pair(os.path.join(args.data_dir, idx.TRAIN_IMAGES),

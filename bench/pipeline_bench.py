@@ -50,7 +50,9 @@ def interleaved_throughput(experiment, data_dir: str, output_dir: str, rounds: i
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from tfprod.pipeline import idx, preprocessing, trainer
+    from tfprod.contract import idx
+
+    from tfprod.pipeline import preprocessing, trainer
 
     files, transform_graph = _latest_transformed_train_files(output_dir)
     tf_transform_output = tft.TFTransformOutput(transform_graph)

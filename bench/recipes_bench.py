@@ -59,7 +59,8 @@ def load_task_data(experiment, data_dir: str, train_limit: int = 0):
     split is a seeded random eval_fraction of the training files (the pipeline splits by
     a hash of the example instead).
     """
-    from tfprod.pipeline import idx, preprocessing, tasks
+    from tfprod.contract import idx
+    from tfprod.pipeline import preprocessing, tasks
 
     task = tasks.get_task(experiment)
     if task.name != "image_classification":

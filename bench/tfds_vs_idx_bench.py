@@ -33,7 +33,7 @@ CONFIG = REPO_ROOT / "configs" / "mnist_cnn.yaml"
 
 def write_idx_subset(directory: pathlib.Path, train_count: int, test_count: int) -> None:
     """The first train_count / test_count images of the shipped sample, as IDX files."""
-    from tfprod.pipeline import idx
+    from tfprod.contract import idx
 
     directory.mkdir(parents=True, exist_ok=True)
     sample = mnist_sample_dir()

@@ -7,7 +7,7 @@ import numpy as np
 
 from tfprod.contract import features
 
-from tfprod.pipeline import idx
+from tfprod.contract import idx
 
 CALIBRATION_SAMPLES_RANGE = (100, 500)
 

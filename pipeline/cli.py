@@ -20,7 +20,8 @@ def register(subparsers) -> None:
 
 def _run_command(args: argparse.Namespace) -> int:
     from tfprod.pipeline import config as config_lib
-    from tfprod.pipeline import idx, local_runner, text_ingestion, timeseries
+    from tfprod.contract import idx
+    from tfprod.pipeline import local_runner, text_ingestion, timeseries
 
     overrides = []
     if args.data_dir:

@@ -24,7 +24,7 @@ from tfx.utils import proto_utils
 
 from tfprod.contract import features
 
-from tfprod.pipeline import idx
+from tfprod.contract import idx
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"

@@ -13,7 +13,8 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from tfprod.pipeline import config as config_lib
-from tfprod.pipeline import idx, pipeline as pipeline_lib, summary as summary_lib
+from tfprod.contract import idx
+from tfprod.pipeline import pipeline as pipeline_lib, summary as summary_lib
 from tfprod.pipeline import text_ingestion, timeseries, validation
 from tfprod.pipeline.report import builder as report_builder
 

@@ -20,7 +20,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 def load_sample():
     """The shipped MNIST sample as (train_images, train_labels, test_images, test_labels)."""
-    from tfprod.pipeline import idx
+    from tfprod.contract import idx
 
     train = idx.read_image_label_pair(str(SAMPLE_DIR / idx.TRAIN_IMAGES),
                                       str(SAMPLE_DIR / idx.TRAIN_LABELS))
@@ -31,7 +31,7 @@ def load_sample():
 
 def write_idx_dataset(directory, train_images, train_labels, test_images, test_labels):
     """Writes the four IDX files of an image dataset into directory; returns its path."""
-    from tfprod.pipeline import idx
+    from tfprod.contract import idx
 
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

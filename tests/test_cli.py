@@ -4,7 +4,9 @@ import pytest
 
 from tfprod import cli
 
-from tfprod.pipeline import idx, local_runner
+from tfprod.contract import idx
+
+from tfprod.pipeline import local_runner
 from tests.conftest import MNIST_CONFIG
 
 

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from tfprod.pipeline import idx
+from tfprod.contract import idx
 
 
 def test_round_trip_gzip_and_plain(tmp_path):

@@ -11,7 +11,9 @@ from tfx.utils import proto_utils
 
 from tfprod.contract import features
 
-from tfprod.pipeline import idx, ingestion
+from tfprod.contract import idx
+
+from tfprod.pipeline import ingestion
 
 
 def _read_split(examples_uri, split):

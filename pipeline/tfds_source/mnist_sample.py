@@ -21,7 +21,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfprod.pipeline import idx
+from tfprod.contract import idx
 
 DATASET_NAME = "tfprod_mnist_sample"
 VERSION = "1.0.0"

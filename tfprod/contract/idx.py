@@ -1,5 +1,8 @@
 """Reading IDX files (the MNIST format) into NumPy arrays, with clear errors.
 
+Part of the contract layer because both the pipeline (ingestion, preflight checks) and
+mobile (calibration data for `tfprod convert --data-dir`) read this format; NumPy only.
+
 The IDX format is a big-endian header followed by raw data:
   magic (4 bytes): two zero bytes, a type code (0x08 = uint8), the number of
   dimensions; then one uint32 per dimension; then the data, row-major.
