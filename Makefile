@@ -53,7 +53,7 @@ test-e2e: $(STAMP)
 	$(VENV)/bin/pytest -m e2e
 
 bench: $(STAMP)
-	$(VENV_PYTHON) bench/pipeline_bench.py
+	$(VENV_PYTHON) -m bench.pipeline_bench
 
 # Re-resolve and re-freeze constraints.txt from setup.py (needs network).
 constraints: $(VENV_PYTHON)

@@ -12,7 +12,7 @@ Each configuration runs in fresh processes (logical devices and multi-worker str
 must be set before TensorFlow initialises). Scaling efficiency =
 examples/s of the configuration / (replicas x examples/s of one_device).
 
-    python bench/distribute_bench.py [--data-dir ../shared/data/mnist] [--steps 60]
+    python -m bench.distribute_bench [--data-dir ../shared/data/mnist] [--steps 60]
 
 Writes docs/benchmarks/distribute_bench.json and docs/benchmarks/distribute_bench.md.
 """
@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from machine import describe as describe_machine  # bench/machine.py, beside this script
+from bench.machine import describe as describe_machine
 
 import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,7 +45,8 @@ NUM_WORKERS = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.distribute_bench",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="MNIST IDX files")
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "mnist_cnn.yaml"))
     parser.add_argument("--steps", type=int, default=60, help="timed steps per configuration")
@@ -143,8 +144,9 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: str) -> dict:
     from tfprod.pipeline import distribute, multiworker
 
     result_path = os.path.join(workdir, f"{mode}.json")
-    command = [sys.executable, os.path.abspath(__file__), "--run-one", mode, "--result",
-               result_path, "--data-dir", args.data_dir, "--config", args.config,
+    command = [sys.executable, "-m", "bench.distribute_bench", "--run-one", mode, "--result",
+               result_path, "--data-dir", os.path.abspath(args.data_dir),
+               "--config", os.path.abspath(args.config),
                "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
                "--per-replica-batch", str(args.per_replica_batch)]
     processes = []
@@ -223,9 +225,8 @@ def main(argv=None) -> int:
             "averages above), so absolute figures are noisy; compare rows of the same run.",
         ]
     notes += args.note
-    report = {"command": "python " + " ".join(shlex.quote(a) for a in [
-                  os.path.relpath(__file__, REPO_ROOT), *(argv if argv is not None
-                                                          else sys.argv[1:])]),
+    report = {"command": "python -m bench.distribute_bench " + " ".join(
+                  shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine, "load_average_before": [round(v, 2) for v in load_before],
               "load_average_after": [round(v, 2) for v in os.getloadavg()],

@@ -4,7 +4,7 @@ Records the model's test MAE and RMSE beside the persistence and seasonal-naive
 baselines (all three computed by TFMA on the same test windows), the training time
 and each component's wall time.
 
-    python bench/forecast_bench.py [--data-dir ../shared/data/time_series] [--set key=value ...]
+    python -m bench.forecast_bench [--data-dir ../shared/data/time_series] [--set key=value ...]
         [--results-name forecast_bench]
 
 Writes docs/benchmarks/<results-name>.json and .md (default forecast_bench).
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from machine import describe as describe_machine  # bench/machine.py, beside this script
+from bench.machine import describe as describe_machine
 
 import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -100,7 +100,8 @@ def write_results(results: dict, name: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.forecast_bench",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--output-dir", default=None,
                         help="where the run writes (default: a new temp dir)")
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="forecast_bench_")
     summary = run_pipeline(args.data_dir, output_dir, args.overrides)
     results = {
-        "command": " ".join(shlex.quote(part) for part in ["python", "bench/forecast_bench.py",
+        "command": " ".join(shlex.quote(part) for part in ["python", "-m", "bench.forecast_bench",
                                                            *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": describe_machine(),

@@ -14,7 +14,7 @@ docs/benchmarks/serving_bench.json), that gives the most single-image requests p
 Python gRPC server could serve on this machine's cores, whatever its serving code does: the
 floor under serving_bench's gRPC goal.
 
-    .venv/bin/python bench/grpc_floor_bench.py [--seconds 5]
+    .venv/bin/python -m bench.grpc_floor_bench [--seconds 5]
 
 Needs h2load (Debian package nghttp2-client). Writes docs/benchmarks/grpc_floor.json and .md.
 """
@@ -31,10 +31,10 @@ import tempfile
 import threading
 import time
 
-from machine import describe as describe_machine  # bench/machine.py, beside this script
-from serving_bench import (MODEL_NAME, PREDICT_METHOD, SIGNATURE, WARM_UP_SECONDS, grpc_frame, h2load_command,
-                           images, parse_h2load_log, parse_h2load_summary, process_cpu_seconds, run_tool,
-                           write_report)
+from bench.machine import describe as describe_machine
+from bench.serving_bench import (MODEL_NAME, PREDICT_METHOD, SIGNATURE, WARM_UP_SECONDS, grpc_frame,
+                                 h2load_command, images, parse_h2load_log, parse_h2load_summary,
+                                 process_cpu_seconds, run_tool, write_report)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONCURRENCY = 64
@@ -123,8 +123,8 @@ def measure(kind: str, seconds: float, workdir: pathlib.Path) -> dict:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    process = subprocess.Popen([sys.executable, __file__, "--serve", kind], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "bench.grpc_floor_bench", "--serve", kind],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT)
     try:
         port = int(process.stdout.readline())
         request = predict_pb2.PredictRequest()
@@ -190,7 +190,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.grpc_floor_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--output", default=str(REPO_ROOT / "docs" / "benchmarks" / "grpc_floor"))
     args = parser.parse_args(argv)
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as workdir:
         results = [measure(kind, args.seconds, pathlib.Path(workdir)) for kind in KINDS]
-    report = {"command": "python bench/grpc_floor_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": "python -m bench.grpc_floor_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": describe_machine(), "concurrency": CONCURRENCY, "seconds": args.seconds,
               "model_cpu_ms_per_image": None, "ceiling": None, "results": results}
     ceiling_file = REPO_ROOT / "docs" / "benchmarks" / "serving_bench.json"

@@ -11,8 +11,8 @@ model with the same library. Then checks the gates of issue 6:
 
 and compares int8 with float32 latency on the same runtime.
 
-    python bench/mobile_bench.py [--data-dir ../shared/data/mnist] [--set key=value ...]
-    python bench/mobile_bench.py --model-dir OUT/serving/mnist_cnn/VERSION
+    python -m bench.mobile_bench [--data-dir ../shared/data/mnist] [--set key=value ...]
+    python -m bench.mobile_bench --model-dir OUT/serving/mnist_cnn/VERSION
 
 Writes docs/benchmarks/mobile_bench.json and docs/benchmarks/mobile_bench.md.
 """
@@ -125,7 +125,8 @@ def convert_pushed_model(model_dir: str, data_dir: str, output_dir: str) -> dict
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.mobile_bench",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--model-dir", help="convert this pushed model instead of training one")
     parser.add_argument("--output-dir", default=None, help="default: a new temp dir")
@@ -134,7 +135,7 @@ def main() -> int:
 
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="tfprod_mobile_bench_")
     results = {
-        "command": "python bench/mobile_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": "python -m bench.mobile_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if args.model_dir:

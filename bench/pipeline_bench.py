@@ -4,7 +4,7 @@ Records each component's wall time and the test accuracy, then compares the
 Trainer's throughput (examples/s) with the same model trained by model.fit on
 in-memory NumPy arrays in the same process, alternating epochs of the two.
 
-    python bench/pipeline_bench.py [--data-dir ../shared/data/mnist] [--set key=value ...]
+    python -m bench.pipeline_bench [--data-dir ../shared/data/mnist] [--set key=value ...]
 
 Writes docs/benchmarks/pipeline_bench.json and docs/benchmarks/pipeline_bench.md.
 """
@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from machine import describe as describe_machine  # bench/machine.py, beside this script
+from bench.machine import describe as describe_machine
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -52,7 +52,8 @@ def interleaved_throughput(experiment, data_dir: str, output_dir: str, rounds: i
 
     from tfprod.contract import idx
 
-    from tfprod.pipeline import preprocessing, trainer
+    from tfprod.pipeline import trainer
+    from tfprod.pipeline.tasks.image import preprocessing
 
     files, transform_graph = _latest_transformed_train_files(output_dir)
     tf_transform_output = tft.TFTransformOutput(transform_graph)
@@ -140,7 +141,7 @@ def write_results(results: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--output-dir", default=None, help="default: a new temp dir")
     parser.add_argument("--rounds", type=int, default=4,
@@ -170,7 +171,7 @@ def main() -> int:
     interleaved = interleaved_throughput(experiment, args.data_dir, output_dir, args.rounds)
     trainer_rate = summary.training["steady_examples_per_second"]
     results = {
-        "command": "python bench/pipeline_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": "python -m bench.pipeline_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": describe_machine(),
         "config": config_lib.to_dict(experiment),

@@ -6,7 +6,7 @@ on in-memory data, for the same number of epochs, and are scored on the test spl
 The TFX pipeline itself is left out (its data components cost the same for both
 recipes; see pipeline_bench for them).
 
-    python bench/recipes_bench.py [--config configs/mnist_cnn.yaml]
+    python -m bench.recipes_bench [--config configs/mnist_cnn.yaml]
         [--data-dir ../shared/data/mnist] [--epochs 2]
         [--set KEY=VALUE ...]         # applied to both recipes
         [--tuned-set KEY=VALUE ...]   # the tuned recipe (default: TUNED_RECIPE below)
@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from machine import describe as describe_machine  # bench/machine.py, beside this script
+from bench.machine import describe as describe_machine
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -60,7 +60,8 @@ def load_task_data(experiment, data_dir: str, train_limit: int = 0):
     a hash of the example instead).
     """
     from tfprod.contract import idx
-    from tfprod.pipeline import preprocessing, tasks
+    from tfprod.pipeline import tasks
+    from tfprod.pipeline.tasks.image import preprocessing
 
     task = tasks.get_task(experiment)
     if task.name != "image_classification":
@@ -89,7 +90,8 @@ def train_recipe(name: str, experiment, data, epochs: int) -> Dict[str, Any]:
     """Fits one recipe as run_fn does and scores it on the test split."""
     import tensorflow as tf
 
-    from tfprod.pipeline import augmentation, config as config_lib, recipes, trainer
+    from tfprod.pipeline import config as config_lib, recipes, trainer
+    from tfprod.pipeline.tasks.image import augmentation
 
     train_x, train_y, eval_x, eval_y, test_x, test_y = data
     settings = experiment.trainer
@@ -179,7 +181,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "seed-to-seed noise on MNIST.",
     ]
     return {
-        "command": "python bench/recipes_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": "python -m bench.recipes_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": describe_machine(),
         "load_average_at_start": [round(v, 2) for v in load_at_start],
@@ -191,7 +193,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.recipes_bench",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/mnist_cnn.yaml")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--epochs", type=int, default=2)

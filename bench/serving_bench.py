@@ -26,7 +26,7 @@ leave the cores to the server being measured:
 `python` runs threads with the sync grpc client / http.client in up to --client-processes
 processes.
 
-    .venv/bin/python bench/serving_bench.py --model-dir OUT/serving/mnist_cnn/<version>
+    .venv/bin/python -m bench.serving_bench --model-dir OUT/serving/mnist_cnn/<version>
 
 --compare-serving-dir DIR runs every cell a second time, right after the first, against a server whose
 `serving` package comes from DIR (e.g. `git archive main serving | tar -x -C DIR`), so a change
@@ -304,9 +304,10 @@ def run_cell(protocol, port, concurrency, batch, seconds, payload, processes, se
     """Runs one cell with the clients spread over up to `processes` load processes."""
     count = max(1, min(processes, concurrency))
     shares = [concurrency // count + (1 if index < concurrency % count else 0) for index in range(count)]
-    workers = [subprocess.Popen([sys.executable, __file__, "--worker", protocol, str(port), str(share),
-                                 str(seconds), str(payload)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = [subprocess.Popen([sys.executable, "-m", "bench.serving_bench", "--worker", protocol, str(port),
+                                 str(share), str(seconds), str(payload)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=REPO_ROOT)
                for share in shares]
     for worker in workers:
         line = worker.stdout.readline()
@@ -1000,7 +1001,7 @@ def run_all_cells(args, workdir: pathlib.Path, payloads) -> tuple:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.serving_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, help="a pushed SavedModel version directory")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each cell")
     parser.add_argument("--concurrency", default="1,8,32,64")
@@ -1064,7 +1065,7 @@ def main(argv=None) -> int:
     print(f"in-process ceiling after: {ceiling_after['predictions_per_second']:,.0f} predictions/s", flush=True)
     ceiling = (ceiling_before["predictions_per_second"] + ceiling_after["predictions_per_second"]) / 2
     report = {
-        "command": "python bench/serving_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench.serving_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": (f"{platform.node()}: {os.cpu_count()} CPU cores, {platform.platform()}, Python "
                     f"{platform.python_version()}"),
         "load_average_start": load_at_start, "load_average_end": [round(v, 2) for v in os.getloadavg()],

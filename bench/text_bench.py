@@ -10,9 +10,9 @@ work on the shared machine slows every figure down).
 Results are merged into docs/benchmarks/text_bench.json (keyed by config) and the table
 docs/benchmarks/text_bench.md is rewritten from it, so configs can be run one at a time.
 
-  python bench/text_bench.py --data-dir ../shared/data/sst2
-  python bench/text_bench.py --data-dir ../shared/data/sst2 --configs sst2_lstm
-  python bench/text_bench.py --configs sst2_lstm --label adamw_cosine_smoothing \
+  python -m bench.text_bench --data-dir ../shared/data/sst2
+  python -m bench.text_bench --data-dir ../shared/data/sst2 --configs sst2_lstm
+  python -m bench.text_bench --configs sst2_lstm --label adamw_cosine_smoothing \
       --set trainer.optimizer=adamw --set trainer.weight_decay=0.0001 ...
 
 --label keeps a run with overrides (e.g. another training recipe) beside the plain ones.
@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 
-from machine import describe as describe_machine  # bench/machine.py, beside this script
+from bench.machine import describe as describe_machine
 
 import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 
@@ -133,12 +133,13 @@ def write_results(results: dict, machine: dict) -> None:
               f"Python {machine['python']}, TensorFlow {machine['tensorflow']}, "
               f"{len(machine['gpus'])} GPUs. The machine is shared with other jobs (see the load "
               "averages), so absolute times are pessimistic.", "",
-              "Reproduce: `python bench/text_bench.py --data-dir ../shared/data/sst2`", ""]
+              "Reproduce: `python -m bench.text_bench --data-dir ../shared/data/sst2`", ""]
     (RESULTS_DIR / "text_bench.md").write_text("\n".join(lines))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.text_bench",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(REPO_ROOT.parent / "shared" / "data" / "sst2"),
                         help="the SST-2 directory with train.tsv and test.tsv")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)

@@ -5,7 +5,7 @@ temp data dir, writes the same images as IDX files, and runs the whole pipeline
 on each source with identical settings, in fresh output dirs. Records each
 run's test accuracy, example counts and component times.
 
-    python bench/tfds_vs_idx_bench.py [--config small|full] [--set key=value ...]
+    python -m bench.tfds_vs_idx_bench [--config small|full] [--set key=value ...]
 
 Writes docs/benchmarks/tfds_vs_idx.json and docs/benchmarks/tfds_vs_idx.md.
 """
@@ -19,7 +19,7 @@ import shlex
 import sys
 import tempfile
 
-from machine import describe as describe_machine  # bench/machine.py, beside this script
+from bench.machine import describe as describe_machine
 
 import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -46,7 +46,7 @@ def write_idx_subset(directory: pathlib.Path, train_count: int, test_count: int)
 
 
 def mnist_sample_dir() -> pathlib.Path:
-    from tfprod.pipeline.tfds_source import mnist_sample
+    from tfprod.pipeline.ingestion.tfds import mnist_sample
 
     return mnist_sample.SHIPPED_SAMPLE_DIR
 
@@ -93,7 +93,8 @@ def write_results(results: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.tfds_vs_idx_bench",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=("small", "full"), default="small",
                         help="tfprod_mnist_sample config: small (2,000/500) or full (10,000/2,000)")
     parser.add_argument("--set", dest="overrides", action="append",
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
                              "eval.accuracy_threshold=0.5")
     args = parser.parse_args(argv)
 
-    from tfprod.pipeline.tfds_source import mnist_sample
+    from tfprod.pipeline.ingestion.tfds import mnist_sample
 
     counts = {"small": (2000, 500), "full": (10000, 2000)}[args.config]
     with tempfile.TemporaryDirectory(prefix="tfds_vs_idx_") as work:
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
                 f"runtime.output_dir={work_dir / 'out_tfds'}"]),
         }
     results = {
-        "command": shlex.join(["python", "bench/tfds_vs_idx_bench.py"] + sys.argv[1:]),
+        "command": shlex.join(["python", "-m", "bench.tfds_vs_idx_bench"] + sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": describe_machine(), "tfds_name": tfds_name, "overrides": args.overrides,
         "train_images": counts[0], "test_images": counts[1], "runs": runs,

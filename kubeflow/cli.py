@@ -1,12 +1,14 @@
-"""`tfprod kubeflow compile|submit|validate-manifests`: argument parsing over the library."""
+"""`tfprod kubeflow compile|submit|validate-manifests`: argument parsing over the library.
+
+Errors leave as tfprod.errors kinds (kubeflow/errors.py); tfprod/cli.py prints them and
+exits: 2 a bad config, --param, package path or manifest (ConfigError); 1 the Kubeflow
+Pipelines API failed (SubmitError, a RunFailure).
+"""
 
 import argparse
 import os
-import sys
 
-# Exit codes, as for `tfprod run`: 2 a bad config, argument or manifest; 1 the API failed.
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+from tfprod import errors
 
 
 def register(subparsers) -> None:
@@ -55,15 +57,11 @@ def register(subparsers) -> None:
 
 def _compile_command(args: argparse.Namespace) -> int:
     from tfprod.kubeflow import compiler
-    from tfprod.kubeflow.errors import CompileError
     from tfprod.pipeline import config as config_lib
 
-    try:
+    with errors.missing_file_is_config_error():
         experiment = config_lib.load_config(args.config, args.overrides)
-        compiled = compiler.compile_pipeline(experiment)
-    except (config_lib.ConfigError, FileNotFoundError, CompileError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        compiled = compiler.compile_pipeline(experiment)  # CompileError: a ConfigError
     compiler.write_package(compiled, args.output)
     tasks = compiled.pipeline_spec["root"]["dag"]["tasks"]
     print(f"wrote {args.output}: pipeline {compiled.name}, {len(tasks)} tasks, image "
@@ -74,19 +72,13 @@ def _compile_command(args: argparse.Namespace) -> int:
 
 def _submit_command(args: argparse.Namespace) -> int:
     from tfprod.kubeflow import submit
-    from tfprod.kubeflow.errors import CompileError, ParameterError, SubmitError
 
-    try:
-        parameters = submit.parse_parameters(args.params)
+    parameters = submit.parse_parameters(args.params)  # ParameterError: a ConfigError
+    # A missing --package: ConfigError; the API failing: SubmitError, a RunFailure.
+    with errors.missing_file_is_config_error():
         run = submit.submit(args.package, args.host, experiment_name=args.experiment,
                             parameters=parameters, pipeline_root=args.pipeline_root,
                             run_name=args.run_name, namespace=args.namespace)
-    except (CompileError, ParameterError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except SubmitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILED
     print(f"submitted run {run.run_name!r}: run_id {run.run_id}, pipeline {run.pipeline_id} "
           f"version {run.pipeline_version_id}, experiment {run.experiment_id}")
     return 0
@@ -94,10 +86,9 @@ def _submit_command(args: argparse.Namespace) -> int:
 
 def _validate_command(args: argparse.Namespace) -> int:
     from tfprod.kubeflow import compiler, manifests
-    from tfprod.kubeflow.errors import ManifestError
     from tfprod.pipeline import config as config_lib
 
-    try:
+    with errors.missing_file_is_config_error():  # and ManifestError: a ConfigError
         checked = manifests.validate_tree(args.manifests)
         if args.config:
             experiment = config_lib.load_config(args.config, args.overrides)
@@ -107,9 +98,6 @@ def _validate_command(args: argparse.Namespace) -> int:
                     manifests.render(os.path.join(root, "overlays", overlay)),
                     experiment.kubeflow.output_dir, experiment.export.model_name,
                     compiler.image_reference(experiment.kubeflow))
-    except (ManifestError, config_lib.ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     for name, kinds in checked.items():
         print(f"{name}: {', '.join(kinds)} valid")
     if args.config:

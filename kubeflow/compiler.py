@@ -27,7 +27,9 @@ from typing import Any, Dict, List, Optional
 import yaml
 from google.protobuf import json_format
 
+from tfprod.contract import layout
 from tfprod.kubeflow.errors import CompileError
+from tfprod.pipeline import checks
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import pipeline as pipeline_lib
 
@@ -36,7 +38,6 @@ PROJECT_DIR_IN_IMAGE = "/tfprod"
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 DATA_DIR_PARAMETER = "data_dir"
-TRAINER_ID = "Trainer"
 KUBERNETES_PLATFORM = "kubernetes"
 
 
@@ -152,7 +153,7 @@ def build_pipeline(experiment: config_lib.ExperimentConfig):
     data_dir = tfx.dsl.experimental.RuntimeParameter(
         name=DATA_DIR_PARAMETER, ptype=str, default=cluster.data.data_dir)
     tfx_pipeline = pipeline_lib.create_pipeline(
-        cluster, pipeline_lib.PipelinePaths(cluster.runtime.output_dir),
+        cluster, layout.PipelinePaths(cluster.runtime.output_dir),
         # KFP keeps its own metadata; an empty connection config avoids a local SQLite file.
         metadata_connection_config=metadata_store_pb2.ConnectionConfig(),
         data_dir=data_dir, beam_args=beam_args(cluster),
@@ -160,7 +161,7 @@ def build_pipeline(experiment: config_lib.ExperimentConfig):
         baseline_resolver=cluster.kubeflow.baseline_resolver)
     resources = trainer_resources(cluster.kubeflow)
     if resources is not None:
-        trainer = next(c for c in tfx_pipeline.components if c.id == TRAINER_ID)
+        trainer = next(c for c in tfx_pipeline.components if c.id == layout.TRAINER_ID)
         trainer.with_platform_config(resources)
     return tfx_pipeline
 
@@ -170,9 +171,12 @@ def compile_pipeline(experiment: config_lib.ExperimentConfig) -> CompiledPipelin
 
     Raises:
       CompileError: the experiment cannot run on Kubeflow as configured.
+      ConfigError: the model, recipes or tuning space do not fit the task
+        (pipeline.checks.check_experiment, run once here).
     """
     from tfx import v1 as tfx
 
+    checks.check_experiment(experiment)
     tfx_pipeline = build_pipeline(experiment)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
@@ -189,7 +193,7 @@ def compile_pipeline(experiment: config_lib.ExperimentConfig) -> CompiledPipelin
     parameter = spec["root"]["inputDefinitions"]["parameters"][DATA_DIR_PARAMETER]
     parameter["defaultValue"] = experiment.kubeflow.data_dir
     parameter["isOptional"] = True
-    executor_label = spec["components"][TRAINER_ID]["executorLabel"]
+    executor_label = spec["components"][layout.TRAINER_ID]["executorLabel"]
     return CompiledPipeline(spec, trainer_platform_spec(experiment.kubeflow, executor_label))
 
 

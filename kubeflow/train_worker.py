@@ -18,29 +18,10 @@ Split-train/ and Split-eval/), --transform-output the transform_graph artifact.
 import argparse
 import os
 import sys
-from typing import Any, Dict, List, Mapping, Optional
+from typing import List, Optional
 
-from tfprod.kubeflow.errors import KubeflowError
+from tfprod import errors
 from tfprod.pipeline import distribute
-
-TF_CONFIG = distribute.TF_CONFIG
-
-
-def read_tf_config(environ: Mapping[str, str] = os.environ) -> Dict[str, Any]:
-    """Parses and checks TF_CONFIG as the training operator writes it (pipeline.distribute).
-
-    Raises:
-      KubeflowError: TF_CONFIG is missing or not what MultiWorkerMirroredStrategy needs.
-    """
-    try:
-        return distribute.read_tf_config(environ, allow_ps=False)
-    except distribute.DistributeError as error:
-        raise KubeflowError(str(error)) from error
-
-
-def is_chief(tf_config: Dict[str, Any]) -> bool:
-    """The chief writes the model: the 'chief' task, or worker 0 when there is no chief."""
-    return distribute.is_chief(tf_config)
 
 
 def split_files(examples_uri: str, split: str) -> List[str]:
@@ -61,17 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Trains; a TfprodError ends the worker with `error: <message>` and the exit code of its
+    kind (tfprod.errors.EXIT_CODES, as `tfprod` does): 2 for a TF_CONFIG, config or path
+    that is wrong, 1 when training fails."""
     args = build_parser().parse_args(argv)
     try:
-        tf_config = read_tf_config()
-    except KubeflowError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _train(args)
+    except errors.TfprodError as error:
+        return errors.handle(error)
 
+
+def _train(args: argparse.Namespace) -> int:
+    # TF_CONFIG as the training operator writes it; DistributeError (a ConfigError) when it
+    # is missing or not what MultiWorkerMirroredStrategy needs. Checked before TF loads.
+    distribute.read_tf_config(os.environ, allow_ps=False)
+
+    from tfprod.pipeline import checks
     from tfprod.pipeline import config as config_lib
     from tfprod.pipeline import ingestion, multiworker, trainer
 
-    experiment = config_lib.load_config(args.config, args.overrides)
+    # Loaded, validated and checked once; run_worker trains with this object.
+    with errors.missing_file_is_config_error():
+        experiment = checks.load_experiment(args.config, args.overrides)
     # Every replica gets the real output dirs: run_fn sends the non-chief replicas' SavedModel
     # and logs to temporary dirs, and all replicas share <output-dir>/model_run/backup for
     # BackupAndRestore (so a restarted TFJob resumes).
@@ -85,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"writing to {args.output_dir} (only the chief keeps its files)", flush=True)
     # MultiWorkerMirroredStrategy is created first; variables created in its scope (the
     # model, the optimizer) are mirrored and all-reduced across workers.
-    multiworker.run_worker(fn_args, experiment.runtime)
+    multiworker.run_worker(fn_args, experiment)
     return 0
 
 

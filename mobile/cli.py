@@ -1,17 +1,20 @@
-"""`tfprod tflite`: convert a pushed SavedModel to TFLite, attach metadata, verify, report."""
+"""`tfprod tflite`: convert a pushed SavedModel to TFLite, attach metadata, verify, report.
+
+Errors leave as tfprod.errors kinds (tfprod/cli.py prints them and exits): a bad flag, model
+directory or data directory is a ConfigError (2: mobile.data.DataError, mobile.export.
+ExportError); a conversion, metadata or verification failure is a RunFailure (1).
+"""
 
 import argparse
 import os
-import sys
 
+from tfprod import errors
 from tfprod.mobile import options
 
 # TensorFlow is imported only when the command runs, so `tfprod --help` stays fast.
 
 DEFAULT_DATA_DIR = "data/mnist_sample"
 DEFAULT_CALIBRATION_SAMPLES = 200
-EXIT_BAD_INPUT = 2
-EXIT_CONVERSION_FAILED = 1
 
 
 def register(subparsers) -> None:
@@ -63,41 +66,32 @@ def default_names(model_dir: str):
 
 
 def _tflite_command(args: argparse.Namespace) -> int:
-    from tfprod.mobile import convert, data, export, metadata, verify
+    from tfprod.mobile import convert, data, export, verify
 
     model_name, version, output_dir = default_names(args.model_dir)
     model_name = args.model_name or model_name
     output_dir = args.output_dir or output_dir
     if output_dir is None:
-        print(f"error: {args.model_dir} is not in the <output-dir>/serving/<model_name>/<version> "
-              "layout; pass --output-dir", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise errors.ConfigError(
+            f"{args.model_dir} is not in the <output-dir>/serving/<model_name>/<version> "
+            "layout; pass --output-dir")
     modes = args.modes or [mode.value for mode in options.ConversionMode]
     if args.int8_io and "int8" not in modes:
-        print("error: --int8-io applies to --mode int8 only", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        calibration = None
-        if "int8" in modes:
-            train_images, _ = data.read_idx_split(args.data_dir, "train")
-            calibration = data.calibration_sample(train_images, args.calibration_samples)
-        test_images, test_labels = data.read_idx_split(args.data_dir, "test")
-        if args.test_examples:
-            test_images, test_labels = (test_images[:args.test_examples],
-                                        test_labels[:args.test_examples])
-        options = export.ExportOptions(
-            modes=modes, int8_io=args.int8_io or convert.IoType.FLOAT32.value,
-            runtimes=args.runtimes or verify.RUNTIMES, latency_examples=args.latency_examples)
-        result = export.export_tflite(
-            args.model_dir, output_dir, model_name, version, calibration, test_images,
-            test_labels, options, progress=lambda line: print(line, flush=True))
-    except (data.DataError, export.ExportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (convert.ConversionError, metadata.MetadataError,
-            verify.VerificationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CONVERSION_FAILED
+        raise errors.ConfigError("--int8-io applies to --mode int8 only")
+    calibration = None
+    if "int8" in modes:
+        train_images, _ = data.read_idx_split(args.data_dir, "train")
+        calibration = data.calibration_sample(train_images, args.calibration_samples)
+    test_images, test_labels = data.read_idx_split(args.data_dir, "test")
+    if args.test_examples:
+        test_images, test_labels = (test_images[:args.test_examples],
+                                    test_labels[:args.test_examples])
+    export_options = export.ExportOptions(
+        modes=modes, int8_io=args.int8_io or convert.IoType.FLOAT32.value,
+        runtimes=args.runtimes or verify.RUNTIMES, latency_examples=args.latency_examples)
+    result = export.export_tflite(
+        args.model_dir, output_dir, model_name, version, calibration, test_images,
+        test_labels, export_options, progress=lambda line: print(line, flush=True))
     print(verify.format_markdown(result.report), flush=True)
     for mode, path in result.model_files.items():
         print(f"{mode}: {path}")

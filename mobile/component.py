@@ -21,7 +21,9 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-COMPONENT_ID = "TFLiteConverter"
+from tfprod.contract import layout
+
+COMPONENT_ID = layout.TFLITE_CONVERTER_ID
 FILES_JSON = "files.json"
 CONVERTED_PROPERTY = "converted"
 

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfprod import errors
 from tfprod.mobile.options import ConversionMode, IoType  # noqa: F401  (part of this API)
 from tfprod.contract import features
 
@@ -36,7 +37,7 @@ from tfprod.contract import features
 BATCH_SIZE = 1
 
 
-class ConversionError(RuntimeError):
+class ConversionError(errors.RunFailure):
     """The SavedModel could not be converted; the message says why and what to change."""
 
 
@@ -84,7 +85,7 @@ def probe_pixel_scaling(serving_model, height: int, width: int) -> ImageInput:
     if signature is None:
         raise ConversionError(
             f"the SavedModel has no '{features.TRANSFORM_SIGNATURE}' signature; export it with "
-            "tfprod.pipeline.signatures.make_serving_signatures")
+            "tfprod.pipeline.tasks.image.signatures.make_serving_signatures")
     rng = np.random.default_rng(0)
     pixels = np.stack([np.zeros(height * width), np.full(height * width, 255),
                        rng.integers(0, 256, height * width)]).astype(np.int64)

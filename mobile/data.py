@@ -5,14 +5,12 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from tfprod.contract import features
-
-from tfprod.contract import idx
-
-CALIBRATION_SAMPLES_RANGE = (100, 500)
+from tfprod import errors
+from tfprod.contract import features, idx
+from tfprod.mobile.options import CALIBRATION_SAMPLES_RANGE
 
 
-class DataError(ValueError):
+class DataError(errors.ConfigError):
     """The calibration or test data cannot be read; the message names the path."""
 
 

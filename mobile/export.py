@@ -9,15 +9,16 @@ call :func:`export_tflite`. It writes
 
 import dataclasses
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from tfprod import errors
 from tfprod.mobile import convert, metadata, verify
 from tfprod.contract import features
 
 
-class ExportError(RuntimeError):
+class ExportError(errors.ConfigError, RuntimeError):
     """The SavedModel is not one tfprod can convert; the message says why."""
 
 
@@ -44,7 +45,7 @@ class ExportResult:
 
 
 def load_serving_model(saved_model_dir: str):
-    """Loads a SavedModel exported by pipeline.signatures.
+    """Loads a SavedModel exported by pipeline.tasks.image.signatures.
 
     Raises:
       ExportError: there is no SavedModel in saved_model_dir.
@@ -61,7 +62,7 @@ def image_input_shape(serving_model):
     signature = serving_model.signatures.get(features.SERVING_RAW_SIGNATURE)
     if signature is None:
         raise ExportError(f"the SavedModel has no '{features.SERVING_RAW_SIGNATURE}' signature; "
-                          "tfprod converts models exported by pipeline.signatures")
+                          "tfprod converts models exported by pipeline.tasks.image.signatures")
     image_spec = signature.structured_input_signature[1][features.IMAGE_KEY]
     output_spec = signature.structured_outputs[features.PROBABILITIES_OUTPUT]
     _, height, width = image_spec.shape.as_list()

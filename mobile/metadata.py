@@ -23,11 +23,13 @@ from typing import Dict, List, Optional, Sequence
 
 import flatbuffers
 
+from tfprod import errors
+
 METADATA_FILE_IDENTIFIER = b"M001"
 METADATA_BUFFER_NAME = "TFLITE_METADATA"
 
 
-class MetadataError(ValueError):
+class MetadataError(errors.RunFailure, ValueError):
     """The metadata is incomplete or cannot be attached; the message says what to fix."""
 
 

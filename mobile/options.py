@@ -5,6 +5,9 @@ import enum
 # Runtimes the models are verified on: LiteRT (ai-edge-litert) and tflite-runtime 2.14.
 RUNTIMES = ("litert", "tflite_runtime")
 
+# How many training images int8 calibration may draw (mobile.calibration_samples).
+CALIBRATION_SAMPLES_RANGE = (100, 500)
+
 
 class ConversionMode(str, enum.Enum):
     """How the weights (and activations) are stored in the TFLite model."""

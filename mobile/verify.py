@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from tfprod import errors
 from tfprod.mobile.options import RUNTIMES
 
 THREAD_COUNTS = (1, 2)
@@ -26,7 +27,7 @@ REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
 
 
-class VerificationError(RuntimeError):
+class VerificationError(errors.RunFailure):
     """A model could not be loaded or run on a runtime; the message names both."""
 
 

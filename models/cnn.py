@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tfprod.contract.tasks import TaskName
 from tfprod.models import registry
 
 # Faster-moving BatchNorm statistics than the 0.99 default: small datasets train for
@@ -9,7 +10,7 @@ from tfprod.models import registry
 BN_MOMENTUM = 0.9
 
 
-@registry.register("cnn", tasks=("image_classification",))
+@registry.register("cnn", tasks=(TaskName.IMAGE_CLASSIFICATION,))
 def build_cnn(model_config, inputs: registry.ModelInputs) -> tf.keras.Model:
     """Blocks of (Conv3x3 -> BatchNorm -> ReLU) x convs_per_block -> MaxPool -> Dropout,
     then Dense -> BatchNorm -> ReLU -> Dropout -> softmax over the classes.

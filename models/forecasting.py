@@ -7,9 +7,8 @@ so an untrained network starts as the naive forecast and learns the correction.
 
 import tensorflow as tf
 
+from tfprod.contract.tasks import TaskName
 from tfprod.models import registry
-
-FORECASTING_TASK = "forecasting"
 
 
 @tf.keras.utils.register_keras_serializable(package="tfprod")
@@ -34,7 +33,7 @@ class LastValueResidual(tf.keras.layers.Layer):
         return config
 
 
-@registry.register("lstm_forecaster", tasks=(FORECASTING_TASK,))
+@registry.register("lstm_forecaster", tasks=(TaskName.FORECASTING,))
 def build_lstm_forecaster(model_config, inputs: registry.ModelInputs) -> tf.keras.Model:
     """Stacked LSTMs over the window -> Dense(horizon) change (+ a linear map of the whole
     window when linear_skip) -> plus the last observed target value."""
@@ -107,7 +106,7 @@ def _encoder_block(x, params, block: int):
         tf.keras.layers.Add(name=f"block{block}_residual1")([x, feed_forward]))
 
 
-@registry.register("transformer_forecaster", tasks=(FORECASTING_TASK,))
+@registry.register("transformer_forecaster", tasks=(TaskName.FORECASTING,))
 def build_transformer_forecaster(model_config, inputs: registry.ModelInputs) -> tf.keras.Model:
     """Each step projected to model_width, plus a learned position embedding -> encoder
     blocks -> the last step's and the mean state -> Dense(horizon) change (+ a linear map

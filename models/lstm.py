@@ -2,12 +2,10 @@
 
 import tensorflow as tf
 
+from tfprod.contract.tasks import TaskName
 from tfprod.models import registry
 
-TEXT_CLASSIFICATION = "text_classification"
-
-
-@registry.register("lstm", tasks=(TEXT_CLASSIFICATION,))
+@registry.register("lstm", tasks=(TaskName.TEXT_CLASSIFICATION,))
 def build_lstm(model_config, inputs: registry.ModelInputs) -> tf.keras.Model:
     """Embedding (id 0 masked) -> SpatialDropout1D -> Bidirectional(LSTM) -> Dropout -> softmax.
 

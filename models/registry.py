@@ -1,19 +1,22 @@
 """A registry of model builders, keyed by the name used in ``model.name``.
 
-Builders register with ``@register("cnn", tasks=("image_classification",))``. Each
-takes the experiment's ModelConfig and a ModelInputs description and returns an
-uncompiled Keras model. ``tasks`` names the pipeline tasks (pipeline.tasks) whose
-inputs and outputs the model fits.
+Builders register with ``@register("cnn", tasks=(TaskName.IMAGE_CLASSIFICATION,))``.
+Each takes the experiment's ModelConfig and a ModelInputs description and returns an
+uncompiled Keras model. ``tasks`` names the pipeline tasks (tfprod.contract.tasks.TaskName,
+one Task each in pipeline.tasks) whose inputs and outputs the model fits.
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple, Union
+
+from tfprod import errors
+from tfprod.contract.tasks import TaskName
 
 _BUILDERS: Dict[str, Callable] = {}
-_TASKS: Dict[str, Tuple[str, ...]] = {}
+_TASKS: Dict[str, Tuple[TaskName, ...]] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(errors.ConfigError, KeyError):
     """model.name names no registered builder."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
@@ -37,20 +40,30 @@ class ModelInputs:
     vocab_size: int = 0
 
 
-def register(name: str, tasks: Sequence[str] = ()) -> Callable:
+def register(name: str, tasks: Sequence[Union[TaskName, str]] = ()) -> Callable:
     """Decorator that registers a builder under name; a second registration raises.
 
     Args:
       name: the value of model.name that selects the builder.
-      tasks: the pipeline tasks the model fits (e.g. "image_classification").
+      tasks: the pipeline tasks the model fits (TaskName members; their string values,
+        e.g. "image_classification", are accepted too).
+
+    Raises:
+      ValueError: the name is taken, or a task is not a TaskName (the message lists them).
     """
+    try:
+        task_names = tuple(TaskName(task) for task in tasks)
+    except ValueError:
+        raise ValueError(f"model '{name}': tasks {[str(task) for task in tasks]} must be "
+                         f"TaskName members ({', '.join(task.value for task in TaskName)})"
+                         ) from None
 
     def decorator(builder: Callable) -> Callable:
         if name in _BUILDERS:
             raise ValueError(f"a model named '{name}' is already registered "
                              f"({_BUILDERS[name].__module__}.{_BUILDERS[name].__name__})")
         _BUILDERS[name] = builder
-        _TASKS[name] = tuple(tasks)
+        _TASKS[name] = task_names
         return builder
 
     return decorator
@@ -67,13 +80,13 @@ def registered_names() -> List[str]:
     return sorted(_BUILDERS)
 
 
-def registered_for_task(task: str) -> List[str]:
-    """The names of the models that fit a task."""
+def registered_for_task(task: Union[TaskName, str]) -> List[str]:
+    """The names of the models that fit a task (a TaskName or its value)."""
     _load_builtin_models()
     return sorted(name for name, tasks in _TASKS.items() if task in tasks)
 
 
-def model_tasks(name: str) -> Tuple[str, ...]:
+def model_tasks(name: str) -> Tuple[TaskName, ...]:
     """The tasks a registered model fits."""
     get_builder(name)
     return _TASKS[name]

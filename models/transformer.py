@@ -2,11 +2,11 @@
 
 import tensorflow as tf
 
+from tfprod.contract.tasks import TaskName
 from tfprod.models import registry, text_layers
-from tfprod.models.lstm import TEXT_CLASSIFICATION
 
 
-@registry.register("transformer", tasks=(TEXT_CLASSIFICATION,))
+@registry.register("transformer", tasks=(TaskName.TEXT_CLASSIFICATION,))
 def build_transformer(model_config, inputs: registry.ModelInputs) -> tf.keras.Model:
     """Token + position embeddings -> dropout -> num_blocks encoder blocks
     -> masked mean pooling -> dropout -> softmax.

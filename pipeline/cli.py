@@ -1,7 +1,11 @@
-"""`tfprod run`: the argument parsing of the local pipeline run, over the library."""
+"""`tfprod run`: the argument parsing of the local pipeline run, over the library.
+
+Errors leave as tfprod.errors kinds; tfprod/cli.py prints them and picks the exit code:
+2 a bad config or path, 3 bad input data (found before the run, or by a component),
+1 a component failed. A failed run has written run_summary.json and its report first.
+"""
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -19,9 +23,9 @@ def register(subparsers) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    from tfprod import errors
     from tfprod.pipeline import config as config_lib
-    from tfprod.contract import idx
-    from tfprod.pipeline import local_runner, text_ingestion, timeseries
+    from tfprod.pipeline import local_runner
 
     overrides = []
     if args.data_dir:
@@ -29,28 +33,17 @@ def _run_command(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"runtime.output_dir={args.output_dir}")
     overrides += args.overrides
-    try:
+    with errors.missing_file_is_config_error():
         experiment = config_lib.load_config(args.config, overrides)
-    except (config_lib.ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return local_runner.EXIT_BAD_CONFIG
     print(f"tfprod run: {experiment.name} (model {experiment.model.name}) on "
           f"{experiment.data.describe_source()}\n  outputs: {experiment.runtime.output_dir}",
           flush=True)
     try:
         summary = local_runner.run_pipeline(
             experiment, progress=lambda line: print(line, flush=True), verbose=args.verbose)
-    except config_lib.ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return local_runner.EXIT_BAD_CONFIG
-    except (idx.IdxFormatError, text_ingestion.TsvFormatError,
-            timeseries.TimeSeriesFormatError) as error:
-        print(f"error: bad input data: {error}", file=sys.stderr)
-        return local_runner.EXIT_BAD_DATA
-    except local_runner.PipelineRunError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except local_runner.RUN_STOPPED as error:  # not handled here: only its report is named
         if error.report_path:
             print(f"Report: {error.report_path}", flush=True)
-        return error.exit_code
+        raise
     print(summary.format(), flush=True)
     return 0

@@ -1,24 +1,31 @@
-"""Typed, layered experiment configuration.
+"""The experiment schema: typed, layered experiment configuration.
 
-An experiment is a tree of dataclasses (experiment -> data, model, trainer,
-eval, export, mobile, runtime, kubeflow). It is built in three layers: the dataclass defaults,
-then a YAML file from ``configs/``, then ``--set dotted.key=value`` overrides.
-The result is validated and written beside the run's outputs.
+An experiment is a tree of dataclasses (experiment -> data, model, trainer, eval, export,
+mobile, runtime, kubeflow, tuning). ``load_config`` builds it with the generic loader
+(tfprod.configlib) in three layers: the dataclass defaults, then a YAML file from
+``configs/``, then ``--set dotted.key=value`` overrides; then it validates the result once.
+
+Validation here is the schema's own: each section's ``validate`` and the few rules between
+sections that need nothing but the config. No TensorFlow is imported. The checks that need
+other packages (the model registry, the task of the data, the recipes and the tuning space
+against the task) live above, in tfprod.pipeline.checks, and run once where a run starts
+(local_runner.preflight_check, the Kubeflow compiler, the Kubeflow train worker).
 """
 
 import dataclasses
 import enum
 import os
-import typing
 from typing import Any, Dict, List, Optional, Sequence
 
-import yaml
-
+from tfprod import configlib
 from tfprod.mobile import options as mobile_options
 
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and what is expected."""
+# A tfprod.errors.ConfigError (and a ValueError); the message names the key, the source
+# (the YAML file or the --set override) and what is expected.
+ConfigError = configlib.ConfigError
+# Top-level blocks of a saved config that record what a run did; loading skips them.
+DISTRIBUTION_KEY = "distribution"
+RECORD_KEYS = (DISTRIBUTION_KEY,)
 
 
 class DataSource(str, enum.Enum):
@@ -43,17 +50,11 @@ class BeamMode(str, enum.Enum):
     MULTI_PROCESS = "multi_process"
 
 
-def _added_key(default: Any) -> Any:
-    """A field added after the Kubeflow golden spec was recorded.
-
-    to_dict(compact=True) leaves it out while it holds its default, so the compiled
-    pipelines (and KFP cache keys) of existing configs stay the same. A dataclass type
-    as default means default_factory.
-    """
-    metadata = {"omit_when_default": True}
-    if dataclasses.is_dataclass(default) and isinstance(default, type):
-        return dataclasses.field(default_factory=default, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+# A field added after the Kubeflow golden spec was recorded: to_dict(compact=True) leaves
+# it out while it holds its default, so the compiled pipelines (and KFP cache keys) of
+# existing configs stay the same.
+_added_key = configlib.added_field
+_check = configlib.check
 
 
 class Optimizer(str, enum.Enum):
@@ -211,11 +212,11 @@ class DataConfig:
     tfds_test_split: str = "test"
     tfds_image_feature: str = "image"
     tfds_label_feature: str = "label"
-    # Random image augmentation of the training batches only (pipeline/augmentation.py).
+    # Random image augmentation of the training batches (pipeline/tasks/image/augmentation.py).
     augmentation: AugmentationConfig = _added_key(AugmentationConfig)
-    # data.format: tsv (pipeline/text_ingestion.py).
+    # data.format: tsv (pipeline/ingestion/tsv.py).
     text: TextDataConfig = _added_key(TextDataConfig)
-    # data.format: csv (pipeline/timeseries.py).
+    # data.format: csv (pipeline/ingestion/timeseries.py).
     time_series: TimeSeriesConfig = _added_key(TimeSeriesConfig)
 
     def validate(self) -> None:
@@ -362,13 +363,9 @@ class ModelConfig:
     transformer: TransformerConfig = _added_key(TransformerConfig)
 
     def validate(self) -> None:
-        from tfprod.models import registry  # Local import: models imports TensorFlow.
-
-        if self.name not in registry.registered_names():
-            raise ConfigError(
-                f"model.name: unknown model '{self.name}'; registered models are "
-                f"{', '.join(registry.registered_names())}"
-            )
+        """Each family's settings. That model.name is registered is checked above
+        (tfprod.pipeline.checks: the registry imports TensorFlow)."""
+        _check(bool(self.name), "model.name", "the name of a registered model", self.name)
         for section in (self.cnn, self.lstm, self.transformer, self.lstm_forecaster,
                         self.transformer_forecaster):
             section.validate()
@@ -412,9 +409,81 @@ class TrainerConfig:
                "an integer >= 0", self.early_stopping_patience)
         _check(self.shuffle_buffer >= 1, "trainer.shuffle_buffer", "an integer >= 1",
                self.shuffle_buffer)
-        from tfprod.pipeline import recipes  # Local import: recipes imports TensorFlow.
+        self._validate_recipe()
 
-        recipes.validate_trainer(self)
+    def _validate_recipe(self) -> None:
+        """Each recipe key on its own (pipeline/recipes.py builds them)."""
+        _check(0.0 <= self.momentum < 1.0, "trainer.momentum", "a number in [0, 1)",
+               self.momentum)
+        _check(self.optimizer == Optimizer.SGD or not self.nesterov, "trainer.nesterov",
+               "false unless trainer.optimizer is sgd", self.nesterov)
+        _check(0.0 <= self.weight_decay < 1.0, "trainer.weight_decay", "a number in [0, 1)",
+               self.weight_decay)
+        _check(self.optimizer != Optimizer.ADAMW or self.weight_decay > 0,
+               "trainer.weight_decay", "a positive number for adamw (adamw with 0 is adam)",
+               self.weight_decay)
+        _check(0.0 <= self.label_smoothing < 1.0, "trainer.label_smoothing",
+               "a number in [0, 1)", self.label_smoothing)
+        _check(self.clip_norm is None or self.clip_norm > 0, "trainer.clip_norm",
+               "null or a positive number", self.clip_norm)
+        _check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "trainer.ema_decay",
+               "null or a number in (0, 1), e.g. 0.999", self.ema_decay)
+        schedule = self.schedule
+        _check(schedule.warmup_steps is None or schedule.warmup_steps >= 1,
+               "trainer.schedule.warmup_steps", "null or an integer >= 1",
+               schedule.warmup_steps)
+        _check(0.0 <= schedule.warmup_fraction < 1.0, "trainer.schedule.warmup_fraction",
+               "a number in [0, 1)", schedule.warmup_fraction)
+        _check(0.0 <= schedule.min_learning_rate < self.learning_rate,
+               "trainer.schedule.min_learning_rate",
+               f"a number in [0, trainer.learning_rate={self.learning_rate})",
+               schedule.min_learning_rate)
+        boundaries = schedule.step_boundaries
+        _check(all(b >= 1 for b in boundaries) and boundaries == sorted(set(boundaries)),
+               "trainer.schedule.step_boundaries", "strictly increasing step numbers >= 1",
+               boundaries)
+        _check(self.lr_schedule != LrSchedule.STEP or len(boundaries) > 0,
+               "trainer.schedule.step_boundaries", "at least one step for lr_schedule step",
+               boundaries)
+        _check(0.0 < schedule.step_factor < 1.0, "trainer.schedule.step_factor",
+               "a number in (0, 1)", schedule.step_factor)
+        _check(0.0 < schedule.one_cycle_peak_fraction < 1.0,
+               "trainer.schedule.one_cycle_peak_fraction", "a number in (0, 1)",
+               schedule.one_cycle_peak_fraction)
+        _check(schedule.one_cycle_div_factor >= 1.0, "trainer.schedule.one_cycle_div_factor",
+               "a number >= 1", schedule.one_cycle_div_factor)
+        _check(0.0 < schedule.plateau_factor < 1.0, "trainer.schedule.plateau_factor",
+               "a number in (0, 1)", schedule.plateau_factor)
+        _check(schedule.plateau_patience >= 0, "trainer.schedule.plateau_patience",
+               "an integer >= 0", schedule.plateau_patience)
+        if self.max_steps is not None:
+            check_schedule_fits(self, self.max_steps)
+
+
+def warmup_steps(trainer: TrainerConfig, total_steps: int) -> int:
+    """warmup_cosine's warmup: schedule.warmup_steps, else warmup_fraction of all steps."""
+    schedule = trainer.schedule
+    if schedule.warmup_steps is not None:
+        return schedule.warmup_steps
+    return int(round(schedule.warmup_fraction * total_steps))
+
+
+def check_schedule_fits(trainer: TrainerConfig, total_steps: int) -> None:
+    """Raises ConfigError when the schedule's steps do not fit into total_steps of training."""
+    if trainer.lr_schedule == LrSchedule.WARMUP_COSINE:
+        warmup = warmup_steps(trainer, total_steps)
+        if warmup >= total_steps:
+            raise ConfigError(
+                f"trainer.schedule.warmup_steps: the warmup ({warmup} steps) is not shorter "
+                f"than the training ({total_steps} steps); lower it or train longer",
+                key="trainer.schedule.warmup_steps")
+    if trainer.lr_schedule == LrSchedule.STEP:
+        late = [b for b in trainer.schedule.step_boundaries if b >= total_steps]
+        if late:
+            raise ConfigError(
+                f"trainer.schedule.step_boundaries: {late} lie at or after the end of "
+                f"training ({total_steps} steps); the decay would never happen",
+                key="trainer.schedule.step_boundaries")
 
 
 @dataclasses.dataclass
@@ -477,8 +546,9 @@ class MobileConfig:
     def validate(self) -> None:
         _check(not self.enabled or len(self.modes) > 0, "mobile.modes",
                "a non-empty list of modes when mobile.enabled is true", self.modes)
-        _check(100 <= self.calibration_samples <= 500, "mobile.calibration_samples",
-               "an integer in 100..500", self.calibration_samples)
+        low, high = mobile_options.CALIBRATION_SAMPLES_RANGE
+        _check(low <= self.calibration_samples <= high, "mobile.calibration_samples",
+               f"an integer in {low}..{high}", self.calibration_samples)
         _check(self.test_examples is None or self.test_examples >= 1, "mobile.test_examples",
                "null or an integer >= 1", self.test_examples)
         _check(self.latency_examples >= 1, "mobile.latency_examples", "an integer >= 1",
@@ -669,6 +739,26 @@ class TuningConfig:
     trial_eval_steps: Optional[int] = None  # null = the whole eval split
     space: List[SearchSpace] = dataclasses.field(default_factory=list)
 
+    def validate(self) -> None:
+        """The section's own numbers (always, so a disabled section is ready to switch on).
+
+        The search space and the objective are checked against the experiment and its
+        task by pipeline.tuning.validate_tuning (from tfprod.pipeline.checks).
+        """
+        _check(self.max_trials >= 1, "tuning.max_trials", "an integer >= 1", self.max_trials)
+        _check(self.trial_epochs >= 1, "tuning.trial_epochs", "an integer >= 1",
+               self.trial_epochs)
+        _check(self.trial_steps_per_epoch >= 1, "tuning.trial_steps_per_epoch",
+               "an integer >= 1", self.trial_steps_per_epoch)
+        _check(self.trial_eval_steps is None or self.trial_eval_steps >= 1,
+               "tuning.trial_eval_steps", "null or an integer >= 1", self.trial_eval_steps)
+        if self.algorithm == TuningAlgorithm.HYPERBAND:
+            _check(self.trial_epochs >= 2, "tuning.trial_epochs",
+                   "an integer >= 2 for hyperband (its largest trial budget in epochs)",
+                   self.trial_epochs)
+        _check(not self.enabled or len(self.space) > 0, "tuning.space",
+               "at least one hyperparameter when tuning.enabled is true", self.space)
+
 
 @dataclasses.dataclass
 class ExperimentConfig:
@@ -686,32 +776,21 @@ class ExperimentConfig:
     tuning: TuningConfig = _added_key(TuningConfig)
 
     def validate(self) -> None:
+        """The schema's checks: every section, and the rules between sections that need
+        nothing but the config. No TensorFlow; the checks against the model registry and
+        the task run above (tfprod.pipeline.checks.check_experiment)."""
         _check(bool(self.name), "name", "a non-empty string", self.name)
         for section in (self.data, self.model, self.trainer, self.eval, self.export, self.mobile,
-                        self.runtime, self.kubeflow):
+                        self.runtime, self.kubeflow, self.tuning):
             section.validate()
         if self.data.format == DataFormat.CSV:
             _check(self.eval.mae_threshold is not None, "eval.mae_threshold",
                    "a positive number (the largest test MAE a forecaster may be blessed with)",
                    self.eval.mae_threshold)
-        from tfprod.models import registry  # Local imports: models imports TensorFlow.
-        from tfprod.pipeline import tasks
-
-        task = tasks.get_task(self)
-        fits = registry.model_tasks(self.model.name)
-        if task.name not in fits:
-            raise ConfigError(
-                f"model.name: model '{self.model.name}' fits {', '.join(fits) or 'no task'}, "
-                f"not {task.name} (the task of data.format {self.data.format.value!r}); "
-                f"models for {task.name}: {', '.join(registry.registered_for_task(task.name))}")
-        from tfprod.pipeline import recipes, tuning  # Cross-section checks of recipes and tuning.
-
-        recipes.validate_experiment(self, task.name)
-        tuning.validate_tuning(self, task.name)
 
     def check_paths(self) -> None:
         """Checks that the paths the run reads exist (separate from validate: needs disk)."""
-        # A TFDS source is checked by pipeline.tfds_source.dataset.check_source (it says how to build it).
+        # A TFDS source is checked by pipeline.ingestion.tfds.dataset.check_source (it says how to build it).
         if self.data.source == DataSource.FILES and not os.path.isdir(self.data.data_dir):
             raise ConfigError(
                 f"data.data_dir: directory not found: {self.data.data_dir} "
@@ -721,181 +800,41 @@ class ExperimentConfig:
             raise ConfigError(f"data.schema_path: file not found: {self.data.schema_path}")
 
 
-def _check(condition: bool, key: str, expected: str, value: Any) -> None:
-    if not condition:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-
-
 # --------------------------------------------------------------------------
-# Building dataclasses from plain dictionaries, with type checks.
+# Loading and saving, with the generic loader (tfprod.configlib).
 # --------------------------------------------------------------------------
 
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        names = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(names) + " or null"
-    if origin in (list, List):
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in tp)
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if tp is Any:
-        return "a value"
-    return getattr(tp, "__name__", str(tp))
+to_dict = configlib.to_dict
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Returns value converted to type tp, or raises ConfigError naming the key."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if origin in (list, List):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        (item_type,) = typing.get_args(tp)
-        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
-        return _from_dict(tp, value, key)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        if isinstance(value, tp):
-            return value
-        try:
-            return tp(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}") from None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is Any:  # Checked by the section's validate (e.g. tuning.space values).
-        return value
-    else:
-        raise TypeError(f"unsupported config field type {tp!r} at {key}")
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+def field_type(key: str) -> Any:
+    """The declared type of a dotted experiment key; ConfigError for an unknown key."""
+    return configlib.field_type(ExperimentConfig, key)
 
 
-def _from_dict(cls: type, values: Dict[str, Any], prefix: str = "") -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown key '{where}{unknown[0]}'; keys allowed here are: {', '.join(sorted(fields))}"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
-    return cls(**kwargs)
+def set_value(experiment: ExperimentConfig, key: str, value: Any, source: str = "") -> None:
+    """Sets one dotted key of an experiment in place, type-checked (configlib.set_value).
+
+    Nothing is validated: validate the experiment once all values are set.
+    """
+    configlib.set_value(experiment, key, value, source=source)
 
 
-def to_dict(config: Any, compact: bool = False) -> Dict[str, Any]:
-    """Converts a config dataclass to plain YAML/JSON-safe values (enums become strings).
+def from_dict(values: Dict[str, Any], validate: bool = True) -> ExperimentConfig:
+    """An ExperimentConfig from plain values (to_dict's output, a parsed YAML file).
 
     Args:
-      config: a config dataclass.
-      compact: leave out keys added after the Kubeflow golden spec (_added_key) while they
-        hold their defaults; from_dict reads the result back to the same config.
+      values: the config as plain values; missing keys keep their defaults.
+      validate: run the schema's checks. False for a config that was validated before it
+        was serialized (the Trainer's custom_config): it is only parsed, types checked.
+
+    Raises:
+      ConfigError: an unknown key, a wrong type, or (validate) an invalid value.
     """
-
-    def convert(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)
-                    if not (compact and _omitted(value, f))}
-        if isinstance(value, enum.Enum):
-            return value.value
-        if isinstance(value, (list, tuple)):
-            return [convert(v) for v in value]
-        return value
-
-    return convert(config)
-
-
-def _omitted(section: Any, field: dataclasses.Field) -> bool:
-    """True for an _added_key field that holds its default."""
-    if not field.metadata.get("omit_when_default"):
-        return False
-    default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
-               else field.default)
-    return getattr(section, field.name) == default
-
-
-def from_dict(values: Dict[str, Any]) -> ExperimentConfig:
-    """Builds and validates an ExperimentConfig from a plain dictionary."""
-    config = _from_dict(ExperimentConfig, values)
-    config.validate()
+    config = configlib.from_dict(ExperimentConfig, values)
+    if validate:
+        config.validate()
     return config
-
-
-# --------------------------------------------------------------------------
-# Overrides, loading and saving.
-# --------------------------------------------------------------------------
-
-
-def _field_type(path: List[str]) -> Any:
-    """The declared type at a dotted path, or ConfigError for an unknown key."""
-    cls: Any = ExperimentConfig
-    for depth, name in enumerate(path):
-        if not dataclasses.is_dataclass(cls):
-            raise ConfigError(f"unknown key '{'.'.join(path)}': '{'.'.join(path[:depth])}' "
-                              "is not a section")
-        hints = typing.get_type_hints(cls)
-        if name not in hints:
-            where = ".".join(path[:depth]) or "the top level"
-            raise ConfigError(
-                f"unknown key '{'.'.join(path)}'; keys allowed in {where} are: "
-                f"{', '.join(sorted(hints))}"
-            )
-        cls = hints[name]
-    return cls
-
-
-def apply_override(values: Dict[str, Any], override: str) -> None:
-    """Applies one ``dotted.key=value`` override to a plain config dictionary in place.
-
-    The value is read as YAML (``3`` is an int, ``true`` a bool, ``[16, 32]`` a
-    list, ``null`` None); for string fields the text is kept as written.
-    """
-    if "=" not in override:
-        raise ConfigError(f"override '{override}' is not of the form dotted.key=value")
-    dotted_key, text = override.split("=", 1)
-    path = dotted_key.strip().split(".")
-    if not all(path):
-        raise ConfigError(f"override '{override}' has an empty key part")
-    field_type = _field_type(path)
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(f"override '{override}': the value is not valid YAML ({error})") from error
-    plain_type = field_type
-    if typing.get_origin(field_type) is typing.Union:
-        plain_type = [a for a in typing.get_args(field_type) if a is not type(None)][0]
-    if plain_type is str and value is not None and not isinstance(value, str):
-        value = text
-    node = values
-    for name in path[:-1]:
-        child = node.setdefault(name, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{override}': '{name}' is not a section")
-        node = child
-    node[path[-1]] = value
 
 
 def _absolute_paths(config: ExperimentConfig) -> None:
@@ -908,42 +847,46 @@ def _absolute_paths(config: ExperimentConfig) -> None:
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Loads defaults, then the YAML file (if any), then the overrides; validates.
+    """Loads defaults, then the YAML file (if any), then the overrides; validates once.
 
     Relative paths (data.data_dir, data.tfds_data_dir, data.schema_path, runtime.output_dir)
-    are taken relative to the current directory and made absolute.
+    are taken relative to the current directory and made absolute. A file's top-level
+    ``distribution:`` block (the record effective_config.yaml keeps) is skipped. No
+    TensorFlow is imported; the checks against the model registry and the task are
+    tfprod.pipeline.checks.check_experiment's.
 
     Raises:
-      ConfigError: for an unknown key, a wrong type, an invalid value or bad YAML.
+      ConfigError: for an unknown key, a wrong type, an invalid value or bad YAML; the
+        message names the file or the --set override the value came from.
       FileNotFoundError: when the config file does not exist.
     """
-    values: Dict[str, Any] = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as handle:
-            try:
-                loaded = yaml.safe_load(handle)
-            except yaml.YAMLError as error:
-                raise ConfigError(f"{path}: not valid YAML ({error})") from error
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-        values = loaded
-    for override in overrides:
-        apply_override(values, override)
-    try:
-        config = from_dict(values)
-    except ConfigError as error:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{error}") from None
+    config = configlib.load(ExperimentConfig, path, overrides,
+                            validate=ExperimentConfig.validate, ignore_keys=RECORD_KEYS)
     _absolute_paths(config)
     return config
 
 
-def save_config(config: ExperimentConfig, path: str) -> None:
+def config_yaml(config: ExperimentConfig, records: Optional[Dict[str, Any]] = None,
+                header: str = "") -> str:
+    """The config as the YAML text load_config reads back, then any record blocks.
+
+    Args:
+      config: the experiment.
+      records: top-level blocks after the config, keyed by a RECORD_KEYS name; load_config
+        skips them.
+      header: comment lines written first.
+    """
+    values = to_dict(config)
+    for key, block in (records or {}).items():
+        if key not in RECORD_KEYS:
+            raise ValueError(f"{key!r} is not a record key ({', '.join(RECORD_KEYS)})")
+        values[key] = block
+    return configlib.dump_yaml(values, header)
+
+
+def save_config(config: ExperimentConfig, path: str,
+                records: Optional[Dict[str, Any]] = None) -> None:
     """Writes the final config as YAML (the file load_config reads back)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(to_dict(config), handle, sort_keys=False)
+        handle.write(config_yaml(config, records))

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
+from tfprod import errors
 from tfprod.pipeline import config as config_lib
 
 TF_CONFIG = "TF_CONFIG"
@@ -38,7 +39,7 @@ BACKUP_SUBDIR = "backup"
 Strategy = config_lib.StrategyName
 
 
-class DistributeError(ValueError):
+class DistributeError(errors.ConfigError):
     """The distribution setup is wrong; the message says what to change."""
 
 
@@ -290,12 +291,59 @@ def scaled_learning_rate(learning_rate: float, num_replicas: int,
     return learning_rate
 
 
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """What a run made of the per-replica trainer settings on its replicas.
+
+    The config keeps trainer.batch_size and trainer.learning_rate per replica, as the user
+    wrote them; this is recorded beside it (effective_config.yaml's `distribution:` block,
+    training_stats.json), so that running a saved config again scales it once.
+    """
+
+    replicas: int
+    per_replica_batch_size: int  # trainer.batch_size
+    global_batch_size: int  # the batch the dataset is batched with
+    base_learning_rate: float  # trainer.learning_rate
+    learning_rate: float  # the rate training used: scaled by learning_rate_scaling
+    learning_rate_scaling: str
+    workers: int = 1
+    strategy: str = ""
+
+    def scaled(self, trainer: config_lib.TrainerConfig) -> config_lib.TrainerConfig:
+        """trainer with the global batch size and the scaled learning rate (for training;
+        never to save as a config)."""
+        return dataclasses.replace(trainer, batch_size=self.global_batch_size,
+                                   learning_rate=self.learning_rate)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def plan_distribution(trainer: config_lib.TrainerConfig, num_replicas: int,
+                      rule: config_lib.LearningRateScaling, workers: int = 1,
+                      strategy: str = "") -> Distribution:
+    """The global batch and the learning rate for trainer's per-replica settings.
+
+    Args:
+      trainer: the trainer section as configured (batch_size per replica).
+      num_replicas: the strategy's replicas in sync.
+      rule: runtime.learning_rate_scaling.
+      workers: worker processes taking part (recorded only).
+      strategy: the strategy's class name (recorded only).
+    """
+    return Distribution(
+        replicas=num_replicas, per_replica_batch_size=trainer.batch_size,
+        global_batch_size=global_batch_size(trainer.batch_size, num_replicas),
+        base_learning_rate=trainer.learning_rate,
+        learning_rate=scaled_learning_rate(trainer.learning_rate, num_replicas, rule),
+        learning_rate_scaling=config_lib.LearningRateScaling(rule).value, workers=workers,
+        strategy=strategy)
+
+
 def scaled_trainer(trainer: config_lib.TrainerConfig, num_replicas: int,
                    rule: config_lib.LearningRateScaling) -> config_lib.TrainerConfig:
     """trainer with the global batch size and the scaled learning rate."""
-    return dataclasses.replace(
-        trainer, batch_size=global_batch_size(trainer.batch_size, num_replicas),
-        learning_rate=scaled_learning_rate(trainer.learning_rate, num_replicas, rule))
+    return plan_distribution(trainer, num_replicas, rule).scaled(trainer)
 
 
 def list_files(file_patterns: Sequence[str]) -> List[str]:

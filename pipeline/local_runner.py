@@ -2,39 +2,52 @@
 
 run_pipeline(config) resolves paths, writes the final config, runs
 create_pipeline(config) with progress per component, and writes
-run_summary.json. It raises PipelineRunError (with the failing component and a
-message that says what to fix) when the run fails.
+run_summary.json. When the run fails it raises PipelineRunError (a RunFailure: a
+component failed) or PipelineDataError (an InputDataError: a component stopped on the
+data), each with the failing component and the report's path; tfprod.errors gives the
+exit code (1 or 3).
 """
 
+import importlib
 import json
 import logging
 import os
+import re
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
+from tfprod import errors
+from tfprod.pipeline import checks
 from tfprod.pipeline import config as config_lib
-from tfprod.contract import idx
+from tfprod.contract import layout
 from tfprod.pipeline import pipeline as pipeline_lib, summary as summary_lib
-from tfprod.pipeline import text_ingestion, timeseries, validation
+from tfprod.pipeline import tasks
 from tfprod.pipeline.report import builder as report_builder
 
 ProgressFn = Callable[[str], None]
 
 
-class PipelineRunError(RuntimeError):
-    """A component failed; .component names it and .exit_code classifies the failure."""
+class _StoppedRun(Exception):
+    """What a failed run knows: .component (the one that failed, when known) and
+    .report_path (the run report written after the failure, when there is one)."""
 
-    def __init__(self, message: str, component: Optional[str], exit_code: int):
+    def __init__(self, message: str, component: Optional[str] = None):
         super().__init__(message)
         self.component = component
-        self.exit_code = exit_code
-        self.report_path: Optional[str] = None  # the run report, when one was written
+        self.report_path: Optional[str] = None
 
 
-# Exit codes of `tfprod run` (0 means the pipeline ran, blessed or not).
-EXIT_PIPELINE_FAILED = 1
-EXIT_BAD_CONFIG = 2
-EXIT_BAD_DATA = 3
+class PipelineRunError(_StoppedRun, errors.RunFailure):
+    """A component failed (exit code 1); the message names it and where the log is."""
+
+
+class PipelineDataError(_StoppedRun, errors.InputDataError):
+    """A component stopped on the input data (exit code 3): a corrupt file, anomalies."""
+
+
+# What run_pipeline raises after writing run_summary.json and the report.
+RUN_STOPPED = (PipelineRunError, PipelineDataError)
 
 
 class ComponentProgress(logging.Handler):
@@ -91,67 +104,78 @@ def _quiet_logs(log_path: str, verbose: bool) -> List[logging.Handler]:
     return [file_handler]
 
 
-def _find_cause(error: BaseException, types: tuple) -> Optional[BaseException]:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, types):
-            return error
+def _chain(error: Optional[BaseException]) -> List[BaseException]:
+    """The error and its causes: each link's __cause__, else its __context__."""
+    links: List[BaseException] = []
+    while error is not None and all(error is not link for link in links):
+        links.append(error)
         error = error.__cause__ or error.__context__
+    return links
+
+
+# The last line of a traceback that a Beam worker process sent as text, when the exception
+# is one of tfprod's: "tfprod.contract.idx.IdxFormatError: <message> [while running '<step>']".
+_WORKER_TRACEBACK_LINE = re.compile(
+    r"^(?P<module>tfprod(?:\.\w+)+)\.(?P<name>\w+): (?P<message>.*?)"
+    r"(?: \[while running '[^\n]*'\])?$", re.MULTILINE)
+
+
+def _input_data_error_in_worker_text(error: BaseException) -> Optional[str]:
+    """The message of an InputDataError that reached us only as traceback text.
+
+    Beam's DirectRunner keeps the exception object in the chain when it runs in-process
+    (runtime.beam_mode: in_process, the default): DoFnRunner._reraise_augmented raises the
+    same type with the step name appended, its __context__ the original. In
+    multi_processing mode (runtime.beam_mode: multi_process) the DoFn runs in a worker
+    process, which answers with its traceback as text, and the runner raises
+    RuntimeError(<that text>): the object is gone (tests/test_errors.py shows both). For
+    that path only, this reads the last tfprod exception line of the text and checks, by
+    the class itself, that it is an InputDataError.
+    """
+    for match in reversed(list(_WORKER_TRACEBACK_LINE.finditer(str(error)))):
+        try:
+            module = sys.modules.get(match["module"]) or importlib.import_module(match["module"])
+        except ImportError:
+            continue
+        kind = getattr(module, match["name"], None)
+        if isinstance(kind, type) and issubclass(kind, errors.InputDataError):
+            return match["message"].strip()
+        return None  # the last tfprod error in the text is of another kind
     return None
 
 
-def _classify_failure(error: Exception, component: Optional[str], log_path: str) -> PipelineRunError:
-    anomalies = _find_cause(error, (validation.DataValidationError,))
-    if anomalies is not None:
-        return PipelineRunError(str(anomalies), component, EXIT_BAD_DATA)
-    bad_file = _find_cause(error, (idx.IdxFormatError, text_ingestion.TsvFormatError,
-                                   timeseries.TimeSeriesFormatError))
-    if bad_file is not None:
-        return PipelineRunError(f"bad input data: {bad_file}", component, EXIT_BAD_DATA)
-    # Errors raised inside Beam workers arrive wrapped; their text still names the cause.
+def _classify_failure(error: Exception, component: Optional[str], log_path: str) -> errors.TfprodError:
+    """PipelineDataError when an InputDataError is in the exception's chain (or, from a
+    Beam worker process, in its text); PipelineRunError for any other failure."""
+    links = _chain(error)
+    # The deepest one: Beam re-raises a DoFn's error as a copy whose message ends with
+    # " [while running '<step>']", the original being the copy's __context__.
+    bad_data = [link for link in links if isinstance(link, errors.InputDataError)]
+    if bad_data:
+        return PipelineDataError(str(bad_data[-1]), component)
+    for link in links:  # only where a Beam worker process sent the error as text
+        detail = _input_data_error_in_worker_text(link)
+        if detail is not None:
+            return PipelineDataError(detail, component)
     text = str(error)
-    for marker in ("IdxFormatError: ", "TsvFormatError: ", "DataValidationError: ",
-                   "TimeSeriesFormatError: "):
-        if marker in text:
-            detail = text.split(marker, 1)[1].split("\n [while running")[0].strip()
-            return PipelineRunError(f"bad input data: {detail}", component, EXIT_BAD_DATA)
     where = f"component {component} failed" if component else "the pipeline failed"
     return PipelineRunError(
         f"{where}: {type(error).__name__}: {text.strip().splitlines()[-1] if text.strip() else ''}"
-        f"\nThe full log is in {log_path}", component, EXIT_PIPELINE_FAILED)
+        f"\nThe full log is in {log_path}", component)
 
 
 def preflight_check(experiment: config_lib.ExperimentConfig) -> None:
-    """Fails fast, before TFX starts, on a missing directory or unreadable IDX files.
+    """Fails fast, before TFX starts, on a bad config, a missing path or unreadable data.
 
-    For ``data.source: tfds``: on a dataset that is not prepared, an unknown split or
-    features that do not fit (pipeline.tfds_source.dataset.TfdsSourceError, a ConfigError).
+    First, the checks of the experiment beyond its schema (pipeline.checks: the model
+    fits the task, and so do the recipes and the tuning space), once per run; then that
+    the config's paths exist; then the task's own check of its input data
+    (Task.preflight: e.g. unreadable IDX files, a bad TSV row, a CSV with gaps, or a TFDS
+    dataset that is not prepared).
     """
+    checks.check_experiment(experiment)
     experiment.check_paths()
-    if experiment.data.source == config_lib.DataSource.TFDS:
-        from tfprod.pipeline.tfds_source import dataset as tfds_dataset
-
-        tfds_dataset.check_source(experiment.data)
-        return
-    if experiment.data.format == config_lib.DataFormat.TSV:
-        text_ingestion.check_tsv_dir(experiment.data)
-        return
-    if experiment.data.format == config_lib.DataFormat.CSV:
-        from tfprod.pipeline import timeseries_ingestion
-
-        time_series = experiment.data.time_series
-        path = timeseries_ingestion.find_csv(experiment.data.data_dir, time_series.file)
-        series = timeseries.read_series(path, timeseries.SeriesSpec.from_config(time_series))
-        timeseries.split_bounds(len(series), timeseries.SeriesSpec.from_config(time_series))
-        return
-    try:
-        idx.check_idx_dir(experiment.data.data_dir)
-    except FileNotFoundError as error:
-        raise config_lib.ConfigError(f"data.data_dir: {error}") from None
-    for images, labels in ((idx.TRAIN_IMAGES, idx.TRAIN_LABELS), (idx.TEST_IMAGES, idx.TEST_LABELS)):
-        idx.read_image_label_pair(os.path.join(experiment.data.data_dir, images),
-                                  os.path.join(experiment.data.data_dir, labels))
+    tasks.get_task(experiment).preflight(experiment)
 
 
 def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn = print,
@@ -159,17 +183,20 @@ def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn =
     """Runs the pipeline locally and returns (and writes) the run summary.
 
     Raises:
-      config_lib.ConfigError: a bad path in the config.
-      idx.IdxFormatError: unreadable input files (found before the run starts).
-      PipelineRunError: a component failed; run_summary.json is written all the same.
+      tfprod.errors.ConfigError: a bad path in the config (before the run starts).
+      tfprod.errors.InputDataError: unreadable input files (before the run starts).
+      PipelineRunError: a component failed; run_summary.json and the report are written
+        all the same.
+      PipelineDataError: a component stopped on the input data (an InputDataError in the
+        failure's chain); run_summary.json and the report are written all the same.
     """
     from tfx import v1 as tfx
 
     preflight_check(experiment)
-    paths = pipeline_lib.PipelinePaths(experiment.runtime.output_dir)
+    paths = layout.PipelinePaths(experiment.runtime.output_dir)
     os.makedirs(paths.output_dir, exist_ok=True)
     config_lib.save_config(experiment, paths.config_path)
-    log_path = os.path.join(paths.output_dir, "run.log")
+    log_path = paths.log_path
     added_handlers = _quiet_logs(log_path, verbose)
 
     tfx_pipeline = pipeline_lib.create_pipeline(experiment, paths)
@@ -178,7 +205,7 @@ def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn =
     absl_logger = logging.getLogger("absl")
     absl_logger.addHandler(tracker)
     started = time.perf_counter()
-    failure: Optional[PipelineRunError] = None
+    failure: Optional[_StoppedRun] = None
     try:
         tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
     except Exception as error:  # Any component failure: classify, summarise, re-raise.
@@ -194,7 +221,7 @@ def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn =
                                       succeeded=failure is None)
     if failure is not None:
         run_summary.status = "failed"
-        run_summary.error = str(failure)
+        run_summary.error = errors.describe(failure)
         run_summary.failed_component = failure.component
     report_builder.write_after_run(run_summary, progress)
     with open(paths.summary_path, "w", encoding="utf-8") as handle:

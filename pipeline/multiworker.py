@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
+from tfprod import errors
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import distribute
 
@@ -42,7 +43,7 @@ STOP_GRACE_SECONDS = 10.0
 LOG_TAIL_LINES = 40
 
 
-class MultiWorkerError(RuntimeError):
+class MultiWorkerError(errors.RunFailure):
     """A local worker failed or the job timed out; the message has the worker's last lines."""
 
 
@@ -227,21 +228,26 @@ def run_local_job(fn_args: Any, experiment: config_lib.ExperimentConfig,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def run_worker(fn_args: Any, runtime: config_lib.RuntimeConfig) -> Dict[str, Any]:
-    """One worker: creates MultiWorkerMirroredStrategy first, then runs run_fn under it.
+def run_worker(fn_args: Any, experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
+    """One worker: creates MultiWorkerMirroredStrategy first, then trains under it.
+
+    Args:
+      fn_args: the Trainer's inputs and outputs (JobFnArgs).
+      experiment: the experiment, parsed once by the caller (it trains with it as
+        trainer.train does, the Tuner's values in fn_args.hyperparameters applied).
 
     Returns this worker's task ({'type', 'index', 'chief'}).
     """
     tf_config = distribute.read_tf_config()
     strategy = distribute.create_strategy(dataclasses.replace(
-        runtime, strategy=config_lib.StrategyName.MULTI_WORKER_MIRRORED))
+        experiment.runtime, strategy=config_lib.StrategyName.MULTI_WORKER_MIRRORED))
     from tfprod.pipeline import trainer  # after the strategy: it must come before any TF op
 
     chief = distribute.is_chief(tf_config)
     print(f"task {tf_config['task']} of {strategy.num_replicas_in_sync} replicas "
           f"({'chief' if chief else 'worker'})", flush=True)
     distribute.use_strategy(strategy)
-    trainer.run_fn(fn_args)
+    trainer.train(fn_args, experiment)
     return distribute.strategy_task(strategy)
 
 
@@ -263,9 +269,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     from tfprod.pipeline import trainer
 
-    experiment_values = job.custom_config[trainer.EXPERIMENT_CONFIG_KEY]
-    runtime = config_lib.from_dict(experiment_values).runtime
-    run_worker(job, runtime)
+    # job.json holds the Trainer's custom_config as TFX gave it: parsed once, here.
+    run_worker(job, trainer.experiment_from_custom_config(job.custom_config))
     return 0
 
 

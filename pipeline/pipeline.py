@@ -7,49 +7,17 @@ when mobile.enabled).
 Building it has no side effects: nothing is read or written.
 """
 
-import dataclasses
 import json
-import os
 from typing import List, Optional, Union
 
 from tfx import v1 as tfx
 
+from tfprod.contract import layout
 from tfprod.mobile import component as mobile_component
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import ingestion, tasks, trainer, tuning, validation
 
 RUN_FN = "tfprod.pipeline.trainer.run_fn"
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelinePaths:
-    """Where a run's artifacts, metadata and pushed models live."""
-
-    output_dir: str
-
-    @property
-    def pipeline_root(self) -> str:
-        return os.path.join(self.output_dir, "pipeline")
-
-    @property
-    def metadata_path(self) -> str:
-        return os.path.join(self.output_dir, "metadata.sqlite")
-
-    @property
-    def serving_dir(self) -> str:
-        return os.path.join(self.output_dir, "serving")
-
-    def serving_model_dir(self, model_name: str) -> str:
-        """<output-dir>/serving/<model_name>: the TF Serving base path (versions below it)."""
-        return os.path.join(self.serving_dir, model_name)
-
-    @property
-    def summary_path(self) -> str:
-        return os.path.join(self.output_dir, "run_summary.json")
-
-    @property
-    def config_path(self) -> str:
-        return os.path.join(self.output_dir, "config.yaml")
 
 
 def beam_pipeline_args(runtime: config_lib.RuntimeConfig) -> List[str]:
@@ -62,7 +30,7 @@ def beam_pipeline_args(runtime: config_lib.RuntimeConfig) -> List[str]:
 
 
 def create_pipeline(experiment: config_lib.ExperimentConfig,
-                    paths: Optional[PipelinePaths] = None,
+                    paths: Optional[layout.PipelinePaths] = None,
                     metadata_connection_config=None,
                     data_dir: Optional[Union[str, tfx.dsl.experimental.RuntimeParameter]] = None,
                     beam_args: Optional[List[str]] = None,
@@ -82,7 +50,7 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
       baseline_resolver: compare with the latest blessed model (a Resolver node). The
         open-source Kubeflow Pipelines backend cannot run resolver nodes.
     """
-    paths = paths or PipelinePaths(experiment.runtime.output_dir)
+    paths = paths or layout.PipelinePaths(experiment.runtime.output_dir)
     data = experiment.data
     task = tasks.get_task(experiment)
     example_gen = task.example_gen(

@@ -25,99 +25,47 @@ from tfprod.pipeline import config as config_lib
 
 ConfigError = config_lib.ConfigError
 
-# Metrics each task compiles, as they appear in Keras logs (validation ones get "val_").
-CLASSIFICATION_TASKS = ("image_classification", "text_classification")
-REGRESSION_TASKS = ("forecasting",)
-TASK_METRICS: Dict[str, tuple] = {
-    "image_classification": ("loss", "accuracy"),
-    "text_classification": ("loss", "accuracy"),
-    "forecasting": ("loss", "mae"),
-}
-# Tasks whose inputs are images (data.augmentation applies only to them).
-IMAGE_TASKS = ("image_classification",)
-
 
 # --------------------------------------------------------------------------
 # Validation.
 # --------------------------------------------------------------------------
 
 
-def _check(condition: bool, key: str, expected: str, value: Any) -> None:
-    if not condition:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-
-
-def validate_trainer(trainer: config_lib.TrainerConfig) -> None:
-    """Checks each recipe key of the trainer section on its own."""
-    _check(0.0 <= trainer.momentum < 1.0, "trainer.momentum", "a number in [0, 1)",
-           trainer.momentum)
-    _check(trainer.optimizer == config_lib.Optimizer.SGD or not trainer.nesterov,
-           "trainer.nesterov", "false unless trainer.optimizer is sgd", trainer.nesterov)
-    _check(0.0 <= trainer.weight_decay < 1.0, "trainer.weight_decay", "a number in [0, 1)",
-           trainer.weight_decay)
-    _check(trainer.optimizer != config_lib.Optimizer.ADAMW or trainer.weight_decay > 0,
-           "trainer.weight_decay", "a positive number for adamw (adamw with 0 is adam)",
-           trainer.weight_decay)
-    _check(0.0 <= trainer.label_smoothing < 1.0, "trainer.label_smoothing",
-           "a number in [0, 1)", trainer.label_smoothing)
-    _check(trainer.clip_norm is None or trainer.clip_norm > 0, "trainer.clip_norm",
-           "null or a positive number", trainer.clip_norm)
-    _check(trainer.ema_decay is None or 0.0 < trainer.ema_decay < 1.0, "trainer.ema_decay",
-           "null or a number in (0, 1), e.g. 0.999", trainer.ema_decay)
-    schedule = trainer.schedule
-    _check(schedule.warmup_steps is None or schedule.warmup_steps >= 1,
-           "trainer.schedule.warmup_steps", "null or an integer >= 1", schedule.warmup_steps)
-    _check(0.0 <= schedule.warmup_fraction < 1.0, "trainer.schedule.warmup_fraction",
-           "a number in [0, 1)", schedule.warmup_fraction)
-    _check(0.0 <= schedule.min_learning_rate < trainer.learning_rate,
-           "trainer.schedule.min_learning_rate",
-           f"a number in [0, trainer.learning_rate={trainer.learning_rate})",
-           schedule.min_learning_rate)
-    boundaries = schedule.step_boundaries
-    _check(all(b >= 1 for b in boundaries) and boundaries == sorted(set(boundaries)),
-           "trainer.schedule.step_boundaries", "strictly increasing step numbers >= 1",
-           boundaries)
-    _check(trainer.lr_schedule != config_lib.LrSchedule.STEP or len(boundaries) > 0,
-           "trainer.schedule.step_boundaries", "at least one step for lr_schedule step",
-           boundaries)
-    _check(0.0 < schedule.step_factor < 1.0, "trainer.schedule.step_factor",
-           "a number in (0, 1)", schedule.step_factor)
-    _check(0.0 < schedule.one_cycle_peak_fraction < 1.0,
-           "trainer.schedule.one_cycle_peak_fraction", "a number in (0, 1)",
-           schedule.one_cycle_peak_fraction)
-    _check(schedule.one_cycle_div_factor >= 1.0, "trainer.schedule.one_cycle_div_factor",
-           "a number >= 1", schedule.one_cycle_div_factor)
-    _check(0.0 < schedule.plateau_factor < 1.0, "trainer.schedule.plateau_factor",
-           "a number in (0, 1)", schedule.plateau_factor)
-    _check(schedule.plateau_patience >= 0, "trainer.schedule.plateau_patience",
-           "an integer >= 0", schedule.plateau_patience)
-    if trainer.max_steps is not None:
-        check_schedule_fits(trainer, trainer.max_steps)
+# Each recipe key on its own is checked by the schema (config.TrainerConfig.validate); the
+# combinations with the task and the model by validate_experiment, from pipeline.checks.
 
 
 def monitorable_metrics(task_name: str) -> List[str]:
     """The names a callback can monitor for a task: loss and metrics, plain and val_."""
-    names = TASK_METRICS.get(task_name, ("loss",))
-    return [prefix + name for prefix in ("", "val_") for name in names]
+    from tfprod.pipeline import tasks
+
+    return tasks.task_for(task_name).monitorable_metrics()
 
 
 def validate_experiment(experiment: config_lib.ExperimentConfig, task_name: str) -> None:
-    """Checks the combinations of recipe keys with the task and the model."""
+    """Checks the combinations of recipe keys with the task (its Task's attributes) and the
+    model."""
+    from tfprod.pipeline import tasks
+
+    task = tasks.task_for(task_name)
+    task_name = str(task.name)
     trainer = experiment.trainer
-    if trainer.label_smoothing > 0 and task_name not in CLASSIFICATION_TASKS:
+    if trainer.label_smoothing > 0 and not task.is_classification:
         raise ConfigError(
             f"trainer.label_smoothing: label smoothing needs a classification head; task "
             f"{task_name} has a regression head (set trainer.label_smoothing: 0)")
     augmentation = experiment.data.augmentation
-    if augmentation.enabled and task_name not in IMAGE_TASKS:
+    if augmentation.enabled and not task.takes_images:
+        image_tasks = [str(name) for name, other in tasks.registered_tasks().items()
+                       if other.takes_images]
         raise ConfigError(
             f"data.augmentation: image augmentation applies to image tasks "
-            f"({', '.join(IMAGE_TASKS)}), not {task_name}; remove the section")
-    if augmentation.mixes_labels and task_name not in CLASSIFICATION_TASKS:
+            f"({', '.join(image_tasks)}), not {task_name}; remove the section")
+    if augmentation.mixes_labels and not task.is_classification:
         raise ConfigError(
             "data.augmentation.mixup_alpha/cutmix_alpha: mixup and cutmix mix class labels, "
             f"so they need a classification head; task {task_name} has none")
-    allowed = monitorable_metrics(task_name)
+    allowed = task.monitorable_metrics()
     monitors = [("trainer.early_stopping_monitor", trainer.early_stopping_monitor)]
     if trainer.lr_schedule == config_lib.LrSchedule.PLATEAU:
         monitors.append(("trainer.schedule.plateau_monitor", trainer.schedule.plateau_monitor))
@@ -131,28 +79,9 @@ def validate_experiment(experiment: config_lib.ExperimentConfig, task_name: str)
             f"own rates instead (models with one: {', '.join(sorted(DROPOUT_MAPPINGS))})")
 
 
-def warmup_steps(trainer: config_lib.TrainerConfig, total_steps: int) -> int:
-    """warmup_cosine's warmup: schedule.warmup_steps, else warmup_fraction of all steps."""
-    schedule = trainer.schedule
-    if schedule.warmup_steps is not None:
-        return schedule.warmup_steps
-    return int(round(schedule.warmup_fraction * total_steps))
-
-
-def check_schedule_fits(trainer: config_lib.TrainerConfig, total_steps: int) -> None:
-    """Raises ConfigError when the schedule's steps do not fit into total_steps of training."""
-    if trainer.lr_schedule == config_lib.LrSchedule.WARMUP_COSINE:
-        warmup = warmup_steps(trainer, total_steps)
-        if warmup >= total_steps:
-            raise ConfigError(
-                f"trainer.schedule.warmup_steps: the warmup ({warmup} steps) is not shorter "
-                f"than the training ({total_steps} steps); lower it or train longer")
-    if trainer.lr_schedule == config_lib.LrSchedule.STEP:
-        late = [b for b in trainer.schedule.step_boundaries if b >= total_steps]
-        if late:
-            raise ConfigError(
-                f"trainer.schedule.step_boundaries: {late} lie at or after the end of "
-                f"training ({total_steps} steps); the decay would never happen")
+# The schedule's step arithmetic is the schema's (it also checks trainer.max_steps).
+warmup_steps = config_lib.warmup_steps
+check_schedule_fits = config_lib.check_schedule_fits
 
 
 # --------------------------------------------------------------------------

@@ -8,13 +8,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+from tfprod.contract import layout
 from tfprod.pipeline import config as config_lib
-from tfprod.pipeline import trainer
-
-EVALUATOR_ID = "Evaluator"
-PUSHER_ID = "Pusher"
-TRAINER_ID = "Trainer"
-TFLITE_ID = "TFLiteConverter"
 # TFMA's name for the last blessed model when the Evaluator compares against it.
 BASELINE_MODEL_NAME = "baseline"
 
@@ -69,7 +64,7 @@ class RunSummary:
                 lines += [f"  {failure}" for failure in self.validation_failures or ["(unknown)"]]
         else:
             lines.append(f"Failed at: {self.failed_component or 'before the pipeline started'}")
-        lines.append(f"Summary: {os.path.join(self.output_dir, 'run_summary.json')}")
+        lines.append(f"Summary: {os.path.join(self.output_dir, layout.SUMMARY_FILE)}")
         if self.report_path:
             lines.append(f"Report: {self.report_path}")
         return "\n".join(lines)
@@ -180,7 +175,7 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
     run_contexts = store.get_contexts_by_type("pipeline_run")
     run_context_id = max(run_contexts, key=lambda c: c.id).id if run_contexts else None
 
-    evaluator = _latest_execution_outputs(store, experiment.name, EVALUATOR_ID, run_context_id)
+    evaluator = _latest_execution_outputs(store, experiment.name, layout.EVALUATOR_ID, run_context_id)
     if evaluator.get("evaluation"):
         result.metrics, result.slice_metrics = read_eval_metrics(evaluator["evaluation"][0].uri)
         result.artifacts["evaluation"] = evaluator["evaluation"][0].uri
@@ -192,13 +187,13 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
             result.validation_failures = read_validation_failures(
                 evaluator["evaluation"][0].uri)
 
-    pusher = _latest_execution_outputs(store, experiment.name, PUSHER_ID, run_context_id)
+    pusher = _latest_execution_outputs(store, experiment.name, layout.PUSHER_ID, run_context_id)
     if pusher.get("pushed_model"):
         pushed = pusher["pushed_model"][0]
         if _custom_int(pushed, "pushed") == 1:
             result.pushed_model_dir = _custom_str(pushed, "pushed_destination")
 
-    tflite = _latest_execution_outputs(store, experiment.name, TFLITE_ID, run_context_id)
+    tflite = _latest_execution_outputs(store, experiment.name, layout.TFLITE_CONVERTER_ID, run_context_id)
     if tflite.get("tflite_models") and _custom_int(tflite["tflite_models"][0], "converted") == 1:
         files_path = os.path.join(tflite["tflite_models"][0].uri, "files.json")
         if os.path.isfile(files_path):
@@ -206,13 +201,13 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
                 files = json.load(handle)
             result.tflite_models, result.tflite_report = files["models"], files["report"]
 
-    trainer_outputs = _latest_execution_outputs(store, experiment.name, TRAINER_ID, run_context_id)
+    trainer_outputs = _latest_execution_outputs(store, experiment.name, layout.TRAINER_ID, run_context_id)
     if trainer_outputs.get("model"):
         result.artifacts["model"] = trainer_outputs["model"][0].uri
     if trainer_outputs.get("model_run"):
         model_run_uri = trainer_outputs["model_run"][0].uri
         result.artifacts["model_run"] = model_run_uri
-        stats_path = os.path.join(model_run_uri, trainer.TRAINING_STATS_FILE)
+        stats_path = os.path.join(model_run_uri, layout.TRAINING_STATS_FILE)
         if os.path.isfile(stats_path):
             with open(stats_path, encoding="utf-8") as handle:
                 stats = json.load(handle)

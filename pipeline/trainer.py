@@ -1,7 +1,8 @@
 """The Trainer's run_fn: builds the registered model, fits it, exports the SavedModel.
 
 TFX calls run_fn(fn_args) with the transformed examples, the Transform graph
-and the experiment config (in fn_args.custom_config).
+and the experiment config (in fn_args.custom_config, as config.to_dict wrote it). The
+config was validated and checked before the pipeline was built; here it is parsed once.
 """
 
 import dataclasses
@@ -14,8 +15,9 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from tfprod.contract import layout
 from tfprod.models import registry
-from tfprod.pipeline import augmentation, recipes, tuning
+from tfprod.pipeline import recipes, tuning
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import distribute
 from tfprod.pipeline import tasks
@@ -23,9 +25,15 @@ from tfprod.pipeline.tasks import image as image_task
 from tfprod.serving import warmup
 
 EXPERIMENT_CONFIG_KEY = "experiment"
-TRAINING_STATS_FILE = "training_stats.json"
+TRAINING_STATS_FILE = layout.TRAINING_STATS_FILE
 # The config the Trainer trained with (the Tuner's best values applied), in model_run.
-EFFECTIVE_CONFIG_FILE = "effective_config.yaml"
+EFFECTIVE_CONFIG_FILE = layout.EFFECTIVE_CONFIG_FILE
+EFFECTIVE_CONFIG_HEADER = (
+    "# The experiment config the Trainer trained with, the Tuner's best values applied.\n"
+    "# trainer.batch_size and trainer.learning_rate are per replica, as in the config you\n"
+    "# wrote: `tfprod run --config` runs this file as it is, on any number of replicas.\n"
+    "# The `distribution:` block records what this run made of them on its replicas\n"
+    "# (global batch, scaled learning rate); loading the file skips it.\n")
 
 
 class ThroughputCallback(tf.keras.callbacks.Callback):
@@ -128,6 +136,43 @@ def training_schedule(num_examples: int, trainer: config_lib.TrainerConfig) -> D
     return {"epochs": epochs, "steps_per_epoch": steps_per_epoch}
 
 
+def experiment_from_custom_config(custom_config: Dict[str, Any]) -> config_lib.ExperimentConfig:
+    """The experiment create_pipeline serialized into the Trainer's (and Tuner's) custom_config.
+
+    Parsed once, types checked; not validated again: it was validated when it was loaded
+    and checked (pipeline.checks) before the pipeline was built.
+    """
+    return config_lib.from_dict(custom_config[EXPERIMENT_CONFIG_KEY], validate=False)
+
+
+def effective_config_yaml(experiment: config_lib.ExperimentConfig,
+                          plan: distribute.Distribution) -> str:
+    """effective_config.yaml: the per-replica config, then the `distribution:` record."""
+    return config_lib.config_yaml(
+        experiment, records={config_lib.DISTRIBUTION_KEY: plan.to_dict()},
+        header=EFFECTIVE_CONFIG_HEADER)
+
+
+def write_effective_config(experiment: config_lib.ExperimentConfig,
+                           plan: distribute.Distribution, model_run_dir: str) -> str:
+    """Writes <model_run_dir>/effective_config.yaml (any filesystem TensorFlow opens).
+
+    Args:
+      experiment: the config as the user wrote it (per-replica batch size and learning
+        rate), the Tuner's values applied; not the one scaled for the replicas.
+      plan: what the run made of it on its replicas.
+      model_run_dir: the Trainer's model_run directory.
+
+    Returns:
+      The file's path.
+    """
+    tf.io.gfile.makedirs(model_run_dir)
+    path = os.path.join(model_run_dir, EFFECTIVE_CONFIG_FILE)
+    with tf.io.gfile.GFile(path, "w") as out:
+        out.write(effective_config_yaml(experiment, plan))
+    return path
+
+
 def run_fn(fn_args: Any) -> None:
     """TFX Trainer entry point (GenericExecutor).
 
@@ -135,7 +180,16 @@ def run_fn(fn_args: Any) -> None:
     one already in scope (kubeflow.train_worker, pipeline.multiworker workers). For local
     multi-worker training it starts runtime.num_workers worker processes and waits.
     """
-    experiment = config_lib.from_dict(fn_args.custom_config[EXPERIMENT_CONFIG_KEY])
+    train(fn_args, experiment_from_custom_config(fn_args.custom_config))
+
+
+def train(fn_args: Any, experiment: config_lib.ExperimentConfig) -> None:
+    """run_fn on an experiment already parsed (a multi-worker worker parses job.json once).
+
+    Args:
+      fn_args: TFX's FnArgs, or anything with the multiworker.JobFnArgs fields.
+      experiment: the experiment of fn_args.custom_config, before the Tuner's values.
+    """
     # The Tuner's best values (Trainer(hyperparameters=...)), applied to the config.
     hyperparameters = tuning.hyperparameter_values(getattr(fn_args, "hyperparameters", None))
     experiment = tuning.apply_hyperparameters(experiment, hyperparameters)
@@ -149,9 +203,14 @@ def run_fn(fn_args: Any) -> None:
     runtime = experiment.runtime
     worker = distribute.strategy_task(strategy)
     replicas = strategy.num_replicas_in_sync
-    # trainer.batch_size is per replica: batch with the global batch, scale the rate.
-    trainer = distribute.scaled_trainer(experiment.trainer, replicas,
-                                        runtime.learning_rate_scaling)
+    num_workers = distribute.num_workers_of(strategy)
+    # trainer.batch_size is per replica: batch with the global batch, scale the rate. The
+    # per-replica config (user_experiment) is what effective_config.yaml keeps.
+    plan = distribute.plan_distribution(experiment.trainer, replicas,
+                                        runtime.learning_rate_scaling, workers=num_workers,
+                                        strategy=type(strategy).__name__)
+    trainer = plan.scaled(experiment.trainer)
+    user_experiment = experiment
     experiment = dataclasses.replace(experiment, trainer=trainer)
     dirs = distribute.worker_dirs(fn_args.serving_model_dir, fn_args.model_run_dir,
                                   worker["chief"])
@@ -161,11 +220,10 @@ def run_fn(fn_args: Any) -> None:
     num_train = count_records(fn_args.train_files)
     num_eval = count_records(fn_args.eval_files)
     schedule = training_schedule(num_train, trainer)
-    num_workers = distribute.num_workers_of(strategy)
     train_dataset = make_dataset(fn_args.train_files, tf_transform_output, trainer.batch_size,
                                  shuffle=True, seed=trainer.seed,
                                  shuffle_buffer=trainer.shuffle_buffer, repeat=True, task=task)
-    train_dataset = augmentation.augment_dataset(train_dataset, experiment)  # training only
+    train_dataset = task.augment_dataset(train_dataset, experiment)  # training only
     eval_dataset = make_dataset(fn_args.eval_files, tf_transform_output, trainer.batch_size,
                                 shuffle=False, seed=trainer.seed,
                                 shuffle_buffer=trainer.shuffle_buffer, repeat=False, task=task)
@@ -222,9 +280,9 @@ def run_fn(fn_args: Any) -> None:
         "steady_examples_per_second": throughput.steady_examples_per_second(),
         "history": {name: [float(v) for v in values] for name, values in history.history.items()},
         "hyperparameters": hyperparameters,
-        "effective_config": config_lib.to_dict(experiment),
+        "effective_config": config_lib.to_dict(user_experiment),  # per replica
+        "distribution": plan.to_dict(),
     }
-    tf.io.gfile.makedirs(fn_args.model_run_dir)
-    config_lib.save_config(experiment, os.path.join(fn_args.model_run_dir, EFFECTIVE_CONFIG_FILE))
+    write_effective_config(user_experiment, plan, fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_STATS_FILE), "w") as out:
         json.dump(stats, out, indent=2)

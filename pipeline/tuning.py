@@ -6,13 +6,15 @@ the model exactly as the Trainer does (pipeline.trainer.build_and_compile) and f
 for the per-trial budget. The Tuner writes the best values (a KerasTuner
 HyperParameters config); the Trainer gets them as fn_args.hyperparameters
 (Trainer(hyperparameters=tuner.outputs["best_hyperparameters"])) and applies them to
-its config with `apply_hyperparameters`.
+its config with `apply_hyperparameters`, which sets each value with the config's one
+path setter (config.set_value, as `--set` does).
 """
 
+import copy
 import dataclasses
-import enum
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
+from tfprod import configlib
 from tfprod.pipeline import config as config_lib
 
 ConfigError = config_lib.ConfigError
@@ -27,55 +29,53 @@ LOWER_IS_BETTER = ("loss", "mae", "mse")
 
 
 def _scalar_type(key: str) -> Any:
-    field_type = config_lib._field_type(key.split("."))  # ConfigError for an unknown key
-    if getattr(field_type, "__origin__", None) is not None:  # Optional[X] -> X
-        args = [a for a in field_type.__args__ if a is not type(None)]
-        field_type = args[0] if len(args) == 1 else field_type
-    if field_type in (int, float, bool, str) or (
-            isinstance(field_type, type) and issubclass(field_type, enum.Enum)):
-        return field_type
-    raise ConfigError(f"tuning.space: {key} is not a number, flag or name, so it cannot "
-                      "be searched")
+    scalar = configlib.scalar_type(config_lib.field_type(key))  # ConfigError: unknown key
+    if scalar is None:
+        raise ConfigError(f"tuning.space: {key} is not a number, flag or name, so it cannot "
+                          "be searched", key="tuning.space")
+    return scalar
 
 
-def validate_tuning(experiment: config_lib.ExperimentConfig, task_name: str) -> None:
-    """Checks the tuning section (always, so a disabled section is ready to switch on).
+def validate_tuning(experiment: config_lib.ExperimentConfig, task_name: str,
+                    check_candidate: Optional[Callable[[config_lib.ExperimentConfig], None]]
+                    = None) -> None:
+    """Checks the tuning section against the experiment and its task.
 
-    The objective is checked against the task's metrics only when tuning is enabled:
-    the default (val_accuracy) suits classifiers, and a forecaster's config need not
-    name one it never uses.
+    The section's own numbers are the schema's (config.TuningConfig.validate). Here: the
+    objective is a metric of the task (only when tuning is enabled: the default,
+    val_accuracy, suits classifiers, and a forecaster's config need not name one it never
+    uses), and each search key is tunable and each choice, and each end of each range,
+    gives a valid experiment on its own (the schema's checks, then check_candidate).
+
+    Args:
+      experiment: the schema-valid experiment.
+      task_name: the task of its data.
+      check_candidate: further checks of each candidate experiment (e.g. the model and
+        recipes against the task, tfprod.pipeline.checks).
     """
     from tfprod.pipeline import recipes
 
     tuning = experiment.tuning
-    _check = recipes._check
-    _check(tuning.max_trials >= 1, "tuning.max_trials", "an integer >= 1", tuning.max_trials)
-    _check(tuning.trial_epochs >= 1, "tuning.trial_epochs", "an integer >= 1",
-           tuning.trial_epochs)
-    _check(tuning.trial_steps_per_epoch >= 1, "tuning.trial_steps_per_epoch",
-           "an integer >= 1", tuning.trial_steps_per_epoch)
-    _check(tuning.trial_eval_steps is None or tuning.trial_eval_steps >= 1,
-           "tuning.trial_eval_steps", "null or an integer >= 1", tuning.trial_eval_steps)
     allowed = recipes.monitorable_metrics(task_name)
     if tuning.enabled and tuning.objective not in allowed:
         raise ConfigError(f"tuning.objective: {tuning.objective!r} is not a metric of task "
-                          f"{task_name}; choose one of {', '.join(allowed)}")
-    if tuning.algorithm == config_lib.TuningAlgorithm.HYPERBAND:
-        _check(tuning.trial_epochs >= 2, "tuning.trial_epochs",
-               "an integer >= 2 for hyperband (its largest trial budget in epochs)",
-               tuning.trial_epochs)
-    _check(not tuning.enabled or len(tuning.space) > 0, "tuning.space",
-           "at least one hyperparameter when tuning.enabled is true", tuning.space)
+                          f"{task_name}; choose one of {', '.join(allowed)}",
+                          key="tuning.objective")
     names = [spec.name for spec in tuning.space]
-    _check(len(names) == len(set(names)), "tuning.space", "each key at most once", names)
+    configlib.check(len(names) == len(set(names)), "tuning.space", "each key at most once",
+                    names)
     for index, spec in enumerate(tuning.space):
         _validate_spec(spec, f"tuning.space[{index}]")
-    # Each choice, and each end of each range, must give a valid config on its own
-    # (checked without the tuning section, which would check itself again).
+    # Checked without the tuning section, which would check itself again.
     untuned = dataclasses.replace(experiment, tuning=config_lib.TuningConfig())
     for spec in tuning.space:
         for value in _candidate_values(spec):
-            apply_hyperparameters(untuned, {spec.name: value})
+            candidate = apply_hyperparameters(untuned, {spec.name: value})
+            if check_candidate is not None:
+                try:
+                    check_candidate(candidate)
+                except ConfigError as error:
+                    raise _invalid({spec.name: value}, error) from None
 
 
 def _candidate_values(spec: config_lib.SearchSpace) -> list:
@@ -89,28 +89,34 @@ def _validate_spec(spec: config_lib.SearchSpace, where: str) -> None:
     if not spec.name.startswith(TUNABLE_SECTIONS) or spec.name in FIXED_KEYS:
         raise ConfigError(
             f"{where}.name: {spec.name!r} cannot be tuned; search keys under "
-            f"{' or '.join(TUNABLE_SECTIONS)} other than {', '.join(FIXED_KEYS)}")
+            f"{' or '.join(TUNABLE_SECTIONS)} other than {', '.join(FIXED_KEYS)}",
+            key="tuning.space")
     field_type = _scalar_type(spec.name)
     if spec.kind == config_lib.SearchKind.CHOICE:
         if not spec.values:
-            raise ConfigError(f"{where}.values: a choice needs a non-empty list of values")
+            raise ConfigError(f"{where}.values: a choice needs a non-empty list of values",
+                              key="tuning.space")
         for position, value in enumerate(spec.values):
-            config_lib._coerce(value, field_type, f"{where}.values[{position}]")
+            configlib.coerce(value, field_type, f"{where}.values[{position}]")
         return
     numeric = int if spec.kind == config_lib.SearchKind.INT else float
     if field_type is not numeric:
         suggestion = field_type.__name__ if field_type in (int, float) else "choice"
         raise ConfigError(f"{where}.kind: {spec.name} does not hold {numeric.__name__} "
-                          f"values; use kind {suggestion}")
+                          f"values; use kind {suggestion}", key="tuning.space")
     if spec.min is None or spec.max is None or not spec.min < spec.max:
         raise ConfigError(f"{where}: min and max with min < max are needed for kind "
-                          f"{spec.kind.value}, got min={spec.min!r} max={spec.max!r}")
+                          f"{spec.kind.value}, got min={spec.min!r} max={spec.max!r}",
+                          key="tuning.space")
     if spec.sampling not in ("linear", "log"):
-        raise ConfigError(f"{where}.sampling: expected linear or log, got {spec.sampling!r}")
+        raise ConfigError(f"{where}.sampling: expected linear or log, got {spec.sampling!r}",
+                          key="tuning.space")
     if spec.sampling == "log" and spec.min <= 0:
-        raise ConfigError(f"{where}.sampling: log sampling needs min > 0, got {spec.min!r}")
+        raise ConfigError(f"{where}.sampling: log sampling needs min > 0, got {spec.min!r}",
+                          key="tuning.space")
     if spec.step is not None and spec.step <= 0:
-        raise ConfigError(f"{where}.step: expected a positive number, got {spec.step!r}")
+        raise ConfigError(f"{where}.step: expected a positive number, got {spec.step!r}",
+                          key="tuning.space")
 
 
 def declare(hyperparameters, tuning: config_lib.TuningConfig) -> None:
@@ -136,22 +142,31 @@ def hyperparameter_values(hyperparameters: Optional[Dict[str, Any]]) -> Dict[str
     return dict(keras_tuner.HyperParameters.from_config(hyperparameters).values)
 
 
+def _invalid(values: Dict[str, Any], error: ConfigError) -> ConfigError:
+    return ConfigError(f"tuning: the values {values} give an invalid config: {error}",
+                       key="tuning.space")
+
+
 def apply_hyperparameters(experiment: config_lib.ExperimentConfig,
                           values: Dict[str, Any]) -> config_lib.ExperimentConfig:
-    """A new, validated experiment config with each dotted key set to its value."""
+    """A new experiment config with each dotted key set to its value, schema-validated.
+
+    Each value goes through the config's path setter (config.set_value), as `--set` does;
+    the original experiment is unchanged.
+
+    Raises:
+      ConfigError: an unknown key or a value the schema refuses, with the values named.
+    """
     if not values:
         return experiment
-    plain = config_lib.to_dict(experiment)
-    for key, value in values.items():
-        config_lib._field_type(key.split("."))  # ConfigError for an unknown key
-        node = plain
-        for name in key.split(".")[:-1]:
-            node = node[name]
-        node[key.split(".")[-1]] = value.value if isinstance(value, enum.Enum) else value
+    tuned = copy.deepcopy(experiment)
     try:
-        return config_lib.from_dict(plain)
+        for key, value in values.items():
+            config_lib.set_value(tuned, key, value)
+        tuned.validate()
     except ConfigError as error:
-        raise ConfigError(f"tuning: the values {values} give an invalid config: {error}") from None
+        raise _invalid(values, error) from None
+    return tuned
 
 
 def objective(tuning: config_lib.TuningConfig):
@@ -251,16 +266,16 @@ def tuner_fn(fn_args: Any):
     import tensorflow_transform as tft
     from tfx import v1 as tfx
 
-    from tfprod.pipeline import augmentation, tasks, trainer
+    from tfprod.pipeline import tasks, trainer
 
-    experiment = config_lib.from_dict(fn_args.custom_config[trainer.EXPERIMENT_CONFIG_KEY])
+    experiment = trainer.experiment_from_custom_config(fn_args.custom_config)
     task = tasks.get_task(experiment)
     settings = experiment.trainer
     transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     train_dataset = trainer.make_dataset(
         fn_args.train_files, transform_output, settings.batch_size, shuffle=True,
         seed=settings.seed, shuffle_buffer=settings.shuffle_buffer, repeat=True, task=task)
-    train_dataset = augmentation.augment_dataset(train_dataset, experiment)
+    train_dataset = task.augment_dataset(train_dataset, experiment)
     eval_dataset = trainer.make_dataset(
         fn_args.eval_files, transform_output, settings.batch_size, shuffle=False,
         seed=settings.seed, shuffle_buffer=settings.shuffle_buffer, repeat=False, task=task)

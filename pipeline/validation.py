@@ -13,10 +13,12 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
+from tfprod import errors
+
 SCHEMA_DIFF_FILE = "SchemaDiff.pb"  # what ExampleValidator writes per split
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(errors.InputDataError, RuntimeError):
     """The data does not match the schema; the message lists every anomaly."""
 
 

@@ -1,12 +1,16 @@
-"""`tfprod serve` (tensorflow_model_server's flags) and `tfprod predict` (a client)."""
+"""`tfprod serve` (tensorflow_model_server's flags) and `tfprod predict` (a client).
+
+Errors leave as tfprod.errors kinds (tfprod/cli.py prints them and exits): a bad flag,
+config file or request body is a ConfigError (2); a request the server refused is a
+ClientError, a RunFailure (1).
+"""
 
 import argparse
 import json
 import logging
 import sys
 
-EXIT_BAD_CONFIG = 2
-EXIT_REQUEST_FAILED = 1
+from tfprod import errors
 
 
 def _bool_flag(text: str) -> bool:
@@ -69,7 +73,6 @@ def register(subparsers) -> None:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    from tfprod.serving.errors import ConfigFileError
     from tfprod.serving.server import ModelServer, ServerOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -84,11 +87,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds, enable_model_warmup=args.enable_model_warmup,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism)
-    try:
-        server = ModelServer(options)
-    except ConfigFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    server = ModelServer(options)  # a bad flag or config file: ConfigFileError, a ConfigError
 
     def announce():
         # One machine-readable line: tests and scripts read the bound ports from it.
@@ -97,32 +96,31 @@ def _serve_command(args: argparse.Namespace) -> int:
 
     try:
         server.serve_forever(on_ready=announce)
-    except OSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    except OSError as error:  # e.g. the port is taken: the --port/--rest_api_port flags
+        raise errors.ConfigError(str(error)) from error
     return 0
 
 
-def _read_request(text: str) -> str:
-    if text == "@-":
-        return sys.stdin.read()
-    if text.startswith("@"):
-        with open(text[1:], encoding="utf-8") as handle:
-            return handle.read()
-    return text
+def _read_request(text: str) -> dict:
+    """The --request body as a JSON object; ConfigError when it is not one."""
+    try:
+        if text == "@-":
+            text = sys.stdin.read()
+        elif text.startswith("@"):
+            with open(text[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        body = json.loads(text)
+    except (OSError, json.JSONDecodeError) as error:
+        raise errors.ConfigError(f"--request is not readable JSON: {error}") from error
+    if not isinstance(body, dict):
+        raise errors.ConfigError("--request must be a JSON object with 'instances' or 'inputs'")
+    return body
 
 
 def _predict_command(args: argparse.Namespace) -> int:
     from tfprod.serving import client as client_lib
 
-    try:
-        body = json.loads(_read_request(args.request))
-    except (OSError, json.JSONDecodeError) as error:
-        print(f"error: --request is not readable JSON: {error}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    if not isinstance(body, dict):
-        print("error: --request must be a JSON object with 'instances' or 'inputs'", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    body = _read_request(args.request)
     signature_name = args.signature_name or body.get("signature_name")
     try:
         if args.protocol == "rest":
@@ -132,12 +130,12 @@ def _predict_command(args: argparse.Namespace) -> int:
                                     label=args.version_label)
         else:
             answer = _grpc_predict(args, body, signature_name)
-    except client_lib.ClientError as error:
-        print(f"error: the server answered {error}", file=sys.stderr)
-        return EXIT_REQUEST_FAILED
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    except client_lib.ClientError as error:  # a RunFailure (1)
+        raise errors.RunFailure(f"the server answered {error}") from error
+    except errors.TfprodError:
+        raise
+    except ValueError as error:  # the client refused the request before sending it (2)
+        raise errors.ConfigError(str(error)) from error
     print(json.dumps(answer))
     return 0
 
@@ -156,7 +154,8 @@ def _grpc_predict(args: argparse.Namespace, body: dict, signature_name):
         signature = signature_map.signature_def[signature_name or "serving_default"]
         if json_codec.SINGLE_INPUT in inputs:
             if len(signature.inputs) != 1:
-                raise ValueError(f"signature has inputs {sorted(signature.inputs)}; name them in the request")
+                raise errors.ConfigError(
+                    f"signature has inputs {sorted(signature.inputs)}; name them in the request")
             inputs = {next(iter(signature.inputs)): inputs[json_codec.SINGLE_INPUT]}
         # JSON numbers decode as int64/float64; gRPC needs the signature's dtypes, as TF Serving does.
         for name in inputs:
@@ -164,8 +163,8 @@ def _grpc_predict(args: argparse.Namespace, body: dict, signature_name):
                 inputs[name] = inputs[name].astype(
                     tf.dtypes.as_dtype(signature.inputs[name].dtype).as_numpy_dtype)
         outputs = client.predict(args.model_name, inputs, signature_name, args.model_version, args.version_label)
-    except json_codec.InvalidArgumentError as error:
-        raise ValueError(str(error)) from error
+    except json_codec.InvalidArgumentError as error:  # a ServingError: the body, not a request
+        raise errors.ConfigError(str(error)) from error
     finally:
         client.close()
     return {"outputs": {name: value.tolist() if value.dtype.kind not in "OS" else

@@ -11,9 +11,10 @@ import http.client
 import json
 from typing import Any, Dict, List, Optional
 
+from tfprod import errors
 
 
-class ClientError(Exception):
+class ClientError(errors.RunFailure):
     """The server answered with an error; `status` is the HTTP status or gRPC code name."""
 
     def __init__(self, status, message: str):

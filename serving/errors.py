@@ -2,9 +2,18 @@
 
 Every error a request can meet is a `ServingError` with a gRPC status code; the
 REST layer maps the code to an HTTP status the way TF Serving's HTTP server does.
+
+ServingError is not a tfprod.errors.TfprodError, on purpose: it is an answer to one client
+(a status the server sends and goes on serving), never the end of a process, so it has no
+exit code; under TfprodError a handler meant for a command's failure could swallow it, and
+INVALID_ARGUMENT or NOT_FOUND have no fixed kind (the request is bad, not tfprod's config
+or data). What does end the server is a ConfigFileError, a tfprod ConfigError (exit 2).
+On the client side, `tfprod predict` turns an error answer into a RunFailure (exit 1).
 """
 
 import grpc
+
+from tfprod import errors
 
 # TF Serving's mapping from canonical status codes to HTTP status codes
 # (tensorflow_serving/model_servers/http_server.cc, ToHTTPStatusCode).
@@ -84,5 +93,5 @@ class InternalError(ServingError):
     code = grpc.StatusCode.INTERNAL
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(errors.ConfigError):
     """A server configuration file (models.config, batching or monitoring) is invalid."""

@@ -329,7 +329,3 @@ def encode_classify_response(classes, scores, count: int) -> Dict[str, Any]:
 
 def encode_regress_response(values: np.ndarray) -> Dict[str, Any]:
     return {"results": [float(value) for value in values]}
-
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")

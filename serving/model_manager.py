@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from tfprod.contract import layout
 from tfprod.serving import config as config_lib
 from tfprod.serving.config import BatchingParameters
 from tfprod.serving.errors import InvalidArgumentError, NotFoundError
@@ -87,7 +88,7 @@ class VersionRecord:
 def version_fingerprint(path: str) -> Tuple:
     """Changes when a version directory is rewritten, so a failed load is retried."""
     entries = []
-    for name in ("saved_model.pb", "saved_model.pbtxt", "variables", "assets.extra"):
+    for name in ("saved_model.pb", "saved_model.pbtxt", "variables", layout.WARMUP_DIRECTORY):
         try:
             stat = os.stat(os.path.join(path, name))
             entries.append((name, stat.st_mtime_ns, stat.st_size))

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from tfprod.contract import layout
 from tfprod.serving.batching import SignatureBatcher
 from tfprod.serving.config import BatchingParameters
 from tfprod.serving.errors import FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError
@@ -25,7 +26,6 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
 Arrays = Dict[str, np.ndarray]
@@ -328,7 +328,7 @@ class Servable:
 
         from tfprod.serving import protocol
 
-        path = os.path.join(self.export_dir, WARMUP_FILE)
+        path = os.path.join(self.export_dir, layout.WARMUP_PATH)
         if not tf.io.gfile.exists(path):
             return 0
         count = 0

@@ -12,17 +12,14 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from tfprod.contract import features
-
-WARMUP_DIRECTORY = "assets.extra"
-WARMUP_FILE_NAME = "tf_serving_warmup_requests"
+from tfprod.contract import features, layout
 
 
 def write_warmup_requests(export_dir: str, requests: Iterable[predict_pb2.PredictRequest]) -> str:
     """Writes the predict requests as PredictionLogs under export_dir; returns the file's path."""
-    directory = os.path.join(export_dir, WARMUP_DIRECTORY)
+    directory = os.path.join(export_dir, layout.WARMUP_DIRECTORY)
     tf.io.gfile.makedirs(directory)
-    path = os.path.join(directory, WARMUP_FILE_NAME)
+    path = os.path.join(directory, layout.WARMUP_FILE_NAME)
     with tf.io.TFRecordWriter(path) as writer:
         for request in requests:
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))

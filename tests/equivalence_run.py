@@ -12,7 +12,6 @@ legitimately not identical under mirroring (docs/distributed.md).
 """
 
 import json
-import os
 import sys
 
 import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)

@@ -1,10 +1,15 @@
 """Config loading, layered overrides and validation."""
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
+from tfprod import configlib, errors
+from tfprod.pipeline import checks
 from tfprod.pipeline import config as config_lib
-from tests.conftest import MNIST_CONFIG
+from tests.conftest import MNIST_CONFIG, REPO_ROOT
 
 
 def test_defaults_validate():
@@ -75,12 +80,15 @@ def test_invalid_values_are_reported():
         "data.eval_fraction=1.5": r"data.eval_fraction: expected a number in \(0, 1\)",
         "trainer.batch_size=0": r"trainer.batch_size: expected an integer >= 1",
         "eval.accuracy_threshold=2": r"eval.accuracy_threshold",
-        "model.name=resnet9000": r"unknown model 'resnet9000'; registered models are .*cnn",
         "export.model_name=a/b": r"export.model_name",
     }
     for override, pattern in cases.items():
         with pytest.raises(config_lib.ConfigError, match=pattern):
             config_lib.load_config(None, [override])
+    # The model registry is checked above the schema (it imports TensorFlow).
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"unknown model 'resnet9000'; registered models are .*cnn"):
+        checks.load_experiment(None, ["model.name=resnet9000"])
 
 
 def test_malformed_override_and_files(tmp_path):
@@ -122,9 +130,10 @@ def test_a_model_that_does_not_fit_the_task_is_rejected(monkeypatch):
     monkeypatch.setitem(registry._TASKS, "toy_forecaster", ("forecasting",))
     experiment = config_lib.ExperimentConfig()
     experiment.model.name = "toy_forecaster"
+    experiment.validate()  # the schema has no registry: the check is above it
     with pytest.raises(config_lib.ConfigError,
                        match=r"model 'toy_forecaster' fits forecasting, not image_classification"):
-        experiment.validate()
+        checks.check_experiment(experiment)
 
 
 def test_image_data_gets_the_image_task():
@@ -133,3 +142,82 @@ def test_image_data_gets_the_image_task():
 
     assert tasks.get_task(config_lib.ExperimentConfig()).name == "image_classification"
     assert "cnn" in registry.registered_for_task("image_classification")
+
+
+# --------------------------------------------------------------------------
+# The generic loader (tfprod.configlib) under the schema.
+# --------------------------------------------------------------------------
+
+
+def test_config_errors_are_tfprod_config_errors():
+    assert config_lib.ConfigError is configlib.ConfigError
+    assert issubclass(config_lib.ConfigError, errors.ConfigError)
+    assert issubclass(config_lib.ConfigError, ValueError)
+
+
+def test_errors_name_the_source_of_the_value(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"data": {"eval_fraction": 1.5}, "trainer": {"epochs": 2}}))
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.load_config(str(path))
+    assert str(error.value).startswith(f"{path}: data.eval_fraction: expected a number")
+    # The same key fixed by --set; another one broken there.
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.load_config(str(path), ["data.eval_fraction=0.2", "trainer.batch_size=0"])
+    assert str(error.value).startswith(
+        "--set trainer.batch_size=0: trainer.batch_size: expected an integer >= 1, got 0")
+    with pytest.raises(config_lib.ConfigError, match=r"^--set trainer.epochs=x: trainer.epochs: "
+                                                     r"expected int, got 'x'$"):
+        config_lib.load_config(str(path), ["trainer.epochs=x"])
+
+
+def test_one_path_setter_for_overrides_and_values():
+    experiment = config_lib.ExperimentConfig()
+    config_lib.set_value(experiment, "trainer.epochs", "3", source="--set")
+    config_lib.set_value(experiment, "trainer.learning_rate", 0.5)
+    config_lib.set_value(experiment, "trainer.optimizer", "sgd")
+    config_lib.set_value(experiment, "model.cnn.filters", "[8, 16]")
+    config_lib.set_value(experiment, "export.model_name", "007")  # a string stays as written
+    config_lib.set_value(experiment, "trainer.max_steps", "null")
+    assert (experiment.trainer.epochs, experiment.trainer.learning_rate) == (3, 0.5)
+    assert experiment.trainer.optimizer is config_lib.Optimizer.SGD
+    assert experiment.model.cnn.filters == [8, 16] and experiment.export.model_name == "007"
+    assert experiment.trainer.max_steps is None
+    with pytest.raises(config_lib.ConfigError, match=r"^tuning: trainer.epochs: expected int"):
+        config_lib.set_value(experiment, "trainer.epochs", 2.5, source="tuning")
+    with pytest.raises(config_lib.ConfigError, match=r"unknown key 'trainer.epoch'"):
+        config_lib.set_value(experiment, "trainer.epoch", 1)
+    assert experiment.trainer.epochs == 3  # unchanged by the refused values
+
+
+def test_loading_imports_no_tensorflow():
+    """The schema's load path (tfprod run's config check) stays light."""
+    code = ("import sys; from tfprod.pipeline import config;"
+            f"config.load_config({str(MNIST_CONFIG)!r}, ['trainer.epochs=2']);"
+            "heavy = [m for m in ('tensorflow', 'tfx', 'keras', 'tf_keras') if m in sys.modules];"
+            "print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_distribution_record_is_skipped_when_loading(tmp_path):
+    config = config_lib.load_config(str(MNIST_CONFIG))
+    path = tmp_path / "effective.yaml"
+    path.write_text(config_lib.config_yaml(
+        config, records={config_lib.DISTRIBUTION_KEY: {"replicas": 4}}, header="# a record\n"))
+    assert yaml.safe_load(path.read_text())["distribution"] == {"replicas": 4}
+    assert config_lib.load_config(str(path)) == config
+    with pytest.raises(ValueError, match=r"not a record key"):
+        config_lib.config_yaml(config, records={"trainer": {}})
+
+
+def test_custom_config_round_trip_parses_without_validating():
+    experiment = config_lib.load_config(str(MNIST_CONFIG))
+    compact = config_lib.to_dict(experiment, compact=True)
+    assert config_lib.from_dict(compact, validate=False) == experiment
+    compact["trainer"]["batch_size"] = 0  # parsing checks types only
+    assert config_lib.from_dict(compact, validate=False).trainer.batch_size == 0
+    with pytest.raises(config_lib.ConfigError, match=r"trainer.batch_size"):
+        config_lib.from_dict(compact)

@@ -3,11 +3,13 @@
 In-process tests; the multi-process ones are in tests/test_distribute_multiworker.py.
 """
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import distribute
@@ -209,6 +211,47 @@ def test_global_batch_and_linear_learning_rate_rule():
     assert trainer.batch_size == 64  # the original is not changed
 
 
+def test_the_distribution_plan_records_what_scaling_did():
+    trainer = config_lib.TrainerConfig(batch_size=32, learning_rate=1e-3)
+    plan = distribute.plan_distribution(trainer, 2, config_lib.LearningRateScaling.LINEAR,
+                                        workers=2, strategy="MultiWorkerMirroredStrategy")
+    assert plan.to_dict() == {
+        "replicas": 2, "per_replica_batch_size": 32, "global_batch_size": 64,
+        "base_learning_rate": 1e-3, "learning_rate": pytest.approx(2e-3),
+        "learning_rate_scaling": "linear", "workers": 2,
+        "strategy": "MultiWorkerMirroredStrategy"}
+    scaled = plan.scaled(trainer)
+    assert (scaled.batch_size, scaled.learning_rate) == (64, pytest.approx(2e-3))
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 4])
+def test_rerunning_effective_config_on_n_replicas_scales_once(tmp_path, replicas):
+    """effective_config.yaml keeps the per-replica values; the distribution is a record."""
+    from tfprod.pipeline import trainer as trainer_lib
+
+    experiment = config_lib.load_config(None, ["trainer.batch_size=32",
+                                               "trainer.learning_rate=0.001"])
+    rule = experiment.runtime.learning_rate_scaling  # linear
+    # What run_fn does: plan for the replicas, train with plan.scaled, save the user's config.
+    plan = distribute.plan_distribution(experiment.trainer, replicas, rule)
+    path = trainer_lib.write_effective_config(experiment, plan, str(tmp_path / "model_run"))
+    assert path.endswith(trainer_lib.EFFECTIVE_CONFIG_FILE)
+    record = yaml.safe_load(open(path, encoding="utf-8"))
+    assert record["trainer"]["batch_size"] == 32
+    assert record["trainer"]["learning_rate"] == pytest.approx(1e-3)
+    assert record[config_lib.DISTRIBUTION_KEY]["global_batch_size"] == 32 * replicas
+    assert record[config_lib.DISTRIBUTION_KEY]["learning_rate"] == pytest.approx(
+        1e-3 * replicas)
+
+    # Run the file again, on the same number of replicas: the same training, not N x N.
+    reloaded = config_lib.load_config(path)
+    assert reloaded == experiment
+    again = distribute.plan_distribution(reloaded.trainer, replicas, rule)
+    assert again == plan
+    assert again.scaled(reloaded.trainer).batch_size == 32 * replicas
+    assert again.scaled(reloaded.trainer).learning_rate == pytest.approx(1e-3 * replicas)
+
+
 # ---------------------------------------------------------------- sharding
 
 
@@ -312,3 +355,24 @@ def test_only_the_chief_writes_to_the_real_dirs(tmp_path):
     assert not tf.io.gfile.exists(other.temporary)
     assert distribute.backup_dir(runtime(), "/r/model_run") == "/r/model_run/backup"
     assert distribute.backup_dir(runtime(backup_dir="/b"), "/r/model_run") == "/b"
+
+
+def test_a_local_worker_parses_the_job_file_once(tmp_path, monkeypatch):
+    """job.json carries the Trainer's custom_config as TFX gave it; a worker parses it once
+    and trains with that object (no second parse or validation in run_fn)."""
+    from tfprod.pipeline import multiworker
+
+    experiment = config_lib.load_config(None, ["runtime.strategy=multi_worker_mirrored",
+                                               "runtime.num_workers=2"])
+    job = multiworker.JobFnArgs(
+        train_files=["t"], eval_files=["e"], transform_output="g", serving_model_dir="s",
+        model_run_dir="m",
+        custom_config={"experiment": config_lib.to_dict(experiment, compact=True)})
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(dataclasses.asdict(job)))
+    received = []
+    monkeypatch.setattr(multiworker, "run_worker", lambda *args: received.append(args))
+    monkeypatch.setenv(distribute.TF_CONFIG, json.dumps(TWO_WORKERS))
+    assert multiworker.main(["--job", str(path)]) == 0
+    ((worker_job, parsed),) = received
+    assert worker_job == job and parsed == experiment

@@ -14,6 +14,7 @@ from tfprod.contract import features
 from tfprod.contract import idx
 
 from tfprod.pipeline import ingestion
+from tfprod.pipeline.ingestion import idx as idx_ingestion
 
 
 def _read_split(examples_uri, split):
@@ -23,14 +24,14 @@ def _read_split(examples_uri, split):
 
 
 def _run_executor(input_base, output_dir, eval_fraction):
-    component = ingestion.IdxExampleGen(input_base=str(input_base), eval_fraction=eval_fraction)
+    component = idx_ingestion.IdxExampleGen(input_base=str(input_base), eval_fraction=eval_fraction)
     examples = standard_artifacts.Examples()
     examples.uri = str(output_dir)
     # The component stores its proto properties as JSON, as the launcher passes them.
     exec_properties = dict(component.exec_properties)
     exec_properties[standard_component_specs.OUTPUT_DATA_FORMAT_KEY] = (
         example_gen_pb2.FORMAT_TF_EXAMPLE)
-    ingestion.IdxExampleGenExecutor().Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]},
+    idx_ingestion.IdxExampleGenExecutor().Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]},
                                          exec_properties)
     return examples
 
@@ -81,8 +82,8 @@ def test_corrupt_file_fails_with_the_idx_error(tiny_idx_dir, tmp_path):
 
 
 def test_eval_fraction_travels_in_custom_config():
-    packed = ingestion.make_custom_config(0.25)
-    settings = ingestion._read_custom_config(
+    packed = idx_ingestion.make_custom_config(0.25)
+    settings = ingestion.read_custom_config(
         {standard_component_specs.CUSTOM_CONFIG_KEY: proto_utils.proto_to_json(packed)})
     assert settings == {"eval_fraction": 0.25}
 
@@ -98,13 +99,13 @@ def test_multi_process_beam_gives_the_same_splits(tiny_idx_dir, tmp_path):
                                        beam_workers=2)
     args = pipeline_lib.beam_pipeline_args(runtime)
     assert "--direct_running_mode=multi_processing" in args
-    component = ingestion.IdxExampleGen(input_base=str(tiny_idx_dir), eval_fraction=0.2)
+    component = idx_ingestion.IdxExampleGen(input_base=str(tiny_idx_dir), eval_fraction=0.2)
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / "multi")
     exec_properties = dict(component.exec_properties)
     exec_properties[standard_component_specs.OUTPUT_DATA_FORMAT_KEY] = (
         example_gen_pb2.FORMAT_TF_EXAMPLE)
-    executor = ingestion.IdxExampleGenExecutor(
+    executor = idx_ingestion.IdxExampleGenExecutor(
         base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=args))
     executor.Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
     in_process = _run_executor(tiny_idx_dir, tmp_path / "single", eval_fraction=0.2)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
+from tfprod.contract import layout
 from tfprod.kubeflow import compiler
 from tfprod.kubeflow.errors import CompileError
 from tfprod import cli
@@ -83,7 +84,7 @@ def local_graph(experiment, tmp_path):
     from tfprod.pipeline import pipeline as pipeline_lib
 
     tfx_pipeline = pipeline_lib.create_pipeline(
-        experiment, pipeline_lib.PipelinePaths(str(tmp_path / "local")))
+        experiment, layout.PipelinePaths(str(tmp_path / "local")))
     return {component.id: {node.id for node in component.upstream_nodes}
             for component in tfx_pipeline.components}
 

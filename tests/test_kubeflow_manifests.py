@@ -14,10 +14,10 @@ import subprocess
 import pytest
 import yaml
 
-from tfprod.kubeflow import manifests, train_worker
-from tfprod.kubeflow.errors import KubeflowError, ManifestError
+from tfprod.kubeflow import manifests
+from tfprod.kubeflow.errors import ManifestError
 from tfprod import cli
-from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import config as config_lib, distribute
 from tests.conftest import MNIST_CONFIG, REPO_ROOT
 
 OVERLAY_DIRS = ["base"] + [f"overlays/{name}" for name in manifests.OVERLAYS]
@@ -154,13 +154,14 @@ OPERATOR_TF_CONFIG = {
 
 
 def test_tf_config_of_the_operator_is_accepted_and_worker_0_is_chief():
-    tf_config = train_worker.read_tf_config({"TF_CONFIG": json.dumps(OPERATOR_TF_CONFIG)})
-    assert not train_worker.is_chief(tf_config)
+    tf_config = distribute.read_tf_config({"TF_CONFIG": json.dumps(OPERATOR_TF_CONFIG)},
+                                          allow_ps=False)
+    assert not distribute.is_chief(tf_config)
     first = dict(OPERATOR_TF_CONFIG, task={"type": "worker", "index": 0})
-    assert train_worker.is_chief(first)
+    assert distribute.is_chief(first)
     with_chief = {"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]},
                   "task": {"type": "worker", "index": 0}}
-    assert not train_worker.is_chief(with_chief)
+    assert not distribute.is_chief(with_chief)
 
 
 @pytest.mark.parametrize("tf_config, message", [
@@ -171,8 +172,8 @@ def test_tf_config_of_the_operator_is_accepted_and_worker_0_is_chief():
 ])
 def test_bad_tf_config_is_refused(tf_config, message):
     environ = {} if tf_config is None else {"TF_CONFIG": json.dumps(tf_config)}
-    with pytest.raises(KubeflowError, match=message):
-        train_worker.read_tf_config(environ)
+    with pytest.raises(distribute.DistributeError, match=message):
+        distribute.read_tf_config(environ, allow_ps=False)
 
 
 def test_dockerfile_matches_the_stack_and_the_compiler():

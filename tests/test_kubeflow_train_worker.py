@@ -46,7 +46,7 @@ def transform_outputs(tmp_path_factory, mnist_sample):
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import metadata_io
 
-    from tfprod.pipeline import preprocessing
+    from tfprod.pipeline.tasks.image import preprocessing
 
     train_images, train_labels = mnist_sample[0][:NUM_EXAMPLES], mnist_sample[1][:NUM_EXAMPLES]
     root = tmp_path_factory.mktemp("transform")
@@ -118,3 +118,18 @@ def test_worker_without_tf_config_exits_2(tmp_path):
          "--examples", "x", "--transform-output", "y", "--output-dir", str(tmp_path)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "TF_CONFIG is not set" in result.stderr
+
+
+def test_worker_exits_with_the_code_of_the_errors_kind(tmp_path, monkeypatch, capsys):
+    """main() maps errors as `tfprod` does (tfprod.errors.EXIT_CODES), without the CLI."""
+    from tfprod.kubeflow import train_worker
+
+    argv = ["--config", str(tmp_path / "nope.yaml"), "--examples", "x",
+            "--transform-output", "y", "--output-dir", str(tmp_path)]
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert train_worker.main(argv) == 2  # DistributeError: a ConfigError
+    assert capsys.readouterr().err.startswith("error: TF_CONFIG is not set")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert train_worker.main(argv) == 2  # a missing --config: a ConfigError
+    assert "error: config file not found" in capsys.readouterr().err

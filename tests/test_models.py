@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from tfprod.contract.tasks import TaskName
 from tfprod.models import registry
 from tfprod.pipeline import config as config_lib
-from tfprod.pipeline import trainer
+from tfprod.pipeline import tasks, trainer
 
 INPUTS = registry.ModelInputs(feature_name="image_xf", feature_shape=(784,), num_classes=10)
 
@@ -77,6 +78,35 @@ def test_models_are_registered_for_their_tasks():
         "lstm_forecaster", "transformer_forecaster"]
     assert registry.registered_for_task("text_classification") == ["lstm", "transformer"]
     assert registry.registered_for_task("image_classification") == ["cnn"]
+
+
+def test_every_task_name_has_a_registered_task_and_a_model():
+    registered = tasks.registered_tasks()
+    assert set(registered) == set(TaskName)
+    for name, task in registered.items():
+        assert task.name is name
+        assert registry.registered_for_task(name), f"no model fits task {name}"
+        assert task.data_formats or task.data_sources, f"task {name} reads no data"
+    for model_name in registry.registered_names():
+        assert all(isinstance(task, TaskName) for task in registry.model_tasks(model_name))
+
+
+def test_each_data_format_and_source_picks_one_task():
+    claims = [(kind, value) for task in tasks.registered_tasks().values()
+              for kind, values in (("format", task.data_formats), ("source", task.data_sources))
+              for value in values]
+    assert len(claims) == len(set(claims)), claims
+    assert tasks.task_name_for_data("files", "idx") is TaskName.IMAGE_CLASSIFICATION
+    assert tasks.task_name_for_data("tfds", "tsv") is TaskName.IMAGE_CLASSIFICATION
+    assert tasks.task_name_for_data("files", "tsv") is TaskName.TEXT_CLASSIFICATION
+    assert tasks.task_name_for_data("files", "csv") is TaskName.FORECASTING
+    with pytest.raises(config_lib.ConfigError, match="data.format: no task handles 'parquet'"):
+        tasks.task_name_for_data("files", "parquet")
+
+
+def test_registering_a_model_for_an_unknown_task_raises():
+    with pytest.raises(ValueError, match=r"must be TaskName members \(image_classification"):
+        registry.register("toy", tasks=("segmentation",))
 
 
 def test_cnn_follows_its_config():

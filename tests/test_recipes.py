@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfprod.pipeline import augmentation, recipes, trainer
+from tfprod.pipeline import checks, recipes, trainer
+from tfprod.pipeline.tasks.image import augmentation
 from tfprod.pipeline import config as config_lib
 
 
 def load(*overrides):
-    return config_lib.load_config(None, list(overrides))
+    return checks.load_experiment(None, list(overrides))
 
 
 def learning_rates(schedule, steps):

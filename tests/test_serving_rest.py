@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tfprod.serving import config as config_lib
-from tfprod.serving import rest
+from tfprod.serving import http11, rest
 from tfprod.serving.config import BatchingParameters
 from tfprod.serving.model_manager import ModelManager
 from tfprod.serving.service import ServingService
@@ -117,7 +117,7 @@ def test_connection_close_and_http_1_0_close_after_the_answer(rest_server):
     (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400, "bad Content-Length"),
     (b"HELLO\r\n\r\n", 400, "bad request line"),
     (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad header line"),
-    (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (rest.MAX_HEADER_BYTES + 10), 431, "headers exceed"),
+    (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (http11.MAX_HEADER_BYTES + 10), 431, "headers exceed"),
 ])
 def test_malformed_requests_get_an_error_and_the_connection_closes(rest_server, raw, status, fragment):
     with _connect(rest_server) as sock:
@@ -192,7 +192,7 @@ def test_many_simultaneous_connections_are_all_answered(rest_server):
 
 
 def test_idle_keep_alive_connections_are_closed_and_busy_ones_kept(rest_server, monkeypatch):
-    monkeypatch.setattr(rest, "IDLE_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(http11, "IDLE_TIMEOUT_SECONDS", 0.3)
     with _connect(rest_server) as idle, _connect(rest_server) as busy:
         for sock in (idle, busy):
             sock.sendall(_predict_request([[1.0, 1.0]]))

@@ -10,7 +10,9 @@ import tensorflow as tf
 from tfprod.models import registry, text_layers
 from tfprod.pipeline import config as config_lib
 from tfprod.contract import features
-from tfprod.pipeline import tasks, text_ingestion, text_preprocessing
+from tfprod.pipeline import checks, ingestion, tasks
+from tfprod.pipeline.ingestion import tsv as text_ingestion
+from tfprod.pipeline.tasks.text import preprocessing as text_preprocessing
 from tfprod.serving import json_codec
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -93,8 +95,8 @@ def test_a_label_count_other_than_num_classes_says_what_to_set(tmp_path):
 
 def test_eval_split_is_stable_and_near_the_fraction():
     keys = [f"sentence {index}\t{index % 2}".encode() for index in range(4000)]
-    first = [text_ingestion.is_eval(key, 0.1) for key in keys]
-    assert first == [text_ingestion.is_eval(key, 0.1) for key in keys]
+    first = [ingestion.is_eval(key, 0.1) for key in keys]
+    assert first == [ingestion.is_eval(key, 0.1) for key in keys]
     assert 0.08 < sum(first) / len(keys) < 0.12
 
 
@@ -246,13 +248,14 @@ def test_tsv_format_picks_the_text_task_and_text_models_only():
     experiment = config_lib.ExperimentConfig(
         data=text_data_config("unused"), model=config_lib.ModelConfig(name="lstm"))
     experiment.validate()
+    checks.check_experiment(experiment)
     assert tasks.get_task(experiment).name == "text_classification"
     assert tasks.get_task(experiment).supports_mobile() is False
     assert registry.registered_for_task("text_classification") == ["lstm", "transformer"]
     experiment.model.name = "cnn"
     with pytest.raises(config_lib.ConfigError, match="fits image_classification, not "
                                                      "text_classification.*lstm, transformer"):
-        experiment.validate()
+        checks.check_experiment(experiment)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -287,12 +290,11 @@ def test_json_string_instances_decode_to_a_string_tensor():
 
 def test_tfprod_run_reports_bad_text_data_before_the_pipeline_starts(tmp_path, capsys):
     from tfprod import cli
-    from tfprod.pipeline import local_runner
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data_dir = write_tsv(tmp_path / "data", ["good\t1", "bad\t0"], ["fine\t1", "odd\t7"])
     code = cli.main(["run", "--config", os.path.join(repo, "configs", "sst2_lstm.yaml"),
                      "--data-dir", data_dir, "--output-dir", str(tmp_path / "out")])
-    assert code == local_runner.EXIT_BAD_DATA
+    assert code == 3  # bad input data (tfprod.errors.EXIT_CODES)
     assert "test.tsv:3: label '7' never occurs in train.tsv" in capsys.readouterr().err
     assert not (tmp_path / "out" / "pipeline").exists()

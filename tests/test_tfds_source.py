@@ -25,9 +25,10 @@ from tfprod.contract import features
 
 from tfprod import cli
 
-from tfprod.pipeline import config as config_lib, ingestion, pipeline as pipeline_lib
+from tfprod.pipeline import config as config_lib, pipeline as pipeline_lib
+from tfprod.pipeline.ingestion import idx as idx_ingestion
 from tests.conftest import MNIST_CONFIG, REPO_ROOT, write_idx_dataset
-from tfprod.pipeline.tfds_source import dataset, example_gen, mnist_sample
+from tfprod.pipeline.ingestion.tfds import dataset, example_gen, mnist_sample
 
 SMALL_NAME = "tfprod_mnist_sample/small:1.0.0"
 SMALL_TRAIN, SMALL_TEST = 2000, 500
@@ -126,8 +127,8 @@ def test_examples_equal_the_idx_paths_on_the_same_sample(tfds_data_dir, tmp_path
                                 train_labels[:SMALL_TRAIN], test_images[:SMALL_TEST],
                                 test_labels[:SMALL_TEST])
     idx_examples = run_executor(
-        ingestion.IdxExampleGenExecutor(),
-        ingestion.IdxExampleGen(input_base=str(idx_dir), eval_fraction=0.1), tmp_path / "idx_out")
+        idx_ingestion.IdxExampleGenExecutor(),
+        idx_ingestion.IdxExampleGen(input_base=str(idx_dir), eval_fraction=0.1), tmp_path / "idx_out")
     tfds_examples = run_tfds_executor(tfds_data_config(tfds_data_dir, eval_fraction=0.1),
                                       tmp_path / "tfds_out")
     assert artifact_utils.decode_split_names(tfds_examples.split_names) == [

@@ -9,9 +9,10 @@ import tensorflow as tf
 
 from tfprod.models import forecasting as forecasting_models
 from tfprod.models import registry
+from tfprod.pipeline import checks
 from tfprod.pipeline import config as config_lib
-from tfprod.pipeline import timeseries, timeseries_ingestion
-from tfprod.pipeline.tasks import forecasting
+from tfprod.pipeline.ingestion import timeseries
+from tfprod.pipeline.tasks.forecasting import signatures as forecasting_signatures
 from tests.conftest import SHARED_DATA
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def test_missing_columns_and_short_splits_are_explained(tmp_path):
     with pytest.raises(timeseries.TimeSeriesFormatError, match=r"the eval split has 4 rows"):
         timeseries.split_bounds(20, spec())
     with pytest.raises(timeseries.TimeSeriesFormatError, match=r"must match exactly one CSV"):
-        timeseries_ingestion.find_csv(str(tmp_path), "*.tsv")
+        timeseries.find_csv(str(tmp_path), "*.tsv")
 
 
 def test_monthly_airline_csv_infers_its_calendar_step():
@@ -149,7 +150,7 @@ def test_monthly_airline_csv_infers_its_calendar_step():
 
 def test_baselines_repeat_the_last_value_and_the_value_a_period_earlier():
     history = tf.constant([np.arange(10, dtype=np.float32)])  # t = 9 is the last step
-    persistence, seasonal = forecasting.baseline_forecasts(history, horizon=5, seasonal_period=3)
+    persistence, seasonal = forecasting_signatures.baseline_forecasts(history, horizon=5, seasonal_period=3)
     np.testing.assert_array_equal(persistence.numpy(), [[9, 9, 9, 9, 9]])
     # Step h forecasts t + h - 3 * ceil(h / 3): 7, 8, 9, then 7, 8 again.
     np.testing.assert_array_equal(seasonal.numpy(), [[7, 8, 9, 7, 8]])
@@ -215,4 +216,4 @@ def test_etth1_config_is_valid_and_needs_an_mae_threshold():
     with pytest.raises(config_lib.ConfigError, match=r"seasonal_period"):
         config_lib.load_config(str(ETTH1_CONFIG), ["data.time_series.seasonal_period=200"])
     with pytest.raises(config_lib.ConfigError, match=r"fits forecasting, not image"):
-        config_lib.load_config(None, ["model.name=lstm_forecaster"])
+        checks.load_experiment(None, ["model.name=lstm_forecaster"])

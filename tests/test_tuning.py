@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfprod.pipeline import config as config_lib
 from tfprod.contract import features
-from tfprod.pipeline import trainer, tuning
+from tfprod.pipeline import checks, trainer, tuning
 from tests.conftest import REPO_ROOT, write_idx_dataset
 
 TUNED_CONFIG = REPO_ROOT / "configs" / "mnist_cnn_tuned.yaml"
@@ -21,7 +21,8 @@ TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")
 
 
 def load(*overrides, path=TUNED_CONFIG):
-    return config_lib.load_config(str(path) if path else None, list(overrides))
+    """Loaded and checked as a run starts (the space is checked against the task)."""
+    return checks.load_experiment(str(path) if path else None, list(overrides))
 
 
 def test_the_demo_config_searches_three_keys():
@@ -56,6 +57,26 @@ def test_the_demo_config_searches_three_keys():
 def test_invalid_tuning_sections_are_rejected(overrides, message):
     with pytest.raises(config_lib.ConfigError, match=message):
         load(*overrides)
+
+
+def test_candidates_are_checked_against_the_task():
+    """A choice that gives a model of another task is refused when the run starts."""
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"tuning: the values \{'model.name': 'lstm'\} give an invalid "
+                             r"config: model.name: model 'lstm' fits text_classification"):
+        load("tuning.space=[{name: model.name, kind: choice, values: [cnn, lstm]}]")
+
+
+def test_the_tuners_values_go_through_the_config_path_setter():
+    experiment = load()
+    tuned = tuning.apply_hyperparameters(experiment, {"trainer.optimizer": "sgd",
+                                                      "model.cnn.dense_units": 64})
+    assert tuned.trainer.optimizer is config_lib.Optimizer.SGD
+    assert tuned.model.cnn.dense_units == 64
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"tuning: the values .* give an invalid config: "
+                             r"model.cnn.dense_units: expected int, got 'many'"):
+        tuning.apply_hyperparameters(experiment, {"model.cnn.dense_units": "many"})
 
 
 def test_hyperparameters_declare_and_apply_to_the_config():

@@ -7,7 +7,8 @@ import traceback
 from typing import Any, Callable, Dict, Optional
 
 from tfprod.pipeline.report import html, sections
-from tfprod.pipeline.report.run_data import REPORT_FILE, ReportError, RunData, load_run
+from tfprod.contract import layout
+from tfprod.pipeline.report.run_data import ReportError, RunData, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def build_report(output_dir: str, summary: Optional[Dict[str, Any]] = None,
     """
     run = load_run(output_dir, summary)
     page = render(run)
-    report_path = report_path or os.path.join(run.output_dir, REPORT_FILE)
+    report_path = report_path or os.path.join(run.output_dir, layout.REPORT_FILE)
     temporary = report_path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(page)

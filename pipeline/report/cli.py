@@ -1,9 +1,9 @@
-"""`tfprod report`: rebuild the HTML run report of a finished run."""
+"""`tfprod report`: rebuild the HTML run report of a finished run.
+
+A directory without a run raises ReportError, a ConfigError: tfprod/cli.py exits with 2.
+"""
 
 import argparse
-import sys
-
-EXIT_NO_RUN = 2
 
 
 def register(subparsers) -> None:
@@ -22,10 +22,6 @@ def register(subparsers) -> None:
 def _report_command(args: argparse.Namespace) -> int:
     from tfprod.pipeline.report import builder
 
-    try:
-        path = builder.build_report(args.output_dir, report_path=args.report_path)
-    except builder.ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_NO_RUN
+    path = builder.build_report(args.output_dir, report_path=args.report_path)
     print(f"Report: {path}")
     return 0

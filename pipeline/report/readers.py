@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from tfprod.contract import features
-from tfprod.pipeline.report.run_data import TRAINING_STATS_FILE, RunData
+from tfprod.contract import layout
+from tfprod.pipeline.report.run_data import RunData
 
 # Bounds that keep the report quick on big runs; the report states them where they apply.
 MAX_LABELS_COUNTED = 200_000       # per split, for the class balance
@@ -177,7 +178,7 @@ def read_training_history(run: RunData) -> Optional[Dict[str, Any]]:
     uri = run.uri("model_run")
     if not uri:
         return None
-    stats_path = os.path.join(uri, TRAINING_STATS_FILE)
+    stats_path = os.path.join(uri, layout.TRAINING_STATS_FILE)
     if os.path.isfile(stats_path):
         with open(stats_path, encoding="utf-8") as handle:
             stats = json.load(handle)
@@ -461,7 +462,7 @@ def forecast_window(run: RunData) -> Optional[Dict[str, Any]]:
     "history" (the target's lookback values), "actual", "forecast", "persistence",
     "seasonal_naive"} in the target's units, or None when the run has no forecaster.
     """
-    from tfprod.pipeline import timeseries
+    from tfprod.pipeline.ingestion import timeseries
     from tfprod.pipeline.tasks import forecasting
 
     model = load_model(run)

@@ -15,16 +15,11 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-SUMMARY_FILE = "run_summary.json"
-CONFIG_FILE = "config.yaml"
-METADATA_FILE = "metadata.sqlite"
-REPORT_FILE = "report.html"
-TRAINING_STATS_FILE = "training_stats.json"  # pipeline.trainer.TRAINING_STATS_FILE
-TRAINER_NODE = "Trainer"
-TRANSFORM_NODE = "Transform"
+from tfprod import errors
+from tfprod.contract import layout
 
 
-class ReportError(RuntimeError):
+class ReportError(errors.ConfigError, RuntimeError):
     """The report cannot be built; the message says what is missing and what to do."""
 
 
@@ -101,10 +96,10 @@ def _property_values(artifact) -> Dict[str, Any]:
 def _role_for(node_id: str, key: str, keys_of_node: List[str]) -> Optional[str]:
     """The report's role for an output, or None for outputs it does not show."""
     if key == "examples":
-        return None if node_id == TRANSFORM_NODE else "examples"
+        return None if node_id == layout.TRANSFORM_ID else "examples"
     if key == "model":
         # The Resolver also outputs a "model" (the last blessed one); the Trainer's has model_run.
-        return "model" if "model_run" in keys_of_node or node_id == TRAINER_NODE else None
+        return "model" if "model_run" in keys_of_node or node_id == layout.TRAINER_ID else None
     if key in ("statistics", "schema", "anomalies", "model_run", "evaluation", "blessing",
                "pushed_model", "tflite_models"):
         return key
@@ -195,10 +190,10 @@ def load_run(output_dir: str, summary: Optional[Dict[str, Any]] = None) -> RunDa
         raise ReportError(f"{output_dir} is not a directory: pass the --output-dir of a "
                           "finished `tfprod run`")
     if summary is None:
-        summary = _read_json(os.path.join(output_dir, SUMMARY_FILE))
-    config_path = os.path.join(output_dir, CONFIG_FILE)
+        summary = _read_json(os.path.join(output_dir, layout.SUMMARY_FILE))
+    config_path = os.path.join(output_dir, layout.CONFIG_FILE)
     if summary is None and not os.path.isfile(config_path):
-        raise ReportError(f"{output_dir} has neither {SUMMARY_FILE} nor {CONFIG_FILE}: is it the "
+        raise ReportError(f"{output_dir} has neither {layout.SUMMARY_FILE} nor {layout.CONFIG_FILE}: is it the "
                           "output directory of a `tfprod run`?")
     config_text = ""
     config: Dict[str, Any] = {}
@@ -208,7 +203,7 @@ def load_run(output_dir: str, summary: Optional[Dict[str, Any]] = None) -> RunDa
         config = yaml.safe_load(config_text) or {}
     run = RunData(output_dir=output_dir, summary=summary or {}, config=config,
                   config_text=config_text)
-    metadata_path = os.path.join(output_dir, METADATA_FILE)
+    metadata_path = os.path.join(output_dir, layout.METADATA_FILE)
     if os.path.isfile(metadata_path):
         run.run_id, run.artifacts, run.baseline_model = read_metadata(metadata_path)
     return run

@@ -3,7 +3,9 @@
 Every builder returns an html.Section; one that has nothing to show for this run
 returns a section that is not present and says why. SECTION_BUILDERS is the
 order on the page. To add a section (e.g. a task's own plots), write a
-``def my_section(run: RunData) -> Section`` and add it to SECTION_BUILDERS.
+``def my_section(run: RunData) -> Section``, add it to SECTION_BUILDERS, and list it in
+the Task.report_sections of the tasks that show it (pipeline.tasks); the task-specific
+sections ask the run's Task (_task) whether to show.
 """
 
 import base64
@@ -15,6 +17,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from tfprod.contract import features
+from tfprod.pipeline import tasks
 from tfprod.pipeline.report import charts, readers
 from tfprod.pipeline.report.html import (Section, badge, escape, figure, not_present, number, pre,
                                   table)
@@ -22,6 +25,18 @@ from tfprod.pipeline.report.run_data import RunData
 
 SAMPLES_PER_CLASS = 8
 MAX_FEATURE_CHARTS = 12
+
+
+def _task(run: RunData) -> Optional[tasks.Task]:
+    """The run's task: from its config's data section, else from its summary's metrics."""
+    return run.cached("task", lambda: tasks.task_of_run(run.config,
+                                                        run.summary.get("metrics")))
+
+
+def _shows(run: RunData, section: str) -> Optional[bool]:
+    """Whether the run's task shows a task-specific section (None: the task is unknown)."""
+    task = _task(run)
+    return None if task is None else section in task.report_sections
 
 
 def _metric_names(history: Dict[str, List[float]]) -> List[str]:
@@ -189,7 +204,7 @@ def data_section(run: RunData) -> Section:
 
 def samples_section(run: RunData) -> Section:
     """For image data: the first SAMPLES_PER_CLASS train images of each class."""
-    if readers.image_shape(run) is None:
+    if _shows(run, tasks.SAMPLES_SECTION) is False or readers.image_shape(run) is None:
         return Section("samples", "Sample images", not_present(
             "the run's data are not images"), present=False)
     samples = readers.read_sample_images(run, SAMPLES_PER_CLASS)
@@ -319,7 +334,8 @@ def evaluation_section(run: RunData) -> Section:
 
 
 def _confusion_matrix_html(run: RunData) -> str:
-    if not readers.is_classifier(run):
+    shows = _shows(run, tasks.CONFUSION_MATRIX_SECTION)
+    if shows is False or (shows is None and not readers.is_classifier(run)):
         return not_present("the model is not a classifier")
     result = run.cached("confusion", lambda: readers.confusion_matrix(run))
     if result is None:
@@ -341,13 +357,19 @@ def _confusion_matrix_html(run: RunData) -> str:
 
 def forecast_section(run: RunData) -> Section:
     """For forecasters: the error metrics beside the baselines, and predicted vs actual."""
+    task = _task(run)
+    if task is None or tasks.FORECAST_SECTION not in task.report_sections:
+        return Section("forecast", "Forecast", not_present(
+            f"the model is not a forecaster (its task is {task.name if task else 'unknown'})"),
+            present=False)
     metrics = run.summary.get("metrics") or {}
     error_metrics = {name: value for name, value in metrics.items()
-                     if isinstance(value, (int, float)) and ("mae" in name or "rmse" in name)}
+                     if isinstance(value, (int, float))
+                     and any(metric in name for metric in task.summary_metrics)}
     if not error_metrics:
         return Section("forecast", "Forecast", not_present(
-            "the model is not a forecaster (no mae/rmse metrics in the run summary)"),
-            present=False)
+            f"no {'/'.join(task.summary_metrics)} metrics in the run summary (the run stopped "
+            "before the Evaluator)"), present=False)
     parts = [table(["metric", "value"], sorted(error_metrics.items()), table_id="forecast-metrics")]
     parts.append(figure(charts.bar_chart(sorted(error_metrics), {"value": [
         error_metrics[name] for name in sorted(error_metrics)]}, "Model against baselines",

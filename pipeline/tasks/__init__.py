@@ -1,30 +1,79 @@
 """Tasks: what differs between image classification, text classification and forecasting.
 
-The pipeline (pipeline.pipeline), the Trainer (pipeline.trainer) and the run summary
-are written once. Everything that depends on the kind of data and model goes through
-a Task: which ExampleGen reads the raw data, which preprocessing_fn Transform runs,
-what the model is fed and predicts, how it is compiled, which signatures it exports,
-and which metrics and thresholds TFMA applies. `get_task(experiment)` picks the task
-from the config's data section.
+The pipeline (pipeline.pipeline), the Trainer (pipeline.trainer), the config checks, the
+local runner's preflight and the run report are written once. Everything that depends on
+the kind of data and model goes through a Task: which data formats it reads and which
+ExampleGen reads them, which preprocessing_fn Transform runs, what the model is fed and
+predicts, how it is compiled and with which metrics, which signatures and warm-up requests
+it exports, which metrics and thresholds TFMA applies, what is checked before a run, and
+which task-specific sections the report shows.
+
+Each task is one folder (image/, text/, forecasting/) holding its Task subclass, its
+preprocessing_fn and its signatures, registered here under a
+tfprod.contract.tasks.TaskName. Adding a task means adding a TaskName member, a folder
+with a Task subclass decorated with @register, and its import in _load_builtin_tasks.
+
+Nothing here or in the tasks' __init__ modules imports TensorFlow at import time: the
+config checks pick the task before anything heavy loads.
 """
 
 import abc
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, Type
 
+from tfprod.contract.tasks import TaskName
 from tfprod.pipeline import config as config_lib
+
+# The task-specific sections of the run report (pipeline.report.sections); a Task lists
+# the ones it shows in Task.report_sections.
+SAMPLES_SECTION = "samples"  # sample images per class
+CONFUSION_MATRIX_SECTION = "confusion_matrix"  # in the evaluation section
+FORECAST_SECTION = "forecast"  # errors beside the baselines, predicted against actual
+
+
+def dotted_name(function: Callable) -> str:
+    """"package.module.function": how TFX components (e.g. Transform) import a function."""
+    return f"{function.__module__}.{function.__qualname__}"
 
 
 class Task(abc.ABC):
     """One kind of ML problem, end to end. Subclasses are stateless."""
 
     #: The name models declare in `models.registry.register(..., tasks=...)`.
-    name: str = ""
-    #: Dotted path of the tf.Transform preprocessing_fn (Transform imports it by name).
-    preprocessing_fn: str = ""
+    name: TaskName
+    #: The data.format values this task reads when data.source is files.
+    data_formats: Tuple[str, ...] = ()
+    #: The other data.source values this task reads (whatever data.format says).
+    data_sources: Tuple[str, ...] = ()
+    #: A classification head: label smoothing, mixup and cutmix apply.
+    is_classification: bool = False
+    #: Its inputs are images: data.augmentation applies.
+    takes_images: bool = False
+    #: What the compiled model logs in Keras (validation ones get "val_").
+    metrics: Tuple[str, ...] = ("loss",)
+    #: The metric names its eval config writes into run_summary.json (baselines' prefixed).
+    summary_metrics: Tuple[str, ...] = ()
+    #: The task-specific report sections it shows (SAMPLES_SECTION, ...).
+    report_sections: FrozenSet[str] = frozenset()
+
+    @property
+    def preprocessing_fn(self) -> str:
+        """Dotted path of the tf.Transform preprocessing_fn (Transform imports it by name)."""
+        return dotted_name(self.preprocessing_function())
+
+    @abc.abstractmethod
+    def preprocessing_function(self) -> Callable:
+        """The preprocessing_fn itself (imported here, since its module imports TensorFlow)."""
 
     @abc.abstractmethod
     def example_gen(self, experiment: config_lib.ExperimentConfig, data_dir: Any):
-        """The ExampleGen component that writes the train, eval and test splits."""
+        """The ExampleGen component (pipeline.ingestion) that writes train, eval and test."""
+
+    def preflight(self, experiment: config_lib.ExperimentConfig) -> None:
+        """Reads the input data as the ExampleGen will, before TFX starts; raises on bad data.
+
+        The local runner calls it after checking the config's paths exist.
+        """
+        del experiment
 
     def transform_custom_config(self, experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
         """Passed to preprocessing_fn(inputs, custom_config) (e.g. vocabulary size)."""
@@ -38,6 +87,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def features_and_label(self, transformed: Dict[str, Any]) -> Tuple[Any, Any]:
         """Splits a batch of parsed transformed features into (model input, label)."""
+
+    def augment_dataset(self, dataset, experiment: config_lib.ExperimentConfig):
+        """The training batches, augmented as data.augmentation says (only image tasks do)."""
+        del experiment
+        return dataset
 
     @abc.abstractmethod
     def compile_model(self, model, experiment: config_lib.ExperimentConfig, optimizer) -> None:
@@ -61,26 +115,104 @@ class Task(abc.ABC):
         """Whether the TFLiteConverter component can convert this task's models."""
         return False
 
+    def monitorable_metrics(self) -> List[str]:
+        """What a callback (early stopping, plateau) or the tuner can monitor: loss and
+        metrics, plain and val_."""
+        return [prefix + name for prefix in ("", "val_") for name in self.metrics]
+
+
+# --------------------------------------------------------------------------
+# The registry.
+# --------------------------------------------------------------------------
+
+_TASKS: Dict[TaskName, Task] = {}
+
+
+def register(task_class: Type[Task]) -> Type[Task]:
+    """Class decorator: registers a Task subclass under its `name` (a TaskName)."""
+    name = TaskName(task_class.name)
+    if name in _TASKS:
+        raise ValueError(f"task {name} is already registered "
+                         f"({type(_TASKS[name]).__module__}.{type(_TASKS[name]).__name__})")
+    _TASKS[name] = task_class()
+    return task_class
+
+
+def _load_builtin_tasks() -> None:
+    # Importing the task packages runs their @register decorators.
+    from tfprod.pipeline.tasks import forecasting, image, text  # noqa: F401
+
+
+def registered_tasks() -> Mapping[TaskName, Task]:
+    """Every registered task, by name."""
+    _load_builtin_tasks()
+    return dict(_TASKS)
+
+
+def task_for(name: str) -> Task:
+    """The task registered under name (a TaskName or its value).
+
+    Raises:
+      ConfigError: no task has that name.
+    """
+    tasks = registered_tasks()
+    try:
+        return tasks[TaskName(name)]
+    except (ValueError, KeyError):
+        raise config_lib.ConfigError(
+            f"unknown task {str(name)!r}; tasks are {', '.join(sorted(map(str, tasks)))}"
+        ) from None
+
+
+def task_name_for_data(source: str, data_format: str) -> TaskName:
+    """The task that reads data.source / data.format (their string values): the one choice.
+
+    A source other than files (e.g. tfds) decides on its own; files go by data.format.
+
+    Raises:
+      ConfigError: no task reads that source or format.
+    """
+    tasks = registered_tasks().values()
+    source, data_format = str(source), str(data_format)
+    if source != config_lib.DataSource.FILES.value:
+        for task in tasks:
+            if source in task.data_sources:
+                return task.name
+        raise config_lib.ConfigError(f"data.source: no task handles {source!r}")
+    for task in tasks:
+        if data_format in task.data_formats:
+            return task.name
+    raise config_lib.ConfigError(f"data.format: no task handles {data_format!r}")
+
 
 def get_task(experiment: config_lib.ExperimentConfig) -> Task:
     """The task for the experiment's data (data.source and data.format)."""
-    from tfprod.pipeline.tasks import image, text
-
     data = experiment.data
-    if data.source == config_lib.DataSource.FILES and data.format == config_lib.DataFormat.TSV:
-        return text.TextClassificationTask()
-    if data.source == config_lib.DataSource.TFDS or data.format == config_lib.DataFormat.IDX:
-        return image.ImageClassificationTask()
-    if data.format == config_lib.DataFormat.CSV:
-        from tfprod.pipeline.tasks import forecasting
-
-        return forecasting.ForecastingTask()
-    raise config_lib.ConfigError(f"data.format: no task handles {data.format.value!r}")
+    return task_for(task_name_for_data(data.source.value, data.format.value))
 
 
-def task_name(experiment: config_lib.ExperimentConfig) -> Optional[str]:
-    """The task's name, or None when no task handles the data section."""
-    try:
-        return get_task(experiment).name
-    except config_lib.ConfigError:
-        return None
+def task_of_run(config: Mapping[str, Any], metrics: Optional[Mapping[str, Any]] = None
+                ) -> Optional[Task]:
+    """The task of a finished run, for the report: from its config, else its metrics.
+
+    Args:
+      config: the run's config.yaml as a dict (may be empty).
+      metrics: run_summary.json's metrics; used when the config has no data section, to
+        find the task whose eval config writes those metric names.
+
+    Returns:
+      The task, or None when neither tells.
+    """
+    data = config.get("data") if isinstance(config, Mapping) else None
+    if isinstance(data, Mapping) and data:
+        try:
+            return task_for(task_name_for_data(
+                data.get("source", config_lib.DataSource.FILES.value),
+                data.get("format", config_lib.DataFormat.IDX.value)))
+        except config_lib.ConfigError:
+            return None
+    names = list(metrics or {})
+    for task in registered_tasks().values():
+        if any(metric in name for metric in task.summary_metrics for name in names):
+            return task
+    return None

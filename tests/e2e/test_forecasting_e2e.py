@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfprod.pipeline import timeseries
+from tfprod.pipeline.ingestion import timeseries
 from tfprod.pipeline.tasks import forecasting
 from tests.conftest import SHARED_DATA
 
@@ -125,7 +125,7 @@ def test_rest_json_window_through_the_serving_stack(forecast_run):
     parsed = [tf.train.Example.FromString(record).features.feature for record in records]
     windows = [[[feature[c].float_list.value[step] for c in ("OT", "HUFL")]
                 for step in range(LOOKBACK)] for feature in parsed]
-    body = json_codec.dumps({"signature_name": "serving_raw", "instances": windows})
+    body = json.dumps({"signature_name": "serving_raw", "instances": windows}).encode("utf-8")
     signature_name, request_format, inputs = json_codec.decode_predict_request(body)
     _, outputs = model.predict(signature_name, inputs)
     answer = json_codec.encode_predict_response(outputs, request_format)

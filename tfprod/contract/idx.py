@@ -17,6 +17,8 @@ from typing import Tuple
 
 import numpy as np
 
+from tfprod import errors
+
 UINT8_TYPE_CODE = 0x08
 
 # The four files of an IDX image dataset, in the layout MNIST ships with.
@@ -27,7 +29,7 @@ TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 IDX_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(errors.InputDataError):
     """An IDX file is truncated, corrupt or not the kind of file expected."""
 
 

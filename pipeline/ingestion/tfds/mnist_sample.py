@@ -8,7 +8,7 @@ catalogue datasets (sharded TFRecords, dataset_info.json, split metadata).
 Two configs: ``full`` (all 10,000 train / 2,000 test images) and ``small``
 (the first 2,000 / 500, for fast tests and smoke runs).
 
-Build it with ``tfprod tfds-build --data-dir DIR`` (see pipeline/tfds_source/cli.py) or
+Build it with ``tfprod tfds-build --data-dir DIR`` (see pipeline/ingestion/tfds/cli.py) or
 from Python with :func:`build`.
 """
 
@@ -20,7 +20,9 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
+from tfprod import errors
 from tfprod.contract import idx
 
 DATASET_NAME = "tfprod_mnist_sample"
@@ -28,10 +30,10 @@ VERSION = "1.0.0"
 CONFIG_NAMES = ("full", "small")
 
 # The sample shipped in the repository (present in a source checkout / editable install).
-SHIPPED_SAMPLE_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "mnist_sample"
+SHIPPED_SAMPLE_DIR = pathlib.Path(__file__).resolve().parents[3] / "data" / "mnist_sample"
 
 
-class SourceFilesError(FileNotFoundError):
+class SourceFilesError(errors.ConfigError, FileNotFoundError):
     """The IDX source files the builder reads are missing."""
 
 
@@ -54,6 +56,10 @@ class TfprodMnistSample(tfds.core.GeneratorBasedBuilder):
                           max_train_examples=2000, max_test_examples=500),
     ]
     DEFAULT_CONFIG_NAME = "full"
+    # Where TFDS looks for the builder's metadata files (README, CITATIONS). TFDS derives
+    # it from the module name, which names the installed package path (tfprod/pipeline/...),
+    # not the folder this file is in (setup.py's package_dir maps pipeline/ to it).
+    pkg_dir_path = epath.Path(__file__).resolve().parent
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "The manual directory must hold the four MNIST IDX files "
         f"({', '.join(idx.IDX_FILES)}); tfprod ships them in data/mnist_sample.")

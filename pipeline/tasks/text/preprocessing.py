@@ -16,9 +16,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from tfprod.contract import features
-from tfprod.pipeline import text_ingestion
+from tfprod.pipeline.ingestion import tsv
+from tfprod.pipeline.tasks.text import TOKENS_TRANSFORMED_KEY
 
-TOKENS_TRANSFORMED_KEY = "tokens_xf"  # int64 [N, max_len], 0 = padding
 TOKEN_VOCABULARY = "tokens"  # the Transform asset holding the token vocabulary
 # Transform asset: one "<label id, 6 digits>:<label name>" line per class (any order).
 LABEL_VOCABULARY = "label_names"
@@ -54,7 +54,7 @@ def preprocessing_fn(inputs: Dict[str, Any],
     """
     settings = dict(DEFAULT_SETTINGS, **(custom_config or {}))
     max_len = int(settings["max_len"])
-    text = tf.reshape(inputs[text_ingestion.TEXT_KEY], [-1])
+    text = tf.reshape(inputs[tsv.TEXT_KEY], [-1])
     tokens = tokenize(text, max_len)
     vocabulary_ids = tft.compute_and_apply_vocabulary(
         tokens, top_k=int(settings["vocab_size"]),
@@ -65,9 +65,9 @@ def preprocessing_fn(inputs: Dict[str, Any],
     if features.LABEL_KEY in inputs:
         label = tf.reshape(inputs[features.LABEL_KEY], [-1])
         outputs[features.LABEL_KEY] = label
-        if text_ingestion.LABEL_NAME_KEY in inputs:
+        if tsv.LABEL_NAME_KEY in inputs:
             # Export the id -> name table with the transform graph (and so with the model).
-            label_name = tf.reshape(inputs[text_ingestion.LABEL_NAME_KEY], [-1])
+            label_name = tf.reshape(inputs[tsv.LABEL_NAME_KEY], [-1])
             tft.vocabulary(tf.strings.join([
                 tf.strings.as_string(label, width=_LABEL_ID_DIGITS, fill="0"), label_name],
                 separator=":"), vocab_filename=LABEL_VOCABULARY)

@@ -1,67 +1,29 @@
-"""Image classification: IDX or TFDS images -> scaled pixels -> a classifier (e.g. the CNN)."""
+"""What every classifier shares: its loss and metrics, its TFMA config and its report.
 
-from typing import Any, Dict, List, Tuple
+ClassificationTask is the base of the image and text classification tasks. No
+TensorFlow import at module level.
+"""
 
-from tfprod.pipeline import config as config_lib
 from tfprod.contract import features
-from tfprod.pipeline.tasks import Task
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline.tasks import CONFUSION_MATRIX_SECTION, Task
 
-IMAGE_CLASSIFICATION = "image_classification"
+ACCURACY_METRIC = "accuracy"
 
 
-class ImageClassificationTask(Task):
-    """Grayscale images of data.image_height x data.image_width, data.num_classes classes."""
+class ClassificationTask(Task):
+    """A task with a softmax head over data.num_classes classes and integer labels."""
 
-    name = IMAGE_CLASSIFICATION
-    preprocessing_fn = "tfprod.pipeline.preprocessing.preprocessing_fn"
-
-    def example_gen(self, experiment: config_lib.ExperimentConfig, data_dir: Any):
-        data = experiment.data
-        if data.source == config_lib.DataSource.TFDS:
-            from tfprod.pipeline.tfds_source import dataset as tfds_dataset
-            from tfprod.pipeline.tfds_source import example_gen as tfds_example_gen
-
-            return tfds_example_gen.TfdsExampleGen(tfds_dataset.TfdsSource.from_config(data))
-        from tfprod.pipeline import ingestion
-
-        return ingestion.IdxExampleGen(input_base=data_dir, eval_fraction=data.eval_fraction)
-
-    def model_inputs(self, experiment: config_lib.ExperimentConfig):
-        from tfprod.models import registry
-
-        data = experiment.data
-        return registry.ModelInputs(
-            feature_name=features.IMAGE_TRANSFORMED_KEY,
-            feature_shape=(data.image_height * data.image_width,),
-            num_classes=data.num_classes,
-            image_shape=(data.image_height, data.image_width, 1))
-
-    def features_and_label(self, transformed: Dict[str, Any]) -> Tuple[Any, Any]:
-        return transformed[features.IMAGE_TRANSFORMED_KEY], transformed[features.LABEL_KEY]
+    is_classification = True
+    metrics = ("loss", ACCURACY_METRIC)
+    summary_metrics = (ACCURACY_METRIC,)
+    report_sections = frozenset({CONFUSION_MATRIX_SECTION})
 
     def compile_model(self, model, experiment: config_lib.ExperimentConfig, optimizer) -> None:
         compile_classifier(model, experiment, optimizer)
 
-    def serving_signatures(self, model, tf_transform_output,
-                           experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
-        from tfprod.pipeline import signatures
-
-        return signatures.make_serving_signatures(
-            model, tf_transform_output, experiment.data.image_height,
-            experiment.data.image_width)
-
-    def warmup_requests(self, experiment: config_lib.ExperimentConfig) -> List[Any]:
-        from tfprod.serving import warmup
-
-        return warmup.image_warmup_requests(
-            experiment.export.model_name, experiment.data.image_height,
-            experiment.data.image_width)
-
     def eval_config(self, experiment: config_lib.ExperimentConfig):
         return classification_eval_config(experiment.eval)
-
-    def supports_mobile(self) -> bool:
-        return True
 
 
 def compile_classifier(model, experiment: config_lib.ExperimentConfig, optimizer) -> None:
@@ -103,7 +65,7 @@ def classification_eval_config(eval_config: config_lib.EvalConfig):
             tfma.MetricConfig(class_name="ExampleCount"),
             # Thresholds gate the overall slice; per-class slices are reported only.
             tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
-                              config='{"name": "accuracy"}',
+                              config=f'{{"name": "{ACCURACY_METRIC}"}}',
                               per_slice_thresholds=[tfma.PerSliceMetricThreshold(
                                   slicing_specs=[tfma.SlicingSpec()],
                                   threshold=accuracy_threshold)]),

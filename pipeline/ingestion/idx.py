@@ -6,31 +6,20 @@ example's content (stable across runs and runners); the t10k files become the
 `test` split.
 """
 
-import hashlib
-import json
 import os
 from typing import Any, Dict, Iterator, Tuple
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-from google.protobuf import any_pb2, struct_pb2
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
-from tfx.types import standard_component_specs
-from tfx.utils import proto_utils
 
-from tfprod.contract import features
-
-from tfprod.contract import idx
-
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "eval"
-TEST_SPLIT = "test"
-_HASH_BUCKETS = 10000
-
+from tfprod.contract import features, idx
+from tfprod.pipeline import ingestion
+from tfprod.pipeline.ingestion import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 
 # Split patterns, relative to input_base. Each matches an images file and its
 # labels file, so the driver's fingerprint (and so the cache) covers both.
@@ -64,38 +53,9 @@ def _read_examples(pattern_path: str) -> Iterator[Tuple[bytes, bytes]]:
         yield pixels.tobytes() + bytes([label]), example.SerializeToString()
 
 
-def _is_eval(content_key: bytes, eval_fraction: float) -> bool:
-    # A hash of the pixels and label: the same example always lands in the same split.
-    digest = hashlib.blake2b(content_key, digest_size=8).digest()
-    return int.from_bytes(digest, "big") % _HASH_BUCKETS < eval_fraction * _HASH_BUCKETS
-
-
 def make_custom_config(eval_fraction: float) -> example_gen_pb2.CustomConfig:
     """Packs the executor's settings into ExampleGen's standard custom_config field."""
-    settings = struct_pb2.Struct()
-    settings.update({"eval_fraction": eval_fraction})
-    packed = any_pb2.Any()
-    packed.Pack(settings)
-    return example_gen_pb2.CustomConfig(custom_config=packed)
-
-
-def split_patterns(exec_properties: Dict[str, Any]) -> Dict[str, str]:
-    """The ExampleGen's input splits, {split name: file pattern}, from its executor properties."""
-    input_config = example_gen_pb2.Input()
-    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
-    return {split.name: split.pattern for split in input_config.splits}
-
-
-def _read_custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
-    text = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY)
-    if not text:
-        return {}
-    custom_config = example_gen_pb2.CustomConfig()
-    proto_utils.json_to_proto(text, custom_config)
-    settings = struct_pb2.Struct()
-    if not custom_config.custom_config.Unpack(settings):
-        raise ValueError("IdxExampleGen custom_config must hold a google.protobuf.Struct")
-    return json.loads(proto_utils.proto_to_json(settings))
+    return ingestion.pack_custom_config({"eval_fraction": eval_fraction})
 
 
 class IdxExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
@@ -106,19 +66,14 @@ class IdxExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
-        patterns = split_patterns(exec_properties)
-        if set(patterns) != {TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT}:
-            raise ValueError(f"IdxExampleGen needs input splits train, eval and test; got "
-                             f"{sorted(patterns)}")
-        if patterns[TRAIN_SPLIT] != patterns[EVAL_SPLIT]:
-            raise ValueError("IdxExampleGen splits train and eval from the same files; their "
-                             "patterns must be equal")
-        eval_fraction = float(_read_custom_config(exec_properties).get("eval_fraction", 0.1))
+        patterns = ingestion.split_patterns(exec_properties, "IdxExampleGen")
+        settings = ingestion.read_custom_config(exec_properties, "IdxExampleGen")
+        eval_fraction = float(settings.get("eval_fraction", 0.1))
         train_and_eval = (
             pipeline
             | "ReadTrainFiles" >> _IdxToKeyedExample(exec_properties, patterns[TRAIN_SPLIT])
             | "SplitTrainEval" >> beam.Partition(
-                lambda keyed, _: int(_is_eval(keyed[0], eval_fraction)), 2))
+                lambda keyed, _: int(ingestion.is_eval(keyed[0], eval_fraction)), 2))
         test = pipeline | "ReadTestFiles" >> _IdxToExample(exec_properties, patterns[TEST_SPLIT])
         return {TRAIN_SPLIT: train_and_eval[0] | "TrainExamples" >> beam.Values(),
                 EVAL_SPLIT: train_and_eval[1] | "EvalExamples" >> beam.Values(),
@@ -130,7 +85,7 @@ class IdxExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 def _IdxToKeyedExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                        split_pattern: str) -> beam.PCollection:
     """An IDX split pattern (relative to input_base) -> (content key, serialized tf.Example)."""
-    pattern_path = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY],
+    pattern_path = os.path.join(exec_properties[ingestion.INPUT_BASE_KEY],
                                 split_pattern)
     return (pipeline
             | "SplitPattern" >> beam.Create([pattern_path])
@@ -156,10 +111,6 @@ class IdxExampleGen(FileBasedExampleGen):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(IdxExampleGenExecutor)
 
     def __init__(self, input_base: str, eval_fraction: float = 0.1):
-        input_config = example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name=TRAIN_SPLIT, pattern=TRAIN_PATTERN),
-            example_gen_pb2.Input.Split(name=EVAL_SPLIT, pattern=TRAIN_PATTERN),
-            example_gen_pb2.Input.Split(name=TEST_SPLIT, pattern=TEST_PATTERN),
-        ])
-        super().__init__(input_base=input_base, input_config=input_config,
+        super().__init__(input_base=input_base,
+                         input_config=ingestion.input_config(TRAIN_PATTERN, TEST_PATTERN),
                          custom_config=make_custom_config(eval_fraction))

@@ -18,7 +18,6 @@ Bad rows (wrong field count, empty text or label, a test label never seen in
 training) and a wrong header stop the run with TsvFormatError naming the file and line.
 """
 
-import hashlib
 import os
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -28,11 +27,11 @@ from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
-from tfx.types import standard_component_specs
 
+from tfprod import errors
 from tfprod.contract import features
-
 from tfprod.pipeline import ingestion
+from tfprod.pipeline.ingestion import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 
 TEXT_KEY = "text"
 LABEL_NAME_KEY = "label_name"
@@ -43,7 +42,7 @@ TEST_FILE = "test.tsv"
 Row = Tuple[str, int, str, str]
 
 
-class TsvFormatError(ValueError):
+class TsvFormatError(errors.InputDataError):
     """A TSV file does not have the expected layout; the message names the file and line."""
 
 
@@ -148,13 +147,6 @@ def make_example(row: Row, label_vocabulary: List[str]) -> Tuple[bytes, bytes]:
     return (text + "\t" + label).encode("utf-8"), example.SerializeToString()
 
 
-def is_eval(content_key: bytes, eval_fraction: float) -> bool:
-    """Whether a train.tsv row goes to `eval` (a hash of its text and label: stable)."""
-    digest = hashlib.blake2b(content_key, digest_size=8).digest()
-    buckets = 10000
-    return int.from_bytes(digest, "big") % buckets < eval_fraction * buckets
-
-
 class TsvExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     """Reads train.tsv and test.tsv and writes the train, eval and test tf.Examples."""
 
@@ -163,20 +155,15 @@ class TsvExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
-        patterns = ingestion.split_patterns(exec_properties)
-        expected = {ingestion.TRAIN_SPLIT, ingestion.EVAL_SPLIT, ingestion.TEST_SPLIT}
-        if set(patterns) != expected or patterns[ingestion.TRAIN_SPLIT] != patterns[
-                ingestion.EVAL_SPLIT]:
-            raise ValueError(f"TsvExampleGen needs splits train and eval (same file) and test; "
-                             f"got {patterns}")
-        settings = ingestion._read_custom_config(exec_properties)
+        patterns = ingestion.split_patterns(exec_properties, "TsvExampleGen")
+        settings = ingestion.read_custom_config(exec_properties, "TsvExampleGen")
         eval_fraction = float(settings.get("eval_fraction", 0.1))
         text_column = settings.get("text_column", "sentence")
         label_column = settings.get("label_column", "label")
         num_classes = int(settings["num_classes"])
-        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-        train_path = os.path.join(input_base, patterns[ingestion.TRAIN_SPLIT])
-        test_path = os.path.join(input_base, patterns[ingestion.TEST_SPLIT])
+        input_base = exec_properties[ingestion.INPUT_BASE_KEY]
+        train_path = os.path.join(input_base, patterns[TRAIN_SPLIT])
+        test_path = os.path.join(input_base, patterns[TEST_SPLIT])
 
         def rows(label: str, path: str) -> beam.PCollection:
             return (pipeline
@@ -196,26 +183,21 @@ class TsvExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
             train_rows
             | "TrainExamples" >> beam.Map(make_example, label_vocabulary)
             | "SplitTrainEval" >> beam.Partition(
-                lambda keyed, _: int(is_eval(keyed[0], eval_fraction)), 2))
+                lambda keyed, _: int(ingestion.is_eval(keyed[0], eval_fraction)), 2))
         test = (test_rows
                 | "TestExamples" >> beam.Map(make_example, label_vocabulary)
                 | "TestValues" >> beam.Values())
-        return {ingestion.TRAIN_SPLIT: train_and_eval[0] | "TrainValues" >> beam.Values(),
-                ingestion.EVAL_SPLIT: train_and_eval[1] | "EvalValues" >> beam.Values(),
-                ingestion.TEST_SPLIT: test}
+        return {TRAIN_SPLIT: train_and_eval[0] | "TrainValues" >> beam.Values(),
+                EVAL_SPLIT: train_and_eval[1] | "EvalValues" >> beam.Values(),
+                TEST_SPLIT: test}
 
 
 def make_custom_config(eval_fraction: float, text_column: str, label_column: str,
                        num_classes: int) -> example_gen_pb2.CustomConfig:
     """Packs the executor's settings into ExampleGen's custom_config (a Struct)."""
-    from google.protobuf import any_pb2, struct_pb2
-
-    settings = struct_pb2.Struct()
-    settings.update({"eval_fraction": eval_fraction, "text_column": text_column,
-                     "label_column": label_column, "num_classes": num_classes})
-    packed = any_pb2.Any()
-    packed.Pack(settings)
-    return example_gen_pb2.CustomConfig(custom_config=packed)
+    return ingestion.pack_custom_config({
+        "eval_fraction": eval_fraction, "text_column": text_column,
+        "label_column": label_column, "num_classes": num_classes})
 
 
 class TsvExampleGen(FileBasedExampleGen):
@@ -226,11 +208,7 @@ class TsvExampleGen(FileBasedExampleGen):
     def __init__(self, input_base: Any, eval_fraction: float = 0.1,
                  text_column: str = "sentence", label_column: str = "label",
                  num_classes: int = 2):
-        input_config = example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name=ingestion.TRAIN_SPLIT, pattern=TRAIN_FILE),
-            example_gen_pb2.Input.Split(name=ingestion.EVAL_SPLIT, pattern=TRAIN_FILE),
-            example_gen_pb2.Input.Split(name=ingestion.TEST_SPLIT, pattern=TEST_FILE),
-        ])
-        super().__init__(input_base=input_base, input_config=input_config,
+        super().__init__(input_base=input_base,
+                         input_config=ingestion.input_config(TRAIN_FILE, TEST_FILE),
                          custom_config=make_custom_config(eval_fraction, text_column,
                                                           label_column, num_classes))

@@ -1,10 +1,9 @@
 """`tfprod tfds-build`: prepare the project's own TFDS dataset (offline) into a data dir.
 
-Argument parsing only; the work is pipeline.tfds_source.mnist_sample.build.
+Argument parsing only; the work is pipeline.ingestion.tfds.mnist_sample.build.
 """
 
 import argparse
-import sys
 
 # The builder's constants, repeated here so that building the parser imports no TensorFlow.
 _CONFIG_NAMES = ("full", "small")
@@ -27,14 +26,11 @@ def register(subparsers) -> None:
 
 
 def _tfds_build_command(args: argparse.Namespace) -> int:
-    from tfprod.pipeline.tfds_source import mnist_sample
+    from tfprod.pipeline.ingestion.tfds import mnist_sample
 
-    try:
-        names = mnist_sample.build(args.data_dir, configs=args.configs or ["full"],
-                                   source_dir=args.source_dir)
-    except mnist_sample.SourceFilesError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # Missing source files: SourceFilesError, a ConfigError (tfprod/cli.py exits with 2).
+    names = mnist_sample.build(args.data_dir, configs=args.configs or ["full"],
+                               source_dir=args.source_dir)
     for name in names:
         print(f"prepared {name} in {args.data_dir}\n  use it with: tfprod run --config "
               f"configs/mnist_cnn.yaml --set data.source=tfds --set data.tfds_name={name} "

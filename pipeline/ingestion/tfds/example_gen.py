@@ -12,26 +12,20 @@ whose split patterns match the dataset's folder, so TFX's driver fingerprints
 the prepared files and the cache is invalidated when they change.
 """
 
-import hashlib
-import json
 from typing import Any, Dict, Mapping
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from google.protobuf import any_pb2, struct_pb2
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
-from tfx.types import standard_component_specs
-from tfx.utils import proto_utils
 
-from tfprod.pipeline.tfds_source import dataset
-from tfprod.pipeline.tfds_source.dataset import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
-
-_HASH_BUCKETS = 10000
+from tfprod.pipeline import ingestion
+from tfprod.pipeline.ingestion import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
+from tfprod.pipeline.ingestion.tfds import dataset
 
 
 def to_tf_example(element: Mapping[str, Any], feature_map: Mapping[str, str]) -> tf.train.Example:
@@ -71,34 +65,19 @@ def _serialize(element: Mapping[str, Any], feature_map: Mapping[str, str]) -> by
         deterministic=True)
 
 
-def _in_eval(serialized: bytes, eval_fraction: float) -> bool:
-    digest = hashlib.blake2b(serialized, digest_size=8).digest()
-    return int.from_bytes(digest, "big") % _HASH_BUCKETS < eval_fraction * _HASH_BUCKETS
-
-
 def make_custom_config(source: dataset.TfdsSource) -> example_gen_pb2.CustomConfig:
     """Packs the source's settings (not its data dir: that is input_base) into custom_config."""
-    settings = struct_pb2.Struct()
-    settings.update({"tfds_name": source.name, "split_specs": dict(source.split_specs),
-                     "eval_fraction": source.eval_fraction,
-                     "feature_map": dict(source.feature_map)})
-    packed = any_pb2.Any()
-    packed.Pack(settings)
-    return example_gen_pb2.CustomConfig(custom_config=packed)
+    return ingestion.pack_custom_config({
+        "tfds_name": source.name, "split_specs": dict(source.split_specs),
+        "eval_fraction": source.eval_fraction, "feature_map": dict(source.feature_map)})
 
 
 def source_from_exec_properties(exec_properties: Dict[str, Any]) -> dataset.TfdsSource:
     """Rebuilds the TfdsSource from the component's input_base and custom_config."""
-    custom_config = example_gen_pb2.CustomConfig()
-    proto_utils.json_to_proto(exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY],
-                              custom_config)
-    settings_proto = struct_pb2.Struct()
-    if not custom_config.custom_config.Unpack(settings_proto):
-        raise ValueError("TfdsExampleGen custom_config must hold a google.protobuf.Struct")
-    settings = json.loads(proto_utils.proto_to_json(settings_proto))
+    settings = ingestion.read_custom_config(exec_properties, "TfdsExampleGen")
     return dataset.TfdsSource(
         name=settings["tfds_name"],
-        data_dir=exec_properties[standard_component_specs.INPUT_BASE_KEY],
+        data_dir=exec_properties[ingestion.INPUT_BASE_KEY],
         split_specs=dict(settings["split_specs"]),
         eval_fraction=float(settings["eval_fraction"]),
         feature_map=dict(settings["feature_map"]))
@@ -144,7 +123,7 @@ class TfdsExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
             return {TRAIN_SPLIT: train, EVAL_SPLIT: evaluation, TEST_SPLIT: test}
         eval_fraction = source.eval_fraction
         train_and_eval = train | "SplitTrainEval" >> beam.Partition(
-            lambda serialized, _: int(_in_eval(serialized, eval_fraction)), 2)
+            lambda serialized, _: int(ingestion.is_eval(serialized, eval_fraction)), 2)
         return {TRAIN_SPLIT: train_and_eval[0], EVAL_SPLIT: train_and_eval[1], TEST_SPLIT: test}
 
 
@@ -168,8 +147,6 @@ class TfdsExampleGen(FileBasedExampleGen):
         # Every split's pattern matches the dataset's prepared files, so the driver's
         # fingerprint (and so the cache) follows them; the split specs are in custom_config.
         pattern = dataset.dataset_relative_dir(source.name) + "/*"
-        input_config = example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name=split, pattern=pattern)
-            for split in (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)])
-        super().__init__(input_base=source.data_dir, input_config=input_config,
+        super().__init__(input_base=source.data_dir,
+                         input_config=ingestion.input_config(pattern),
                          custom_config=make_custom_config(source))

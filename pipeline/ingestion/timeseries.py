@@ -1,7 +1,8 @@
 """Time series CSVs: reading, checking, chronological splits and (lookback -> horizon) windows.
 
-Pure Python (pandas and NumPy), so it is unit-tested without Beam; the ExampleGen
-(pipeline.timeseries_ingestion) and the preflight check call it.
+Pure Python (pandas and NumPy; TensorFlow only to open files), so it is unit-tested without
+Beam; the ExampleGen (pipeline.ingestion.timeseries_example_gen), the forecasting task's
+preflight check and the run report call it.
 
 A CSV has a header, one timestamp column and numeric columns. The rows must be in
 time order, one per step: duplicates, disorder, gaps, unparseable timestamps,
@@ -13,15 +14,16 @@ windowed on its own, so no window (input or target) crosses a split boundary.
 """
 
 import dataclasses
+import os
 import re
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "eval"
-TEST_SPLIT = "test"
-SPLITS = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
+from tfprod import errors
+from tfprod.contract.splits import EVAL as EVAL_SPLIT
+from tfprod.contract.splits import TEST as TEST_SPLIT
+from tfprod.contract.splits import TRAIN as TRAIN_SPLIT
 
 # Raw tf.Example features besides one float list per column (named by feature_name()).
 LABEL_KEY = "forecast_label"  # float [horizon]: the target's next `horizon` values
@@ -34,7 +36,7 @@ _LINES_SHOWN = 5
 _FIRST_DATA_LINE = 2
 
 
-class TimeSeriesFormatError(ValueError):
+class TimeSeriesFormatError(errors.InputDataError):
     """The CSV cannot be used as a time series; the message names the lines and columns."""
 
 
@@ -77,6 +79,22 @@ class Series:
 
     def __len__(self) -> int:
         return len(self.timestamps)
+
+
+def find_csv(input_base: str, pattern: str) -> str:
+    """The one file that pattern (data.time_series.file, relative to input_base) matches.
+
+    Raises:
+      TimeSeriesFormatError: no file or several files match.
+    """
+    import tensorflow as tf
+
+    matched = sorted(tf.io.gfile.glob(os.path.join(input_base, pattern)))
+    if len(matched) != 1:
+        raise TimeSeriesFormatError(
+            f"data.time_series.file {pattern!r} must match exactly one CSV in {input_base}; "
+            f"matched {matched or 'nothing'}")
+    return matched[0]
 
 
 def feature_name(column: str) -> str:

@@ -14,15 +14,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import naming
 
-from tfprod.pipeline import config as config_lib
 from tfprod.contract import features
+from tfprod.pipeline import config as config_lib
+from tfprod.pipeline.ingestion import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 # Registers the project's own builder (tfprod_mnist_sample) with TFDS.
-from tfprod.pipeline.tfds_source import mnist_sample
-
-# The pipeline's three splits.
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "eval"
-TEST_SPLIT = "test"
+from tfprod.pipeline.ingestion.tfds import mnist_sample
 TFDS_VERSION = tfds.__version__
 
 
