@@ -53,7 +53,7 @@ class TimeSeriesExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecu
 
         def read_and_window(csv_path: str) -> Iterator[Tuple[int, bytes]]:
             examples = timeseries.split_examples(csv_path, spec)
-            for position, name in enumerate(timeseries.SPLITS):
+            for position, name in enumerate(ingestion.SPLITS):
                 for example in examples[name]:
                     yield position, example
 
@@ -63,9 +63,9 @@ class TimeSeriesExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecu
             | "ReadAndWindow" >> beam.FlatMap(read_and_window)
             # Spread the windows over workers before the (parallel) write.
             | "Reshuffle" >> beam.Reshuffle()
-            | "BySplit" >> beam.Partition(lambda keyed, _: keyed[0], len(timeseries.SPLITS)))
+            | "BySplit" >> beam.Partition(lambda keyed, _: keyed[0], len(ingestion.SPLITS)))
         return {name: partitions[position] | f"{name.capitalize()}Examples" >> beam.Values()
-                for position, name in enumerate(timeseries.SPLITS)}
+                for position, name in enumerate(ingestion.SPLITS)}
 
 
 class TimeSeriesExampleGen(FileBasedExampleGen):
