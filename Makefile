@@ -17,7 +17,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONWARNINGS := ignore::FutureWarning
 
-.PHONY: help setup demo test test-unit test-e2e bench constraints clean
+.PHONY: help setup demo test test-unit test-e2e bench constraints clean task-library-venv
 
 help:
 	@echo "make demo   - set up .venv (Python 3.10) and run the main job (MNIST CNN pipeline)"
@@ -40,16 +40,33 @@ $(STAMP): $(VENV_PYTHON) setup.py constraints.txt
 
 setup: $(STAMP)
 
+# The TFLite Task Library (tflite-support 0.4.4) in its own virtualenv: it cannot be imported
+# beside TensorFlow. tests/test_task_library.py runs its ImageClassifier on our .tflite files.
+TASKLIB_VENV := .venv-tasklib
+TASKLIB_STAMP := $(TASKLIB_VENV)/.installed-stamp
+
+$(TASKLIB_STAMP): tasklib-requirements.txt $(STAMP)
+	@if [ -z "$(PYTHON310)" ]; then echo "error: Python 3.10 not found (see setup)" >&2; exit 1; fi
+	@if ! /sbin/ldconfig -p 2>/dev/null | grep -q libusb-1.0; then \
+	  echo "warning: libusb-1.0-0 not found; tflite-support needs it" \
+	       "(apt-get install libusb-1.0-0; .ci/run installs it)" >&2; fi
+	[ -x $(TASKLIB_VENV)/bin/python ] || "$(PYTHON310)" -m venv $(TASKLIB_VENV)
+	$(VENV)/bin/uv pip install --quiet --python $(TASKLIB_VENV)/bin/python \
+	  --requirement tasklib-requirements.txt
+	touch $(TASKLIB_STAMP)
+
+task-library-venv: $(TASKLIB_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/tfprod run --config configs/mnist_cnn.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(TASKLIB_STAMP)
 	$(VENV)/bin/pytest
 
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest -m "not e2e"
 
-test-e2e: $(STAMP)
+test-e2e: $(STAMP) $(TASKLIB_STAMP)
 	$(VENV)/bin/pytest -m e2e
 
 bench: $(STAMP)

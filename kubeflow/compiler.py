@@ -27,11 +27,13 @@ from typing import Any, Dict, List, Optional
 import yaml
 from google.protobuf import json_format
 
+from tfprod import errors
 from tfprod.contract import layout
 from tfprod.kubeflow.errors import CompileError
 from tfprod.pipeline import checks
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import pipeline as pipeline_lib
+from tfprod.pipeline import tasks
 
 # Where kubeflow/Dockerfile puts the project inside the image.
 PROJECT_DIR_IN_IMAGE = "/tfprod"
@@ -166,6 +168,65 @@ def build_pipeline(experiment: config_lib.ExperimentConfig):
     return tfx_pipeline
 
 
+def settle_data_decisions(experiment: config_lib.ExperimentConfig
+                          ) -> config_lib.ExperimentConfig:
+    """The experiment with what a local run reads from the data before building, fixed now.
+
+    On Kubeflow the data directory is a run-time parameter, so nothing can be read from it
+    when the pipeline is compiled. Two settings need the data at build time: a null
+    data.num_classes (counted from the training labels) and eval.gate baseline (its bound
+    comes from the labels). Both are taken from the local copy of the data
+    (data.data_dir) and written into the compiled config as plain values: the class count
+    (the ExampleGen checks it against the cluster's data at run time), and the baseline's
+    bound as an absolute eval.accuracy_threshold (eval.mae_threshold for a forecaster),
+    so the compiled spec shows the number it gates on.
+
+    Returns:
+      The experiment itself when nothing needs the data, else a settled copy.
+
+    Raises:
+      CompileError: the local data cannot be read; the message names the --set that
+        compiles without it.
+    """
+    from tfprod.pipeline.tasks import baselines
+
+    task = tasks.get_task(experiment)
+    needs_classes = experiment.data.num_classes is None and task.is_classification
+    needs_baseline = experiment.eval.gate == config_lib.Gate.BASELINE
+    if not (needs_classes or needs_baseline):
+        return experiment
+    fixes = []
+    if needs_baseline:
+        fixes.append("--set eval.gate=absolute with --set eval.accuracy_threshold=A "
+                     "(forecasters: --set eval.mae_threshold=MAE)")
+    if needs_classes:
+        fixes.append("--set data.num_classes=K")
+    settled = copy.deepcopy(experiment)
+    try:
+        settled.check_paths()
+        task.preflight(settled)  # fills data.num_classes from the labels
+        baseline = task.baseline_metrics(settled) if needs_baseline else {}
+    except errors.TfprodError as error:
+        raise CompileError(
+            f"{'eval.gate baseline' if needs_baseline else 'data.num_classes null'} is "
+            f"settled from the data when the pipeline is built, and on Kubeflow the data is "
+            f"read only at run time; the local copy (data.data_dir {experiment.data.data_dir}) "
+            f"could not be read ({error}). Compile with {' and '.join(fixes)}") from None
+    if needs_baseline:
+        evaluation = settled.eval
+        if baselines.BASELINE_ACCURACY in baseline:
+            evaluation.accuracy_threshold = baselines.required_accuracy(
+                baseline[baselines.BASELINE_ACCURACY], evaluation.baseline_margin)
+        elif baselines.MEAN_BASELINE_MAE in baseline:
+            evaluation.mae_threshold = baselines.allowed_mae(
+                baseline[baselines.MEAN_BASELINE_MAE], evaluation.baseline_margin)
+        else:
+            raise CompileError(f"eval.gate baseline: no bound for the baselines {baseline}; "
+                               f"compile with {fixes[0]}")
+        evaluation.gate = config_lib.Gate.ABSOLUTE
+    return settled
+
+
 def compile_pipeline(experiment: config_lib.ExperimentConfig) -> CompiledPipeline:
     """Compiles the experiment's pipeline into a KFP v2 PipelineSpec (and PlatformSpec).
 
@@ -177,6 +238,7 @@ def compile_pipeline(experiment: config_lib.ExperimentConfig) -> CompiledPipelin
     from tfx import v1 as tfx
 
     checks.check_experiment(experiment)
+    experiment = settle_data_decisions(experiment)
     tfx_pipeline = build_pipeline(experiment)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(

@@ -48,6 +48,10 @@ def register(subparsers) -> None:
                         help="verify on the first N test images only (default: all)")
     parser.add_argument("--latency-examples", type=int, default=200,
                         help="single-example invokes timed per runtime and thread count")
+    parser.add_argument("--input-channels", type=int, choices=(1, 3), default=None,
+                        help="a grayscale model's TFLite input channels: 3 (default: RGB, "
+                             "what the Task Library and MediaPipe take) or 1 ([1, H, W, 1], "
+                             "for apps that call the interpreter themselves)")
     parser.add_argument("--runtime", dest="runtimes", action="append", choices=options.RUNTIMES,
                         help="runtime to verify on (repeatable; default: both)")
     parser.set_defaults(handler=_tflite_command)
@@ -88,7 +92,8 @@ def _tflite_command(args: argparse.Namespace) -> int:
                                     test_labels[:args.test_examples])
     export_options = export.ExportOptions(
         modes=modes, int8_io=args.int8_io or convert.IoType.FLOAT32.value,
-        runtimes=args.runtimes or verify.RUNTIMES, latency_examples=args.latency_examples)
+        runtimes=args.runtimes or verify.RUNTIMES, latency_examples=args.latency_examples,
+        input_channels=args.input_channels)
     result = export.export_tflite(
         args.model_dir, output_dir, model_name, version, calibration, test_images,
         test_labels, export_options, progress=lambda line: print(line, flush=True))

@@ -64,12 +64,15 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
     version = pushed_model.get_string_custom_property("pushed_version") or str(model.id)
     saved_model_dir = path_utils.serving_model_path(model.uri)
     serving_model = export.load_serving_model(saved_model_dir)
-    height_width = export.image_input_shape(serving_model)[:2]
+    shape = export.image_input_shape(serving_model)
+    height_width = shape.height, shape.width
     train_images, _ = data.read_examples_split(
-        examples.uri, "train", *height_width, limit=max(5000, settings["calibration_samples"]))
+        examples.uri, "train", *height_width, limit=max(5000, settings["calibration_samples"]),
+        channels=shape.channels)
     calibration = data.calibration_sample(train_images, settings["calibration_samples"])
     test_images, test_labels = data.read_examples_split(
-        examples.uri, "test", *height_width, limit=settings["test_examples"])
+        examples.uri, "test", *height_width, limit=settings["test_examples"],
+        channels=shape.channels)
     destination = tflite_dir(output_dir, model_name, version)
     result = export.export_tflite(
         saved_model_dir, destination, model_name, version, calibration, test_images,

@@ -4,11 +4,20 @@ What goes into the TFLite graph is only what a phone must run: the model, and
 for images the pixel scaling of the Transform graph folded in front of it.
 tf.Example parsing and the Transform graph's string handling stay out:
 
-  * image models take the raw image tensor, float32 [1, height, width] with
-    pixel values 0..255 (the SavedModel's ``serving_raw`` input). The scaling
-    is measured from the SavedModel's own ``transform_features`` signature
-    (see :func:`probe_pixel_scaling`) and folded into the graph, so the
-    metadata's normalization is the identity (mean 0, std 1);
+  * image models take one image as a 4-D NHWC tensor, float32
+    [1, height, width, channels] (channels 1 for grayscale, 3 for RGB), pixel
+    values 0..255: the layout the TFLite Task Library's ImageClassifier and
+    MediaPipe's image classifier require ("Only 4D tensors in BHWD layout are
+    supported" otherwise), even for a 28x28 grayscale digit. The scaling is
+    measured from the SavedModel's own ``transform_features`` signature (see
+    :func:`probe_pixel_scaling`) and folded into the graph, so the metadata's
+    normalization is the identity (mean 0, std 1). Both the Task Library and
+    MediaPipe accept only RGB inputs (1 x height x width x 3, colour space RGB),
+    so a grayscale model (the MNIST CNN) gets an RGB input by default, with the
+    RGB -> gray conversion (ITU-R BT.601 luma)
+    folded in: a gray image given as three equal channels gives back its own
+    pixels. ``input_channels=1`` keeps a [1, height, width, 1] input instead, for
+    apps that call the interpreter themselves;
   * text models (planned) take int32 token ids [1, sequence_length]; the
     vocabulary that maps words to ids ships in the metadata, and Keras LSTMs
     convert to TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM op.
@@ -24,7 +33,7 @@ needs another op fails with :class:`UnsupportedOpError` naming it.
 
 import dataclasses
 import re
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +44,10 @@ from tfprod.contract import features
 
 
 BATCH_SIZE = 1
+RGB_CHANNELS = 3
+# RGB -> gray weights: ITU-R BT.601 luma. They sum to exactly 1 (tf.image.rgb_to_grayscale's
+# rounded 0.2989 + 0.5870 + 0.1140 do not), so three equal channels give back the gray value.
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 class ConversionError(errors.RunFailure):
@@ -56,12 +69,46 @@ class UnsupportedOpError(ConversionError):
 
 @dataclasses.dataclass(frozen=True)
 class ImageInput:
-    """An image model's input: raw pixels; the model sees pixel * scale + offset."""
+    """An image model's input: raw pixels; the model sees pixel * scale + offset.
+
+    Attributes:
+      height, width, channels: the TFLite input is [1, height, width, channels].
+      scale, offset: the Transform graph's pixel scaling (folded into the TFLite graph).
+      model_shape: the shape of one transformed image as the Keras model takes it (e.g.
+        (784,) for the MNIST CNN's flat pixels); the NHWC input is reshaped to it.
+      input_channels: the TFLite input's channels when they differ from the model's
+        (see the module docstring); None: 3, the Task Library's RGB.
+    """
 
     height: int
     width: int
     scale: float
     offset: float = 0.0
+    channels: int = 1
+    model_shape: Tuple[int, ...] = ()
+    input_channels: Optional[int] = None
+
+    @property
+    def tflite_channels(self) -> int:
+        """The TFLite input's channels: input_channels, else 3 (what the Task Library takes)."""
+        return self.input_channels or RGB_CHANNELS
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        """The TFLite input shape, NHWC with batch 1."""
+        return (BATCH_SIZE, self.height, self.width, self.tflite_channels)
+
+    def as_input(self, images: np.ndarray) -> np.ndarray:
+        """Images in the serving_raw layout -> [N, height, width, tflite_channels] float32.
+
+        A grayscale image fed to an RGB input is repeated into three equal channels, as
+        an app's gray-to-RGB conversion (or the Task Library's) does.
+        """
+        images = np.asarray(images, np.float32).reshape(
+            -1, self.height, self.width, self.channels)
+        if self.channels == 1 and self.tflite_channels == RGB_CHANNELS:
+            images = np.repeat(images, RGB_CHANNELS, axis=-1)
+        return images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +118,15 @@ class TokenIdsInput:
     sequence_length: int
 
 
-def probe_pixel_scaling(serving_model, height: int, width: int) -> ImageInput:
+def probe_pixel_scaling(serving_model, height: int, width: int, channels: int = 1,
+                        input_channels: Optional[int] = None) -> ImageInput:
     """Measures the Transform graph's pixel scaling from the SavedModel itself.
 
-    Feeds tf.Examples with known pixel values through the ``transform_features``
-    signature and fits transformed = pixel * scale + offset.
+    Feeds tf.Examples with known pixel values (``image``: height * width * channels
+    int64 values, channels last) through the ``transform_features`` signature and
+    fits transformed = pixel * scale + offset. The transformed image's shape is what
+    the Keras model takes. ``input_channels`` is recorded for the TFLite input (see
+    :class:`ImageInput`); it must be 3, 1 or the model's own channels.
 
     Raises:
       ConversionError: the transform is not such a per-pixel affine scaling, so it
@@ -87,13 +138,27 @@ def probe_pixel_scaling(serving_model, height: int, width: int) -> ImageInput:
             f"the SavedModel has no '{features.TRANSFORM_SIGNATURE}' signature; export it with "
             "tfprod.pipeline.tasks.image.signatures.make_serving_signatures")
     rng = np.random.default_rng(0)
-    pixels = np.stack([np.zeros(height * width), np.full(height * width, 255),
-                       rng.integers(0, 256, height * width)]).astype(np.int64)
+    size = height * width * channels
+    pixels = np.stack([np.zeros(size), np.full(size, 255),
+                       rng.integers(0, 256, size)]).astype(np.int64)
+    # Each example carries the image both ways ExampleGen writes one: int64 pixels (IDX,
+    # TFDS) and a lossless PNG file (image folders); parsing ignores what the spec lacks.
     examples = [tf.train.Example(features=tf.train.Features(feature={
         features.IMAGE_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=row)),
+        features.IMAGE_BYTES_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[
+            tf.io.encode_png(row.reshape(height, width, channels).astype(np.uint8)).numpy()])),
         features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
+        features.CLASS_NAME_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"0"])),
     })).SerializeToString() for row in pixels]
-    transformed = signature(examples=tf.constant(examples))[features.IMAGE_TRANSFORMED_KEY]
+    try:
+        transformed = signature(examples=tf.constant(examples))[features.IMAGE_TRANSFORMED_KEY]
+    except (tf.errors.InvalidArgumentError, KeyError) as error:
+        raise ConversionError(
+            f"could not probe the pixel scaling: the '{features.TRANSFORM_SIGNATURE}' signature "
+            f"did not take tf.Examples with '{features.IMAGE_KEY}' as {size} int64 pixels "
+            f"({height}x{width}x{channels}, channels last) or has no "
+            f"'{features.IMAGE_TRANSFORMED_KEY}' output: {str(error)[:500]}") from error
+    model_shape = tuple(int(dim) for dim in transformed.shape[1:])
     transformed = np.asarray(transformed, np.float64).reshape(len(examples), -1)
     offset = float(transformed[0].mean())
     scale = float((transformed[1].mean() - offset) / 255.0)
@@ -103,7 +168,14 @@ def probe_pixel_scaling(serving_model, height: int, width: int) -> ImageInput:
             "the Transform graph does not scale pixels as pixel * scale + offset, so it cannot "
             "be folded into the TFLite model; describe the preprocessing in the metadata "
             "instead or simplify preprocessing_fn")
-    return ImageInput(height=height, width=width, scale=scale, offset=offset)
+    if input_channels not in (None, 1, RGB_CHANNELS) or (
+            channels == RGB_CHANNELS and input_channels not in (None, RGB_CHANNELS)):
+        raise ConversionError(
+            f"TFLite input channels {input_channels} for a model of {channels} channel(s): "
+            "an RGB model takes 3, a grayscale one 3 (RGB, for the Task Library) or 1")
+    return ImageInput(height=height, width=width, scale=scale, offset=offset,
+                      channels=channels, model_shape=model_shape,
+                      input_channels=input_channels)
 
 
 def inference_function(serving_model, model_input) -> tf.types.experimental.ConcreteFunction:
@@ -113,14 +185,18 @@ def inference_function(serving_model, model_input) -> tf.types.experimental.Conc
     Transform layer and tf.Example parsing are not in the graph.
     """
     if isinstance(model_input, ImageInput):
-        pixel_count = model_input.height * model_input.width
+        model_shape = [BATCH_SIZE, *(model_input.model_shape or
+                                     (model_input.height * model_input.width
+                                      * model_input.channels,))]
 
         @tf.function(input_signature=[tf.TensorSpec(
-            [BATCH_SIZE, model_input.height, model_input.width], tf.float32,
-            name=features.IMAGE_KEY)])
+            model_input.shape, tf.float32, name=features.IMAGE_KEY)])
         def predict(image):
-            flat = tf.reshape(image, [BATCH_SIZE, pixel_count])
-            scaled = flat * model_input.scale + model_input.offset
+            if model_input.channels == 1 and model_input.tflite_channels == RGB_CHANNELS:
+                image = tf.reduce_sum(image * tf.constant(GRAY_WEIGHTS, tf.float32), axis=-1)
+            # Both shapes are static, so this is one RESHAPE (or none), no shape arithmetic.
+            pixels = tf.reshape(image, model_shape)
+            scaled = pixels * model_input.scale + model_input.offset
             return {features.PROBABILITIES_OUTPUT: serving_model(scaled, training=False)}
     elif isinstance(model_input, TokenIdsInput):
         @tf.function(input_signature=[tf.TensorSpec(

@@ -15,10 +15,14 @@ class DataError(errors.ConfigError):
 
 
 def read_examples_split(examples_uri: str, split: str, height: int, width: int,
-                        limit: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """(images float32 [N, height, width] 0..255, labels int64 [N]) from an Examples artifact.
+                        limit: Optional[int] = None,
+                        channels: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """(images float32 0..255, labels int64 [N]) from an Examples artifact.
 
-    Reads ExampleGen's gzipped tf.Example files in ``<examples_uri>/Split-<split>/``.
+    Reads ExampleGen's gzipped tf.Example files in ``<examples_uri>/Split-<split>/``
+    (``image``: height * width * channels int64 pixels, channels last). The images
+    come in the image task's serving_raw layout: [N, height, width] for grayscale,
+    [N, height, width, channels] otherwise.
     """
     import tensorflow as tf
 
@@ -27,7 +31,7 @@ def read_examples_split(examples_uri: str, split: str, height: int, width: int,
     if not files:
         raise DataError(f"no examples in {pattern}: is this an ExampleGen output with a "
                         f"'{split}' split?")
-    spec = {features.IMAGE_KEY: tf.io.FixedLenFeature([height * width], tf.int64),
+    spec = {features.IMAGE_KEY: tf.io.FixedLenFeature([height * width * channels], tf.int64),
             features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
     if limit is not None:
@@ -36,8 +40,8 @@ def read_examples_split(examples_uri: str, split: str, height: int, width: int,
     for batch in dataset.batch(1024).map(lambda records: tf.io.parse_example(records, spec)):
         images.append(batch[features.IMAGE_KEY].numpy())
         labels.append(batch[features.LABEL_KEY].numpy())
-    return (np.concatenate(images).reshape(-1, height, width).astype(np.float32),
-            np.concatenate(labels))
+    shape = (-1, height, width) if channels == 1 else (-1, height, width, channels)
+    return np.concatenate(images).reshape(shape).astype(np.float32), np.concatenate(labels)
 
 
 def read_idx_split(data_dir: str, split: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -9,13 +9,17 @@ call :func:`export_tflite`. It writes
 
 import dataclasses
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from tfprod import errors
 from tfprod.mobile import convert, metadata, verify
 from tfprod.contract import features
+
+
+#: The class names a task saves with its SavedModel, one per line (see saved_model_labels).
+LABELS_ASSET = "labels.txt"
 
 
 class ExportError(errors.ConfigError, RuntimeError):
@@ -31,7 +35,11 @@ class ExportOptions:
     runtimes: Sequence[str] = verify.RUNTIMES
     latency_examples: int = 200
     description: str = ""
-    labels: Optional[Sequence[str]] = None  # defaults to the class ids "0", "1", ...
+    # Defaults to the SavedModel's assets/labels.txt, else the class ids "0", "1", ...
+    labels: Optional[Sequence[str]] = None
+    # The TFLite input's channels for a grayscale model: None (3, RGB: what the Task Library
+    # and MediaPipe accept) or 1 (a [1, H, W, 1] input for apps that call the interpreter).
+    input_channels: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -57,39 +65,106 @@ def load_serving_model(saved_model_dir: str):
     return tf.saved_model.load(saved_model_dir)
 
 
-def image_input_shape(serving_model):
-    """(height, width, num_classes) from the SavedModel's serving_raw signature."""
-    signature = serving_model.signatures.get(features.SERVING_RAW_SIGNATURE)
+class ImageShape(NamedTuple):
+    """An image model's input and output sizes, from its serving_raw signature."""
+
+    height: int
+    width: int
+    channels: int  # 1 (grayscale) or 3 (RGB)
+    num_classes: int
+
+
+def image_input_shape(serving_model) -> ImageShape:
+    """The image size, channels and class count from the SavedModel's serving_raw signature.
+
+    The pixels signature: serving_pixels (float pixels [N, height, width, channels], in a
+    model whose serving_raw takes encoded files), else serving_raw ([N, height, width] for
+    grayscale, or [N, height, width, channels]).
+    """
+    signature = serving_model.signatures.get(features.SERVING_PIXELS_SIGNATURE) or \
+        serving_model.signatures.get(features.SERVING_RAW_SIGNATURE)
     if signature is None:
         raise ExportError(f"the SavedModel has no '{features.SERVING_RAW_SIGNATURE}' signature; "
                           "tfprod converts models exported by pipeline.tasks.image.signatures")
-    image_spec = signature.structured_input_signature[1][features.IMAGE_KEY]
+    (image_spec,) = signature.structured_input_signature[1].values()
     output_spec = signature.structured_outputs[features.PROBABILITIES_OUTPUT]
-    _, height, width = image_spec.shape.as_list()
-    return height, width, output_spec.shape.as_list()[-1]
+    dims = image_spec.shape.as_list()[1:]
+    if len(dims) == 2:
+        dims.append(1)
+    if len(dims) != 3 or None in dims or dims[2] not in (1, 3):
+        raise ExportError(
+            f"the '{features.SERVING_RAW_SIGNATURE}' image input has shape "
+            f"{image_spec.shape.as_list()}: tfprod converts images of a fixed size, "
+            "[N, height, width] (grayscale) or [N, height, width, 1 or 3]")
+    return ImageShape(*dims, output_spec.shape.as_list()[-1])
+
+
+def saved_model_labels(saved_model_dir: str) -> Optional[List[str]]:
+    """The class names the task saved with the model (assets/labels.txt), if any.
+
+    Line i names class i. A task that knows names for its class ids (e.g. image
+    folders: the folder names) writes this file as a SavedModel asset.
+    """
+    path = os.path.join(saved_model_dir, "assets", LABELS_ASSET)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        labels = [line.rstrip("\r\n") for line in handle]
+    while labels and not labels[-1]:
+        labels.pop()
+    return labels or None
+
+
+def _value_range(io_type: convert.IoType, low: List[float], high: List[float]):
+    """Stats in the tensor's own units: quantized tensors hold their integer range."""
+    if io_type == convert.IoType.UINT8:
+        return [0.0], [255.0]
+    if io_type == convert.IoType.INT8:
+        return [-128.0], [127.0]
+    return low, high
 
 
 def metadata_spec(model_name: str, version: str, model_input: convert.ImageInput,
-                  labels: Sequence[str], description: str) -> metadata.ModelMetadataSpec:
-    """The Android metadata of an image classifier whose pixel scaling is folded in."""
+                  labels: Sequence[str], description: str,
+                  io_type: convert.IoType = convert.IoType.FLOAT32
+                  ) -> metadata.ModelMetadataSpec:
+    """The metadata of an image classifier whose pixel scaling is folded in.
+
+    What the TFLite Task Library's (and MediaPipe's) ImageClassifier reads: the image
+    size and colour space, NormalizationOptions (mean 0, std 1 per channel: the app feeds
+    raw pixels 0..255 to a float input; a uint8 input takes them as they are) and
+    labels.txt on the output. Stats give each tensor's value range in its own units,
+    as tflite-support's metadata writers set them.
+    """
+    io_type = convert.IoType(io_type)
+    channels = model_input.tflite_channels
+    rgb = channels == convert.RGB_CHANNELS
+    color_space = metadata.ColorSpace.RGB if rgb else metadata.ColorSpace.GRAYSCALE
+    input_min, input_max = _value_range(io_type, [0.0] * channels, [255.0] * channels)
+    output_min, output_max = _value_range(io_type, [0.0], [1.0])
+    kind = "RGB" if model_input.channels == convert.RGB_CHANNELS else "grayscale"
+    folded = ("the model scales them itself: mean 0, std 1"
+              + ("; it turns RGB into gray itself, so a gray image goes in as three equal "
+                 "channels" if rgb and model_input.channels == 1 else ""))
     return metadata.ModelMetadataSpec(
         name=model_name,
         description=description or (
-            f"Classifies a {model_input.height}x{model_input.width} grayscale image into "
+            f"Classifies a {model_input.height}x{model_input.width} {kind} image into "
             f"{len(labels)} classes. Trained and blessed by the tfprod TFX pipeline."),
         version=str(version),
         input=metadata.InputMetadata(
             name=features.IMAGE_KEY,
-            description=(f"Grayscale image [1, {model_input.height}, {model_input.width}], raw "
-                         "pixel values 0..255 (the model scales them itself: mean 0, std 1). "
-                         "A uint8/int8 input takes pixel / scale + zero_point of the tensor."),
-            kind=metadata.InputKind.IMAGE, mean=[0.0], std=[1.0],
+            description=(f"{'RGB' if rgb else 'Grayscale'} image [1, {model_input.height}, "
+                         f"{model_input.width}, {channels}] (NHWC), raw pixel values 0..255 "
+                         f"({folded}). A uint8/int8 input takes pixel / scale + zero_point "
+                         "of the tensor."),
+            kind=metadata.InputKind.IMAGE, mean=[0.0] * channels, std=[1.0] * channels,
             image_width=model_input.width, image_height=model_input.height,
-            color_space=metadata.ColorSpace.GRAYSCALE, value_min=0.0, value_max=255.0),
+            color_space=color_space, value_min=input_min, value_max=input_max),
         output=metadata.OutputMetadata(
             name=features.PROBABILITIES_OUTPUT,
             description="Probability of each class, in the order of labels.txt.",
-            labels=list(labels)))
+            labels=list(labels), value_min=output_min, value_max=output_max))
 
 
 def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, version: str,
@@ -102,8 +177,9 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
       saved_model_dir: the SavedModel (one pushed version, or the Trainer's Format-Serving).
       output_dir: where <mode>.tflite and report.json/.md are written.
       model_name, version: written into the metadata and the report.
-      calibration_images: float32 [N, height, width] raw pixels (100..500) for int8.
-      test_images, test_labels: the test split the models are verified on.
+      calibration_images: float32 raw pixels 0..255 (100..500 images) for int8, in the
+        layout of serving_raw ([N, height, width] or [N, height, width, channels]).
+      test_images, test_labels: the test split the models are verified on (same layout).
       options: modes, int8 input/output type, runtimes, latency sample size.
       progress: called with one line per step.
       serving_model: the SavedModel already loaded from saved_model_dir, if it is.
@@ -121,17 +197,25 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
         raise ExportError("mode int8 needs calibration images from the training data")
     if serving_model is None:
         serving_model = load_serving_model(saved_model_dir)
-    height, width, num_classes = image_input_shape(serving_model)
-    model_input = convert.probe_pixel_scaling(serving_model, height, width)
+    height, width, channels, num_classes = image_input_shape(serving_model)
+    model_input = convert.probe_pixel_scaling(serving_model, height, width, channels,
+                                              options.input_channels)
     function = convert.inference_function(serving_model, model_input)
-    labels = list(options.labels or [str(index) for index in range(num_classes)])
+    labels, labels_from = options.labels, "options.labels"
+    if not labels:
+        labels, labels_from = saved_model_labels(saved_model_dir), \
+            os.path.join(saved_model_dir, "assets", LABELS_ASSET)
+    labels = list(labels or [str(index) for index in range(num_classes)])
     if len(labels) != num_classes:
-        raise ExportError(f"{len(labels)} labels given for a model with {num_classes} classes")
+        raise ExportError(f"{len(labels)} labels given (from {labels_from}) for a model with "
+                          f"{num_classes} classes: give one label per class, in class-id order")
+    # Built (and checked) once before converting; each mode then states its own IO types.
     spec = metadata_spec(model_name, version, model_input, labels, options.description)
+    spec.validate()
 
     def representative_dataset():
-        for image in calibration_images:
-            yield [image[np.newaxis].astype(np.float32)]
+        for image in model_input.as_input(calibration_images):
+            yield [image[np.newaxis]]
 
     reference = verify.savedmodel_probabilities(serving_model, test_images)
     savedmodel_accuracy = float(np.mean(reference.argmax(axis=1) == test_labels))
@@ -144,7 +228,8 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
         model_bytes = convert.convert(function, mode, representative_dataset, io_type,
                                       trackable=serving_model)
         convert.check_mobile_friendly(model_bytes)
-        model_bytes = metadata.attach_metadata(model_bytes, spec)
+        model_bytes = metadata.attach_metadata(model_bytes, metadata_spec(
+            model_name, version, model_input, labels, options.description, io_type))
         path = os.path.join(output_dir, f"{mode.value}.tflite")
         with open(path, "wb") as handle:
             handle.write(model_bytes)
@@ -153,14 +238,16 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
         reports.append(verify.ModelReport(
             mode=mode.value, io_type=io_type.value, path=path, size_bytes=len(model_bytes),
             operators=convert.operator_names(model_bytes),
-            runtimes=verify.verify_model(model_bytes, test_images, test_labels, reference,
-                                         options.runtimes, options.latency_examples)))
+            runtimes=verify.verify_model(model_bytes, model_input.as_input(test_images),
+                                         test_labels, reference, options.runtimes,
+                                         options.latency_examples)))
     report = verify.build_report(
         model_name, str(version), saved_model_dir, reports, savedmodel_accuracy,
         len(test_labels), min(options.latency_examples, len(test_labels)),
         extra={"input_scaling": dataclasses.asdict(model_input),
                "calibration_examples": 0 if calibration_images is None
                else int(len(calibration_images)),
+               "labels": labels,
                "metadata": {"name": spec.name, "version": spec.version,
                             "associated_files": [f.name for f in spec.associated_files()]}})
     report_files = verify.write_report(report, output_dir)

@@ -19,7 +19,7 @@ import dataclasses
 import enum
 import io
 import zipfile
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import flatbuffers
 
@@ -111,18 +111,27 @@ class InputMetadata:
     image_width: int = 0
     image_height: int = 0
     color_space: ColorSpace = ColorSpace.GRAYSCALE
-    value_min: Optional[float] = None  # expected range of the tensor's values (Stats)
-    value_max: Optional[float] = None
+    # The range of the tensor's values in its own units (Stats): one value, or one per
+    # channel. For a float input, the range after normalization; for uint8/int8, the
+    # integer range.
+    value_min: Optional[Union[float, Sequence[float]]] = None
+    value_max: Optional[Union[float, Sequence[float]]] = None
     vocabulary: Optional[Sequence[str]] = None  # token id i is vocabulary[i]
 
 
 @dataclasses.dataclass
 class OutputMetadata:
-    """The model's output tensor: class probabilities with a label file."""
+    """The model's output tensor: class probabilities with a label file.
+
+    ``value_min``/``value_max`` (Stats) are in the tensor's units: 0..1 for float
+    probabilities, the integer range for a quantized output.
+    """
 
     name: str
     description: str
     labels: Sequence[str]
+    value_min: Union[float, Sequence[float]] = 0.0
+    value_max: Union[float, Sequence[float]] = 1.0
 
 
 @dataclasses.dataclass
@@ -153,6 +162,12 @@ class ModelMetadataSpec:
                     f"{self.input.mean} and std {self.input.std}")
             if any(value == 0 for value in self.input.std):
                 raise MetadataError(f"input normalization std may not be 0: {self.input.std}")
+            channels = {ColorSpace.RGB: (1, 3), ColorSpace.GRAYSCALE: (1,)}.get(
+                self.input.color_space)
+            if channels and len(self.input.mean) not in channels:
+                raise MetadataError(
+                    f"a {self.input.color_space.name} image takes one mean/std per channel "
+                    f"(or one for all), got {len(self.input.mean)}")
         elif not self.input.vocabulary:
             raise MetadataError("a token-ids input needs its vocabulary (input.vocabulary)")
 
@@ -254,10 +269,17 @@ def _input_tensor(writer: _Writer, spec: ModelMetadataSpec,
             [files[ModelMetadataSpec.VOCABULARY_FILE]])
     offsets[_TENSOR_CONTENT] = content
     if tensor.value_min is not None and tensor.value_max is not None:
-        offsets[_TENSOR_STATS] = writer.table("Stats", offsets={
-            _STATS_MAX: writer.floats_vector([tensor.value_max]),
-            _STATS_MIN: writer.floats_vector([tensor.value_min])})
+        offsets[_TENSOR_STATS] = _stats(writer, tensor.value_min, tensor.value_max)
     return writer.table("TensorMetadata", offsets=offsets, bytes_=bytes_)
+
+
+def _stats(writer: _Writer, low, high) -> int:
+    """A Stats table; a single value applies to every channel (the schema's rule)."""
+    def values(value):
+        return [value] if isinstance(value, (int, float)) else list(value)
+
+    return writer.table("Stats", offsets={_STATS_MAX: writer.floats_vector(values(high)),
+                                          _STATS_MIN: writer.floats_vector(values(low))})
 
 
 def _output_tensor(writer: _Writer, spec: ModelMetadataSpec, files: Dict[str, int]) -> int:
@@ -265,8 +287,7 @@ def _output_tensor(writer: _Writer, spec: ModelMetadataSpec, files: Dict[str, in
     properties = writer.table("FeatureProperties")
     content = writer.table("Content", offsets={_CONTENT_PROPERTIES: properties},
                            bytes_={_CONTENT_PROPERTIES_TYPE: _CONTENT_FEATURE_PROPERTIES})
-    stats = writer.table("Stats", offsets={_STATS_MAX: writer.floats_vector([1.0]),
-                                           _STATS_MIN: writer.floats_vector([0.0])})
+    stats = _stats(writer, spec.output.value_min, spec.output.value_max)
     label_files = writer.offsets_vector([files[ModelMetadataSpec.LABEL_FILE]])
     return writer.table("TensorMetadata", offsets={
         _TENSOR_NAME: name, _TENSOR_DESCRIPTION: description, _TENSOR_CONTENT: content,

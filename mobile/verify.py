@@ -60,6 +60,17 @@ class TfliteClassifier:
         (self.output,) = self.interpreter.get_output_details()
 
     def quantize_input(self, example: np.ndarray) -> np.ndarray:
+        """One example as the input tensor takes it: [1, ...], quantized if it is int8/uint8.
+
+        The example may come in the SavedModel's serving_raw layout (e.g. [28, 28] for a
+        grayscale image whose TFLite input is [1, 28, 28, 1]); it is reshaped, and a gray
+        image fed to an RGB input is repeated into three equal channels, as an app does.
+        """
+        shape = tuple(self.input["shape"][1:])
+        example = np.asarray(example)
+        if example.size * 3 == int(np.prod(shape)) and shape[-1] == 3:
+            example = np.repeat(example.reshape(*shape[:-1], 1), 3, axis=-1)
+        example = example.reshape(shape)
         dtype = self.input["dtype"]
         if dtype in (np.int8, np.uint8):
             scale, zero_point = self.input["quantization"]
@@ -97,14 +108,20 @@ class TfliteClassifier:
 
 
 def savedmodel_probabilities(serving_model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The SavedModel's probabilities through its serving_raw signature (the reference)."""
+    """The SavedModel's probabilities for raw pixels 0..255 (the reference).
+
+    Through its serving_pixels signature (float pixels [N, H, W, C], where serving_raw
+    takes encoded files) if it has one, else serving_raw.
+    """
     import tensorflow as tf
 
     from tfprod.contract import features
 
-    signature = serving_model.signatures[features.SERVING_RAW_SIGNATURE]
+    signature = serving_model.signatures.get(features.SERVING_PIXELS_SIGNATURE) or \
+        serving_model.signatures[features.SERVING_RAW_SIGNATURE]
+    (input_name,) = signature.structured_input_signature[1]
     return np.concatenate([
-        signature(image=tf.constant(images[start:start + batch_size], tf.float32))[
+        signature(**{input_name: tf.constant(images[start:start + batch_size], tf.float32)})[
             features.PROBABILITIES_OUTPUT].numpy()
         for start in range(0, len(images), batch_size)])
 

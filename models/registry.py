@@ -38,6 +38,11 @@ class ModelInputs:
     target_index: int = 0
     # Text: the number of token ids (0 = padding, the vocabulary, the OOV buckets).
     vocab_size: int = 0
+    # Tables: the width of the numeric input (values and missing flags), and the number of
+    # ids of each categorical column (missing, vocabulary, OOV buckets). num_classes 0 is
+    # a regression (one number out).
+    numeric_width: int = 0
+    categorical_cardinalities: Tuple[int, ...] = ()
 
 
 def register(name: str, tasks: Sequence[Union[TaskName, str]] = ()) -> Callable:
@@ -73,6 +78,8 @@ def _load_builtin_models() -> None:
     # Importing the modules runs their @register decorators.
     from tfprod.models import cnn, lstm, transformer  # noqa: F401
     from tfprod.models import forecasting  # noqa: F401
+    from tfprod.models import tabular  # noqa: F401
+    from tfprod.models import resnet  # noqa: F401
 
 
 def registered_names() -> List[str]:

@@ -41,6 +41,18 @@ class DataFormat(str, enum.Enum):
     IDX = "idx"  # train-/t10k- images and labels in IDX format (MNIST layout)
     CSV = "csv"  # a timestamped numeric CSV (data.time_series): forecasting
     TSV = "tsv"  # train.tsv and test.tsv with a `text<TAB>label` header (text classification)
+    # train/<class>/*.{jpg,jpeg,png} and test/<class>/*: photos (pipeline/ingestion/image_folder.py)
+    IMAGE_FOLDER = "image_folder"
+    # train.csv and test.csv (optional eval.csv) with a header row: a table of numeric and
+    # categorical columns and one label column (data.table; pipeline/ingestion/table.py)
+    TABLE = "table"
+
+
+class BadImages(str, enum.Enum):
+    """data.bad_images: what a photo file that does not decode does to the run."""
+
+    ERROR = "error"  # the run stops before TFX starts (exit 3), naming the file
+    SKIP = "skip"  # left out; run_summary.json counts and lists it
 
 
 class BeamMode(str, enum.Enum):
@@ -97,6 +109,7 @@ class AugmentationConfig:
     """data.augmentation: random image transforms on training batches (never served)."""
 
     translate: float = 0.0  # max shift, a fraction of height/width (= crop of a padded image)
+    horizontal_flip: bool = _added_key(False)  # mirror left-right with probability 1/2
     rotation_degrees: float = 0.0  # max rotation either way
     contrast: float = 0.0  # contrast factor drawn from [1 - c, 1 + c]
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of pairs of images and labels
@@ -106,7 +119,7 @@ class AugmentationConfig:
     @property
     def enabled(self) -> bool:
         return any((self.translate, self.rotation_degrees, self.contrast, self.mixup_alpha,
-                    self.cutmix_alpha))
+                    self.cutmix_alpha, self.horizontal_flip))
 
     @property
     def mixes_labels(self) -> bool:
@@ -132,7 +145,9 @@ class AugmentationConfig:
 class TimeSeriesConfig:
     """data.format: csv. A timestamped numeric CSV, windowed (lookback -> horizon) per split."""
 
-    file: str = "series.csv"  # file name (or glob matching one file) in data.data_dir
+    # File name (or glob matching one file) in data.data_dir. When it matches nothing and
+    # the directory holds one CSV, that CSV is used; null = the directory's one CSV.
+    file: Optional[str] = "series.csv"
     timestamp_column: str = "date"
     target_column: str = "OT"
     # Model inputs besides the target's history; empty = every column but the timestamp.
@@ -149,7 +164,9 @@ class TimeSeriesConfig:
     seasonal_period: int = 24
 
     def validate(self) -> None:
-        for key in ("file", "timestamp_column", "target_column", "frequency"):
+        _check(self.file is None or bool(self.file), "data.time_series.file",
+               "null (the directory's one CSV) or a file name or glob", self.file)
+        for key in ("timestamp_column", "target_column", "frequency"):
             _check(bool(getattr(self, key)), f"data.time_series.{key}", "a non-empty string",
                    getattr(self, key))
         for key in ("lookback", "horizon", "window_stride", "seasonal_period"):
@@ -186,6 +203,62 @@ class TextDataConfig:
         _check(self.max_len >= 1, "data.text.max_len", "an integer >= 1", self.max_len)
 
 
+class TableProblem(str, enum.Enum):
+    """data.table.problem: what the label column asks for."""
+
+    CLASSIFICATION = "classification"  # one class per distinct label value
+    REGRESSION = "regression"  # a number
+
+
+@dataclasses.dataclass
+class TableDataConfig:
+    """data.format table: which column is the label, which are features, and how Transform
+    encodes them (pipeline/ingestion/table.py decides each column's type before the run)."""
+
+    label_column: str = "label"
+    # Columns that are neither label nor feature (ids, leaks, free text).
+    drop_columns: List[str] = dataclasses.field(default_factory=list)
+    # Overrides of the inferred type, per column.
+    categorical_columns: List[str] = dataclasses.field(default_factory=list)
+    numeric_columns: List[str] = dataclasses.field(default_factory=list)
+    # null = inferred from the label column: strings, or integers with at most
+    # max_integer_classes distinct values -> classification; other numbers -> regression.
+    problem: Optional[TableProblem] = None
+    # An integer feature column with at most this many distinct training values is
+    # categorical (e.g. a year or a code); with more it is numeric.
+    max_integer_categories: int = 10
+    max_integer_classes: int = 20
+    # Categorical columns: the vocabulary_size most frequent training values get their own
+    # id; every other value (and a value never seen in training) falls into one of
+    # num_oov_buckets hashed buckets; a missing value has an id of its own.
+    vocabulary_size: int = 1000
+    num_oov_buckets: int = 1
+    # Written by the run, not by hand: what train.csv decided (column types, classes, the
+    # target's scale) as JSON, so the ExampleGen, Transform, the Trainer and a Kubeflow
+    # compile (whose data is read only at run time) use the same decisions.
+    decided: Optional[str] = None
+
+    def validate(self) -> None:
+        _check(bool(self.label_column), "data.table.label_column", "the label column's name",
+               self.label_column)
+        for key in ("drop_columns", "categorical_columns", "numeric_columns"):
+            _check(self.label_column not in getattr(self, key), f"data.table.{key}",
+                   f"columns other than the label column {self.label_column!r}",
+                   getattr(self, key))
+        both = sorted(set(self.categorical_columns) & set(self.numeric_columns))
+        _check(not both, "data.table.categorical_columns/numeric_columns",
+               "each column in at most one of the two lists", both)
+        _check(self.max_integer_categories >= 0, "data.table.max_integer_categories",
+               "an integer >= 0 (0 = integer columns are always numeric)",
+               self.max_integer_categories)
+        _check(self.max_integer_classes >= 2, "data.table.max_integer_classes",
+               "an integer >= 2", self.max_integer_classes)
+        _check(self.vocabulary_size >= 1, "data.table.vocabulary_size", "an integer >= 1",
+               self.vocabulary_size)
+        _check(self.num_oov_buckets >= 1, "data.table.num_oov_buckets", "an integer >= 1",
+               self.num_oov_buckets)
+
+
 @dataclasses.dataclass
 class DataConfig:
     """Where the raw data is and how it is split and validated."""
@@ -198,7 +271,9 @@ class DataConfig:
     eval_fraction: float = 0.1
     image_height: int = 28
     image_width: int = 28
-    num_classes: int = 10
+    # null = from the training labels (text; tasks that can count them). A number is
+    # checked against the data.
+    num_classes: Optional[int] = 10
     # A curated schema (schema.pbtxt). When set, ImportSchemaGen replaces SchemaGen.
     schema_path: Optional[str] = None
     # data.source: tfds. A prepared dataset `name[/config][:version]` (e.g. mnist:3.0.1) in
@@ -218,10 +293,23 @@ class DataConfig:
     text: TextDataConfig = _added_key(TextDataConfig)
     # data.format: csv (pipeline/ingestion/timeseries.py).
     time_series: TimeSeriesConfig = _added_key(TimeSeriesConfig)
+    # data.format image_folder: the model sees image_height x image_width x image_channels
+    # (1 = grayscale, 3 = RGB; photos are converted); IDX and TFDS images are grayscale (1).
+    image_channels: int = _added_key(1)
+    bad_images: BadImages = _added_key(BadImages.ERROR)
+    # data.format: table (pipeline/ingestion/table.py).
+    table: TableDataConfig = _added_key(TableDataConfig)
 
     def validate(self) -> None:
         self.augmentation.validate()
+        _check(self.image_channels in (1, 3), "data.image_channels", "1 (grayscale) or 3 (RGB)",
+               self.image_channels)
+        _check(self.image_channels == 1 or self.format == DataFormat.IMAGE_FOLDER
+               and self.source == DataSource.FILES, "data.image_channels",
+               "1 unless data.format is image_folder (IDX and TFDS images are grayscale)",
+               self.image_channels)
         self.text.validate()
+        self.table.validate()
         if self.format == DataFormat.CSV:
             self.time_series.validate()
         _check(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "a number in (0, 1)",
@@ -240,7 +328,8 @@ class DataConfig:
                    "data.tfds_eval_split", "null or a TFDS split", self.tfds_eval_split)
         _check(self.image_height > 0 and self.image_width > 0, "data.image_height/image_width",
                "positive integers", (self.image_height, self.image_width))
-        _check(self.num_classes >= 2, "data.num_classes", "an integer >= 2", self.num_classes)
+        _check(self.num_classes is None or self.num_classes >= 2, "data.num_classes",
+               "null (from the training labels) or an integer >= 2", self.num_classes)
 
     def describe_source(self) -> str:
         """One line naming where the data comes from (for progress output)."""
@@ -349,6 +438,69 @@ class TransformerForecasterConfig:
 
 
 @dataclasses.dataclass
+class ResnetConfig:
+    """A small ResNet (models/resnet.py): a strided stem, stages of residual blocks (two
+    3x3 convs with BatchNorm), global average pooling, then the classifier."""
+
+    stem_filters: int = 32
+    # Stem conv stride 2, then a 3x3 max-pool stride 2 when true (as ResNet does): the first
+    # stage then runs at a quarter of the input's height and width, cheap on CPUs.
+    stem_pool: bool = True
+    filters: List[int] = dataclasses.field(default_factory=lambda: [32, 64, 128])
+    blocks_per_stage: int = 1
+    dropout: float = 0.2
+
+    def validate(self) -> None:
+        _check(self.stem_filters >= 1, "model.resnet.stem_filters", "an integer >= 1",
+               self.stem_filters)
+        _check(len(self.filters) > 0 and all(f > 0 for f in self.filters),
+               "model.resnet.filters", "a non-empty list of positive integers", self.filters)
+        _check(self.blocks_per_stage >= 1, "model.resnet.blocks_per_stage", "an integer >= 1",
+               self.blocks_per_stage)
+        _check(0.0 <= self.dropout < 1.0, "model.resnet.dropout", "a number in [0, 1)",
+               self.dropout)
+
+
+@dataclasses.dataclass
+class MlpConfig:
+    """Tables: an embedding per categorical column, concatenated with the numeric inputs,
+    then dense blocks (Dense, BatchNorm, ReLU, dropout) and the output layer."""
+
+    hidden_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
+    # Each categorical column's embedding width: min(embedding_dim, its number of ids).
+    embedding_dim: int = 8
+    dropout: float = 0.1
+    batch_norm: bool = True
+
+    def validate(self) -> None:
+        _check(len(self.hidden_units) > 0 and all(u > 0 for u in self.hidden_units),
+               "model.mlp.hidden_units", "a non-empty list of positive integers",
+               self.hidden_units)
+        _check(self.embedding_dim >= 1, "model.mlp.embedding_dim", "an integer >= 1",
+               self.embedding_dim)
+        _check(0.0 <= self.dropout < 1.0, "model.mlp.dropout", "a number in [0, 1)", self.dropout)
+
+
+@dataclasses.dataclass
+class WideDeepConfig:
+    """Tables: a wide linear part (one-hot categorical ids and the numeric inputs) added to
+    a deep part (as model.mlp) before the output (Cheng et al. 2016, without crosses)."""
+
+    hidden_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
+    embedding_dim: int = 8
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        _check(len(self.hidden_units) > 0 and all(u > 0 for u in self.hidden_units),
+               "model.wide_deep.hidden_units", "a non-empty list of positive integers",
+               self.hidden_units)
+        _check(self.embedding_dim >= 1, "model.wide_deep.embedding_dim", "an integer >= 1",
+               self.embedding_dim)
+        _check(0.0 <= self.dropout < 1.0, "model.wide_deep.dropout", "a number in [0, 1)",
+               self.dropout)
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """Which registered model to build, and each family's hyperparameters."""
 
@@ -361,13 +513,16 @@ class ModelConfig:
     transformer_forecaster: TransformerForecasterConfig = _added_key(TransformerForecasterConfig)
     lstm: LstmConfig = _added_key(LstmConfig)
     transformer: TransformerConfig = _added_key(TransformerConfig)
+    resnet: ResnetConfig = _added_key(ResnetConfig)
+    mlp: MlpConfig = _added_key(MlpConfig)
+    wide_deep: WideDeepConfig = _added_key(WideDeepConfig)
 
     def validate(self) -> None:
         """Each family's settings. That model.name is registered is checked above
         (tfprod.pipeline.checks: the registry imports TensorFlow)."""
         _check(bool(self.name), "model.name", "the name of a registered model", self.name)
         for section in (self.cnn, self.lstm, self.transformer, self.lstm_forecaster,
-                        self.transformer_forecaster):
+                        self.transformer_forecaster, self.resnet, self.mlp, self.wide_deep):
             section.validate()
         _check(self.dropout is None or 0.0 <= self.dropout < 1.0, "model.dropout",
                "null or a number in [0, 1)", self.dropout)
@@ -486,11 +641,28 @@ def check_schedule_fits(trainer: TrainerConfig, total_steps: int) -> None:
                 key="trainer.schedule.step_boundaries")
 
 
+class Gate(str, enum.Enum):
+    """eval.gate: what a new model must beat to be blessed (EvalConfig)."""
+
+    ABSOLUTE = "absolute"  # eval.accuracy_threshold / eval.mae_threshold
+    BASELINE = "baseline"  # the trivial predictor on the same data, by eval.baseline_margin
+
+
 @dataclasses.dataclass
 class EvalConfig:
-    """When the Evaluator blesses a model (TFMA thresholds on the test split)."""
+    """When the Evaluator blesses a model (TFMA thresholds on the test split).
 
-    # The new model must reach at least this accuracy.
+    eval.gate picks the floor a new model must clear (pipeline/tasks/baselines.py):
+    absolute: accuracy >= eval.accuracy_threshold (forecasters: MAE <= eval.mae_threshold),
+    numbers tuned to the shipped data. baseline: the model must beat the trivial predictor
+    on the same test data by eval.baseline_margin: classifiers, accuracy >= the accuracy of
+    always answering the most frequent training class + margin; regressors and
+    forecasters, MAE <= (1 - margin) x the MAE of always predicting the training mean. In
+    both, the model may not fall behind the last blessed model by more than
+    eval.max_accuracy_drop (eval.max_mae_increase).
+    """
+
+    # The new model must reach at least this accuracy (gate absolute).
     accuracy_threshold: float = 0.97
     # ...and may not be worse than the last blessed model by more than this.
     max_accuracy_drop: float = 0.01
@@ -500,6 +672,10 @@ class EvalConfig:
     mae_threshold: Optional[float] = _added_key(None)
     max_mae_increase: float = _added_key(0.0)
     split: str = "test"
+    gate: Gate = _added_key(Gate.ABSOLUTE)
+    # gate baseline: accuracy points above the majority class (classifiers), or the
+    # fraction of the mean predictor's MAE a regressor must cut (0.05 = 5% lower).
+    baseline_margin: float = _added_key(0.05)
 
     def validate(self) -> None:
         _check(0.0 <= self.accuracy_threshold <= 1.0, "eval.accuracy_threshold",
@@ -512,6 +688,8 @@ class EvalConfig:
                self.max_mae_increase)
         _check(self.split in ("train", "eval", "test"), "eval.split", "train, eval or test",
                self.split)
+        _check(0.0 <= self.baseline_margin < 1.0, "eval.baseline_margin", "a number in [0, 1)",
+               self.baseline_margin)
 
 
 @dataclasses.dataclass
@@ -783,9 +961,10 @@ class ExperimentConfig:
         for section in (self.data, self.model, self.trainer, self.eval, self.export, self.mobile,
                         self.runtime, self.kubeflow, self.tuning):
             section.validate()
-        if self.data.format == DataFormat.CSV:
+        if self.data.format == DataFormat.CSV and self.eval.gate == Gate.ABSOLUTE:
             _check(self.eval.mae_threshold is not None, "eval.mae_threshold",
-                   "a positive number (the largest test MAE a forecaster may be blessed with)",
+                   "a positive number (the largest test MAE a forecaster may be blessed with; "
+                   "or --set eval.gate=baseline to beat the training mean instead)",
                    self.eval.mae_threshold)
 
     def check_paths(self) -> None:

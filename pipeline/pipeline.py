@@ -63,13 +63,17 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
         schema_gen = tfx.components.SchemaGen(
             statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True,
             exclude_splits=[ingestion.EVAL_SPLIT, ingestion.TEST_SPLIT])
+    # A task may rewrite the inferred schema before anything reads it (tables: any value may
+    # be missing in any row, and a category never seen in training is OOV, not an anomaly).
+    schema_rewrite = None if data.schema_path else task.schema_rewrite(schema_gen)
+    schema_source = schema_rewrite or schema_gen
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+        statistics=statistics_gen.outputs["statistics"], schema=schema_source.outputs["schema"])
     anomalies_gate = validation.AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
 
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
-        schema=schema_gen.outputs["schema"],
+        schema=schema_source.outputs["schema"],
         preprocessing_fn=task.preprocessing_fn,
         custom_config=task.transform_custom_config(experiment) or None,
         splits_config=tfx.proto.SplitsConfig(
@@ -80,14 +84,14 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
 
     # Compact: recipe keys at their defaults leave the spec as before they existed.
     trainer_config = {trainer.EXPERIMENT_CONFIG_KEY: config_lib.to_dict(experiment, compact=True)}
-    tuner = (tuning.tuner_component(experiment, transform, schema_gen, trainer_config)
+    tuner = (tuning.tuner_component(experiment, transform, schema_source, trainer_config)
              if experiment.tuning.enabled else None)
     model_trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
+        schema=schema_source.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=[ingestion.TRAIN_SPLIT]),
         eval_args=tfx.proto.EvalArgs(splits=[ingestion.EVAL_SPLIT]),
         custom_config=trainer_config)
@@ -114,8 +118,9 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=paths.serving_model_dir(experiment.export.model_name))))
 
-    components = [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                  transform, tuner, model_trainer, latest_blessed_model, evaluator, pusher]
+    components = [example_gen, statistics_gen, schema_gen, schema_rewrite, example_validator,
+                  anomalies_gate, transform, tuner, model_trainer, latest_blessed_model,
+                  evaluator, pusher]
     if experiment.mobile.enabled and task.supports_mobile():
         components.append(mobile_component.TFLiteConverter(
             model=model_trainer.outputs["model"],

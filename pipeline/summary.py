@@ -5,6 +5,7 @@ Written to <output-dir>/run_summary.json and printed at the end of a run.
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional
 
@@ -34,9 +35,22 @@ class RunSummary:
     # The TFLite models of the blessed model (mode -> path) and their report (json, markdown).
     tflite_models: Dict[str, str] = dataclasses.field(default_factory=dict)
     tflite_report: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Why the run made no TFLite model, when its task has none (Task.mobile_skip_reason).
+    tflite_skipped: Optional[str] = None
+    # What the task records about the data (Task.run_summary_extras), e.g. a table's
+    # problem (classification or regression), label column and column types.
+    data: Dict[str, Any] = dataclasses.field(default_factory=dict)
     # The tfprod source's git commit, and the HTML run report (pipeline/report/).
     git_commit: Optional[str] = None
     report_path: Optional[str] = None
+    # Input files the ExampleGen left out (data.bad_images: skip), as it listed them
+    # ({"count": n, "files": [{"file", "reason"}]}); empty when none were.
+    skipped_inputs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The blessing gate (eval.gate): kind, metric, the bound it required, the margin, and
+    # the trivial baseline's score on this data (also in metrics, e.g. baseline_accuracy).
+    gate: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Not blessed: the --set overrides that would change that, each with why.
+    bless_hints: List[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,14 +70,26 @@ class RunSummary:
         if self.status == "succeeded":
             if self.blessed:
                 lines.append(f"Blessed: yes. Pushed to {self.pushed_model_dir}")
+                if self.tflite_skipped:
+                    lines.append(f"TFLite: none ({self.tflite_skipped})")
                 if self.tflite_report:
                     lines.append(f"TFLite: {', '.join(self.tflite_models)}; report "
                                  f"{self.tflite_report.get('markdown')}")
             else:
                 lines.append("Blessed: NO - the model was not pushed; it missed:")
                 lines += [f"  {failure}" for failure in self.validation_failures or ["(unknown)"]]
+                if self.bless_hints:
+                    lines.append("What would change that:")
+                    lines += [f"  {hint}" for hint in self.bless_hints]
         else:
             lines.append(f"Failed at: {self.failed_component or 'before the pipeline started'}")
+        if self.skipped_inputs.get("count"):
+            lines.append(f"Skipped {self.skipped_inputs['count']} input file(s) "
+                         "(data.bad_images: skip):")
+            listed = self.skipped_inputs.get("files", [])
+            lines += [f"  {entry['file']}: {entry['reason']}" for entry in listed[:20]]
+            if len(listed) > 20:
+                lines.append(f"  ... and {len(listed) - 20} more in run_summary.json")
         lines.append(f"Summary: {os.path.join(self.output_dir, layout.SUMMARY_FILE)}")
         if self.report_path:
             lines.append(f"Report: {self.report_path}")
@@ -130,6 +156,40 @@ def read_eval_metrics(evaluation_uri: str):
     return overall, dict(sorted(per_slice.items()))
 
 
+@dataclasses.dataclass(frozen=True)
+class MissedThreshold:
+    """One threshold the model missed (from TFMA's validation result)."""
+
+    metric: str
+    slice_name: str
+    value: float  # the metric, or its change against the last blessed model (is_diff)
+    is_diff: bool
+    bound: float  # the bound it missed: lower or upper, or the allowed change
+
+
+def read_missed_thresholds(evaluation_uri: str) -> List[MissedThreshold]:
+    """The thresholds a model missed, as records (read_validation_failures words them)."""
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_validation_result(evaluation_uri)
+    missed = []
+    for per_slice in result.metric_validations_per_slice:
+        slice_name = ",".join(
+            f"{part.column}={getattr(part, part.WhichOneof('kind'))}"
+            for part in per_slice.slice_key.single_slice_keys) or "overall"
+        for failure in per_slice.failures:
+            if failure.metric_key.is_diff:
+                bound = failure.metric_threshold.change_threshold.absolute.value
+            else:
+                value_bound = failure.metric_threshold.value_threshold
+                bound = (value_bound.upper_bound.value if value_bound.HasField("upper_bound")
+                         else value_bound.lower_bound.value)
+            missed.append(MissedThreshold(failure.metric_key.name, slice_name,
+                                          failure.metric_value.double_value.value,
+                                          failure.metric_key.is_diff, bound))
+    return missed
+
+
 def read_validation_failures(evaluation_uri: str) -> List[str]:
     """The thresholds a model missed, from TFMA's validation result."""
     import tensorflow_model_analysis as tfma
@@ -159,12 +219,139 @@ def read_validation_failures(evaluation_uri: str) -> List[str]:
     return failures
 
 
+# A hint's bound is rounded away from the model's value, past float noise, so the model
+# clears it in TFMA's comparison (0.2 computed as 0.20000000000000007 floors to 0.19).
+_ROUNDING_SLACK = 1e-9
+
+
+def _floor(value: float, digits: int = 2) -> float:
+    return math.floor((value - _ROUNDING_SLACK) * 10 ** digits) / 10 ** digits
+
+
+def _ceil(value: float, digits: int = 2) -> float:
+    return math.ceil((value + _ROUNDING_SLACK) * 10 ** digits) / 10 ** digits
+
+
+def gate_record(experiment: config_lib.ExperimentConfig,
+                baseline: Dict[str, float]) -> Dict[str, Any]:
+    """run_summary.json's `gate`: the gate, its metric, the bound, the margin, the baseline.
+
+    Args:
+      experiment: the run's config.
+      baseline: Task.baseline_metrics' answer ({} when the task has none).
+    """
+    from tfprod.pipeline.tasks import baselines
+
+    evaluation = experiment.eval
+    record: Dict[str, Any] = {baselines.GATE_KIND: evaluation.gate.value}
+    if evaluation.gate == config_lib.Gate.BASELINE:
+        record[baselines.GATE_MARGIN] = evaluation.baseline_margin
+    if baselines.BASELINE_ACCURACY in baseline:
+        from tfprod.pipeline.tasks import classification
+
+        record[baselines.GATE_METRIC] = classification.ACCURACY_METRIC
+        record[baselines.GATE_REQUIRED] = classification.required_accuracy(
+            evaluation, baseline[baselines.BASELINE_ACCURACY])
+    elif baselines.MEAN_BASELINE_MAE in baseline:
+        from tfprod.pipeline.tasks import forecasting
+
+        record[baselines.GATE_METRIC] = forecasting.MAE_METRIC
+        record[baselines.GATE_REQUIRED] = forecasting.allowed_mae(
+            evaluation, baseline[baselines.MEAN_BASELINE_MAE])
+    record.update(baseline)
+    return record
+
+
+def bless_hints(experiment: config_lib.ExperimentConfig, missed: List[MissedThreshold],
+                baseline: Dict[str, float]) -> List[str]:
+    """The --set overrides that would have blessed this model, one line each with why.
+
+    Only for the overall slice's accuracy (classifiers) and MAE (forecasters): a value
+    threshold it missed (a threshold it meets; or the other gate, when the model clears
+    it), and the change against the last blessed model (the drop it would allow).
+    """
+    from tfprod.pipeline.tasks import baselines
+
+    evaluation = experiment.eval
+    margin = evaluation.baseline_margin
+    gate_is_baseline = evaluation.gate == config_lib.Gate.BASELINE
+    hints = []
+    for item in missed:
+        if item.slice_name != "overall":
+            continue
+        if item.metric == "accuracy" and item.is_diff:
+            hints.append(f"--set eval.max_accuracy_drop={_ceil(-item.value):.2f}: accuracy fell "
+                         f"{-item.value:.4f} below the last blessed model (allowed "
+                         f"{evaluation.max_accuracy_drop:.4f}); the served model stays until then")
+        elif item.metric == "mae" and item.is_diff:
+            hints.append(f"--set eval.max_mae_increase={_ceil(item.value):.2f}: MAE rose "
+                         f"{item.value:.4f} above the last blessed model's (allowed "
+                         f"{evaluation.max_mae_increase:.4f})")
+        elif item.metric == "accuracy":
+            majority = baseline.get(baselines.BASELINE_ACCURACY)
+            said = ("" if majority is None else
+                    f"; always answering the most frequent training class scores {majority:.4f}")
+            if not gate_is_baseline:
+                hints.append(f"--set eval.accuracy_threshold={_floor(item.value):.2f}: the "
+                             f"model's accuracy is {item.value:.4f}, the threshold "
+                             f"{item.bound:.4f} (tuned to the shipped data){said}")
+                if majority is not None and item.value >= baselines.required_accuracy(
+                        majority, margin):
+                    hints.append(f"--set eval.gate=baseline: bless models that beat the "
+                                 f"majority class ({majority:.4f}) by eval.baseline_margin "
+                                 f"({margin}); this one beats it by {item.value - majority:.4f}")
+            elif majority is not None and item.value > majority:
+                hints.append(f"--set eval.baseline_margin={_floor(item.value - majority):.2f}: "
+                             f"the model ({item.value:.4f}) beats the majority class "
+                             f"({majority:.4f}) by {item.value - majority:.4f}, less than the "
+                             f"margin {margin}")
+            elif majority is not None:
+                hints.append(f"none that is honest: the model ({item.value:.4f}) does not beat "
+                             f"always answering the most frequent training class "
+                             f"({majority:.4f}); train longer or check the labels")
+        elif item.metric == "mae":
+            mean_mae = baseline.get(baselines.MEAN_BASELINE_MAE)
+            said = ("" if mean_mae is None else
+                    f"; always forecasting the training mean scores MAE {mean_mae:.4f}")
+            if not gate_is_baseline:
+                hints.append(f"--set eval.mae_threshold={_ceil(item.value):.2f}: the model's "
+                             f"MAE is {item.value:.4f}, the threshold {item.bound:.4f}{said}")
+                if mean_mae is not None and item.value <= baselines.allowed_mae(mean_mae, margin):
+                    hints.append(f"--set eval.gate=baseline: bless models whose MAE is at least "
+                                 f"eval.baseline_margin ({margin}) below the training mean's "
+                                 f"({mean_mae:.4f}); this one's is {item.value:.4f}")
+            elif mean_mae is not None and item.value < mean_mae:
+                hints.append(f"--set eval.baseline_margin={_floor(1 - item.value / mean_mae):.2f}"
+                             f": the model's MAE ({item.value:.4f}) is "
+                             f"{1 - item.value / mean_mae:.1%} below the training mean's "
+                             f"({mean_mae:.4f}), less than the margin {margin}")
+            elif mean_mae is not None:
+                hints.append(f"none that is honest: the model's MAE ({item.value:.4f}) is no "
+                             f"better than always forecasting the training mean "
+                             f"({mean_mae:.4f}); train longer or check the data")
+    return hints
+
+
+def _baseline_metrics(experiment: config_lib.ExperimentConfig) -> Dict[str, float]:
+    """The task's trivial baselines on this run's data; {} when it has none or cannot
+    read them (the summary then leaves them out)."""
+    from tfprod import errors
+    from tfprod.pipeline import tasks
+
+    try:
+        return {name: round(value, 6) for name, value in
+                tasks.get_task(experiment).baseline_metrics(experiment).items()}
+    except (errors.TfprodError, OSError, ValueError):
+        return {}
+
+
 def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: Dict[str, float],
             total_seconds: float, succeeded: bool) -> RunSummary:
     """Builds the RunSummary for the run that just finished in paths.output_dir."""
     result = RunSummary(experiment=experiment.name, output_dir=paths.output_dir,
                         component_seconds=dict(component_seconds),
                         total_seconds=round(total_seconds, 2))
+    _task_records(experiment, result)
     if not succeeded or not os.path.exists(paths.metadata_path):
         return result
     from ml_metadata.metadata_store import metadata_store
@@ -175,17 +362,38 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
     run_contexts = store.get_contexts_by_type("pipeline_run")
     run_context_id = max(run_contexts, key=lambda c: c.id).id if run_contexts else None
 
+    # The ExampleGen's node id is its class name (IdxExampleGen, ImageFolderExampleGen, ...).
+    example_gen_ids = [context.name.split(".", 1)[1]
+                       for context in store.get_contexts_by_type("node")
+                       if context.name.startswith(f"{experiment.name}.")
+                       and context.name.endswith(layout.EXAMPLE_GEN_ID)]
+    example_gen = _latest_execution_outputs(store, experiment.name, example_gen_ids[0],
+                                            run_context_id) if example_gen_ids else {}
+    if example_gen.get("examples"):
+        skipped_path = os.path.join(example_gen["examples"][0].uri, layout.SKIPPED_INPUTS_FILE)
+        if os.path.isfile(skipped_path):
+            with open(skipped_path, encoding="utf-8") as handle:
+                skipped = json.load(handle)
+            if skipped.get("count"):
+                result.skipped_inputs = skipped
+
     evaluator = _latest_execution_outputs(store, experiment.name, layout.EVALUATOR_ID, run_context_id)
     if evaluator.get("evaluation"):
         result.metrics, result.slice_metrics = read_eval_metrics(evaluator["evaluation"][0].uri)
         result.artifacts["evaluation"] = evaluator["evaluation"][0].uri
     if "example_count" in result.metrics:
         result.metrics["example_count"] = int(result.metrics["example_count"])
+    if evaluator.get("evaluation"):
+        baseline = _baseline_metrics(experiment)
+        result.metrics.update(baseline)
+        result.gate = gate_record(experiment, baseline)
     if evaluator.get("blessing"):
         result.blessed = _custom_int(evaluator["blessing"][0], "blessed") == 1
         if not result.blessed and evaluator.get("evaluation"):
             result.validation_failures = read_validation_failures(
                 evaluator["evaluation"][0].uri)
+            result.bless_hints = bless_hints(
+                experiment, read_missed_thresholds(evaluator["evaluation"][0].uri), baseline)
 
     pusher = _latest_execution_outputs(store, experiment.name, layout.PUSHER_ID, run_context_id)
     if pusher.get("pushed_model"):
@@ -215,3 +423,17 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
                 "train_examples", "eval_examples", "epochs_run", "steady_examples_per_second")
                 if key in stats}
     return result
+
+
+def _task_records(experiment: config_lib.ExperimentConfig, result: RunSummary) -> None:
+    """The task's own records: what it says about the data, and why it has no TFLite."""
+    from tfprod.pipeline import tasks
+
+    try:
+        task = tasks.get_task(experiment)
+        result.data = dict(task.run_summary_extras(experiment))
+    except Exception as error:  # noqa: BLE001 - a summary of a failed run must still be written
+        result.data = {"error": f"{type(error).__name__}: {error}"}
+        return
+    if not task.supports_mobile():
+        result.tflite_skipped = task.mobile_skip_reason()

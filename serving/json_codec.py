@@ -202,14 +202,41 @@ def _decode_instances(instances: Any) -> Dict[Optional[str], np.ndarray]:
         raise InvalidArgumentError("'instances' mixes named (object) and unnamed entries")
     if not all(named):
         return {SINGLE_INPUT: tensor_from_json(instances, "instances")}
-    keys = set(instances[0])
+    keys = set().union(*instances)
     if not keys:
         raise InvalidArgumentError("'instances' entries are empty objects")
-    for index, item in enumerate(instances):
-        if set(item) != keys:
-            raise InvalidArgumentError(f"instance {index} has inputs {sorted(item)}, but instance 0 has "
-                                       f"{sorted(keys)}; every instance needs the same named inputs")
-    return {key: tensor_from_json([item[key] for item in instances], key) for key in sorted(keys)}
+    result = {}
+    for key in sorted(keys):
+        column = [item.get(key) for item in instances]
+        if any(value is None for value in column):
+            result[key] = _column_with_missing(key, column, instances)
+        else:
+            result[key] = tensor_from_json(column, key)
+    return result
+
+
+def _column_with_missing(key: str, column: List[Any], instances: List[Dict[str, Any]]) -> np.ndarray:
+    """A named input some instances leave out or give as null: a missing value in those rows.
+
+    Only for one number or one string per instance (a table's column): numbers give float64
+    with NaN where missing, strings give bytes with b"" where missing, and a column with no
+    value at all gives None values (the servable makes them NaN or "" for the signature's
+    dtype). Anything else keeps TF Serving's rule: every instance has the same inputs.
+    """
+    present = [value for value in column if value is not None]
+    numbers = all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in present)
+    strings = all(isinstance(value, str) for value in present)
+    if not (numbers or strings):
+        index = next(i for i, value in enumerate(column) if value is None)
+        raise InvalidArgumentError(
+            f"instance {index} has inputs {sorted(k for k, v in instances[index].items() if v is not None)}, "
+            f"but input '{key}' is not one number or string per instance; every instance needs the same "
+            "named inputs (a missing or null value is allowed only for single numbers or strings)")
+    if not present:
+        return np.array([None] * len(column), dtype=object)
+    if numbers:
+        return np.array([math.nan if value is None else float(value) for value in column], dtype=np.float64)
+    return np.array([b"" if value is None else value.encode("utf-8") for value in column], dtype=object)
 
 
 def _json_value(array: np.ndarray, binary: bool) -> Any:

@@ -86,6 +86,9 @@ def coerce_input(name: str, array: np.ndarray, dtype) -> np.ndarray:
             non-integral numbers for an integer input.
     """
     target = np.dtype(dtype) if dtype is not object else np.dtype(object)
+    if array.dtype.kind == "O" and array.size and all(item is None for item in array.flat):
+        # Every value null (json_codec's missing column): NaN for floats, "" for strings.
+        return missing_values(name, array.shape, target)
     if array.dtype == target:
         return array
     is_text = array.dtype.kind in "OSU"
@@ -105,6 +108,37 @@ def coerce_input(name: str, array: np.ndarray, dtype) -> np.ndarray:
         return array.astype(target)
     except (ValueError, OverflowError) as error:
         raise InvalidArgumentError(f"input '{name}': cannot convert to {target.name}: {error}") from error
+
+
+def missing_values(name: str, shape, target: np.dtype) -> np.ndarray:
+    """An input whose values are all missing: NaN (float) or "" (string); other dtypes have
+    no missing value, so the request is refused."""
+    if target.kind == "f":
+        return np.full(shape, np.nan, dtype=target)
+    if target.kind in "OSU":
+        return np.full(shape, b"", dtype=object)
+    raise InvalidArgumentError(f"input '{name}' is missing (null or left out), and its "
+                               f"{target.name} values have no missing value; send a value")
+
+
+def fill_missing_inputs(signature: "SignatureInfo", inputs: Arrays, missing: List[str]) -> List[str]:
+    """JSON rows may leave out a per-row scalar input (shape [N], float or string): each row's
+    value is then missing (NaN or ""), as a table model's serving_raw reads it. Fills inputs
+    in place; returns the names still missing (other shapes and dtypes stay required)."""
+    if not inputs or any(np.ndim(value) != 1 for value in inputs.values()):
+        return missing
+    rows = {np.shape(value)[0] for value in inputs.values()}
+    if len(rows) != 1:
+        return missing
+    count = rows.pop()
+    still = []
+    for key in missing:
+        target = np.dtype(signature.input_dtypes[key])
+        if signature.input_shapes[key] == [-1] and target.kind in "fO":
+            inputs[key] = missing_values(key, (count,), target)
+        else:
+            still.append(key)
+    return still
 
 
 class Servable:
@@ -207,6 +241,10 @@ class Servable:
             inputs = {names[0]: inputs[None]}
         missing = sorted(set(signature.input_dtypes) - set(inputs))
         extra = sorted(set(inputs) - set(signature.input_dtypes))
+        if missing and not strict_dtypes and not extra:
+            # JSON (not gRPC): a key no row has is a missing value in every row.
+            inputs = dict(inputs)
+            missing = fill_missing_inputs(signature, inputs, missing)
         if missing or extra:
             raise InvalidArgumentError(
                 f"signature '{signature.name}' takes inputs {sorted(signature.input_dtypes)}; "

@@ -92,8 +92,21 @@ def test_pipeline_converts_the_blessed_model_in_every_mode(pipeline_run, mnist_s
     reference = saved_model.signatures["serving_raw"](
         image=tf.constant(test_images[:50], tf.float32))["probabilities"].numpy()
     float32 = pathlib.Path(summary["tflite_models"]["float32"]).read_bytes()
-    probabilities = TfliteClassifier(float32, "litert").predict(test_images[:50].astype(np.float32))
-    np.testing.assert_allclose(probabilities, reference, atol=1e-4)
+    classifier = TfliteClassifier(float32, "litert")
+    # 4-D NHWC with three channels, as the Task Library's ImageClassifier requires.
+    assert classifier.input["shape"].tolist() == [1, 28, 28, 3]
+    rgb = np.repeat(test_images[:50, :, :, np.newaxis], 3, axis=-1).astype(np.float32)
+    np.testing.assert_allclose(classifier.predict(rgb), reference, atol=1e-4)
+    # Each channel counts by its luma weight: a red-only digit is a dimmer gray one.
+    red_only = rgb.copy()
+    red_only[..., 1:] = 0
+    dimmed = saved_model.signatures["serving_raw"](
+        image=tf.constant(test_images[:50] * 0.299, tf.float32))["probabilities"].numpy()
+    # (serving_raw rounds pixels to whole values, the TFLite model does not: 0.299 * pixel
+    # differs by up to half a pixel, about 1e-3 in probability.)
+    dimmed_tflite = classifier.predict(red_only)
+    np.testing.assert_allclose(dimmed_tflite, dimmed, atol=3e-3)
+    assert (dimmed_tflite.argmax(1) == dimmed.argmax(1)).mean() >= 0.95
 
 
 @pytest.mark.e2e
@@ -118,6 +131,7 @@ def test_cli_int8_with_int8_io_has_correct_quantization(pipeline_run, float32_mo
     assert classifier.input["dtype"] == np.int8 and classifier.output["dtype"] == np.int8
     # Raw pixels 0..255 are calibrated to the whole int8 range: about 1 pixel per step.
     assert input_scale == pytest.approx(1.0, rel=0.02) and input_zero_point == -128
+    assert classifier.input["shape"].tolist() == [1, 28, 28, 3]
     # Softmax output: TFLite fixes it to [0, 1) in 256 steps.
     assert output_scale == pytest.approx(1 / 256) and output_zero_point == -128
 
@@ -155,14 +169,18 @@ def test_metadata_round_trips_through_the_tflite_support_reader(float32_model):
     (image,) = subgraph.inputTensorMetadata
     assert image.name == b"image"
     assert image.content.contentPropertiesType == schema.ContentProperties.ImageProperties
-    assert image.content.contentProperties.colorSpace == schema.ColorSpaceType.GRAYSCALE
+    # RGB: the only colour space the Task Library and MediaPipe take; the grayscale CNN
+    # converts RGB to gray inside the model.
+    assert image.content.contentProperties.colorSpace == schema.ColorSpaceType.RGB
     size = image.content.contentProperties.defaultSize
     assert (size.width, size.height) == (28, 28)
     (normalization,) = image.processUnits
     assert normalization.optionsType == schema.ProcessUnitOptions.NormalizationOptions
-    assert list(normalization.options.mean) == [0.0] and list(normalization.options.std) == [1.0]
-    assert (list(image.stats.min), list(image.stats.max)) == ([0.0], [255.0])
+    assert list(normalization.options.mean) == [0.0] * 3
+    assert list(normalization.options.std) == [1.0] * 3
+    assert (list(image.stats.min), list(image.stats.max)) == ([0.0] * 3, [255.0] * 3)
     (probabilities,) = subgraph.outputTensorMetadata
+    assert (list(probabilities.stats.min), list(probabilities.stats.max)) == ([0.0], [1.0])
     (label_file,) = probabilities.associatedFiles
     assert label_file.name == b"labels.txt"
     assert label_file.type == schema.AssociatedFileType.TENSOR_AXIS_LABELS

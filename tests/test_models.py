@@ -77,7 +77,7 @@ def test_models_are_registered_for_their_tasks():
     assert registry.registered_for_task("forecasting") == [
         "lstm_forecaster", "transformer_forecaster"]
     assert registry.registered_for_task("text_classification") == ["lstm", "transformer"]
-    assert registry.registered_for_task("image_classification") == ["cnn"]
+    assert registry.registered_for_task("image_classification") == ["cnn", "resnet"]
 
 
 def test_every_task_name_has_a_registered_task_and_a_model():

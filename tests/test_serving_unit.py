@@ -135,7 +135,9 @@ def test_predict_request_shapes():
     (b'{"instances": []}', "non-empty list"),
     (b'{"instances": [[1, 2], [3]]}', "same length"),
     (b'{"instances": [1, "a"]}', "mix types"),
-    (b'{"instances": [{"a": 1}, {"b": 2}]}', "same named inputs"),
+    # A left-out or null input is a missing value only for one number or string per row.
+    (b'{"instances": [{"a": [1, 2]}, {"b": [2, 3]}]}', "same named inputs"),
+    (b'{"instances": [{"a": [1, 2]}, {"a": null}]}', "same named inputs"),
     (b'{"instances": [{"a": 1}, 2]}', "mixes named"),
     (b'{"instances": [null]}', "unsupported JSON value"),
     (b'{"instances": [{"b64": "***"}]}', "not valid base64"),

@@ -17,6 +17,9 @@ from tfprod.serving import json_codec
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
+REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "configs")
+
 
 def write_tsv(directory, train_rows, test_rows, header="sentence\tlabel"):
     os.makedirs(directory, exist_ok=True)
@@ -91,6 +94,44 @@ def test_a_label_count_other_than_num_classes_says_what_to_set(tmp_path):
     single = write_tsv(tmp_path / "single", ["a\tx", "b\tx"], ["c\tx"])
     with pytest.raises(text_ingestion.TsvFormatError, match="at least 2 distinct labels"):
         text_ingestion.check_tsv_dir(text_data_config(single, num_classes=1 + 1))
+
+
+def test_three_labels_and_no_num_classes_takes_three_from_the_training_labels(tmp_path):
+    """data.num_classes null: preflight counts train.tsv's labels, and every consumer of
+    the count (ExampleGen's custom config, the model inputs, the saved config) gets 3."""
+    path = write_tsv(tmp_path, ["great\tpos", "awful\tneg", "fine\tneutral", "good\tpos"],
+                     ["ok\tneutral", "bad\tneg"])
+    experiment = config_lib.load_config(
+        os.path.join(REPO_CONFIGS, "sst2_lstm.yaml"),
+        [f"data.data_dir={path}", f"runtime.output_dir={tmp_path / 'out'}"])
+    assert experiment.data.num_classes is None  # the shipped text configs leave it to the data
+    task = tasks.get_task(experiment)
+    task.preflight(experiment)
+    assert experiment.data.num_classes == 3
+    assert task.model_inputs(experiment).num_classes == 3
+    example_gen = task.example_gen(experiment, path)
+    settings = ingestion.read_custom_config(example_gen.exec_properties, "TsvExampleGen")
+    assert int(settings["num_classes"]) == 3
+    saved = tmp_path / "config.yaml"
+    config_lib.save_config(experiment, str(saved))
+    assert config_lib.load_config(str(saved)).data.num_classes == 3
+    # A number in the config stays a check, with the message that says what to pass.
+    experiment.data.num_classes = 2
+    with pytest.raises(text_ingestion.TsvFormatError, match=r"--set data.num_classes=3"):
+        task.preflight(experiment)
+
+
+def test_label_counts_and_the_majority_class_baseline_of_a_text_directory(tmp_path):
+    path = write_tsv(tmp_path, ["a\tpos", "b\tpos", "c\tneg", "d\tneutral"],
+                     ["e\tneg", "f\tpos", "g\tneg", "h\tneg"])
+    experiment = config_lib.ExperimentConfig()
+    experiment.data = text_data_config(path, num_classes=None)
+    task = tasks.get_task(experiment)
+    train, test = task.label_counts(experiment)
+    assert dict(train) == {"pos": 2, "neg": 1, "neutral": 1}
+    assert dict(test) == {"neg": 3, "pos": 1}
+    # The majority class of train (pos) scores 1 of 4 on test.
+    assert task.baseline_metrics(experiment) == {"baseline_accuracy": 0.25}
 
 
 def test_eval_split_is_stable_and_near_the_fraction():

@@ -133,8 +133,73 @@ def test_missing_columns_and_short_splits_are_explained(tmp_path):
         timeseries.read_series(path, spec(timestamp_column="date"))
     with pytest.raises(timeseries.TimeSeriesFormatError, match=r"the eval split has 4 rows"):
         timeseries.split_bounds(20, spec())
-    with pytest.raises(timeseries.TimeSeriesFormatError, match=r"must match exactly one CSV"):
-        timeseries.find_csv(str(tmp_path), "*.tsv")
+
+
+def test_a_directory_with_one_differently_named_csv_uses_it(tmp_path, caplog):
+    """Another station's file: the config names ETTh1.csv, the directory holds one CSV."""
+    station = write_csv(tmp_path, hourly_rows(60), name="station_7.csv")
+    (tmp_path / "notes.txt").write_text("not a series")
+    with caplog.at_level("WARNING", logger=timeseries.__name__):
+        assert timeseries.find_csv(str(tmp_path), "ETTh1.csv") == station
+    assert "'ETTh1.csv' matched nothing" in caplog.text and "station_7.csv" in caplog.text
+    assert timeseries.find_csv(str(tmp_path), None) == station  # file: null
+    assert timeseries.find_csv(str(tmp_path), "station_*.csv") == station
+    # The forecasting task's preflight records the file it read, so the ExampleGen reads it
+    # and config.yaml says which file it was.
+    experiment = config_lib.load_config(str(ETTH1_CONFIG), [
+        f"data.data_dir={tmp_path}", "data.time_series.timestamp_column=time",
+        "data.time_series.target_column=y", "data.time_series.feature_columns=[y]",
+        "data.time_series.lookback=4", "data.time_series.horizon=2",
+        "data.time_series.seasonal_period=2"])
+    from tfprod.pipeline import tasks
+
+    tasks.get_task(experiment).preflight(experiment)
+    assert experiment.data.time_series.file == "station_7.csv"
+
+
+def test_two_csvs_stop_with_their_names_and_the_set_to_pass(tmp_path):
+    write_csv(tmp_path, hourly_rows(20), name="a.csv")
+    write_csv(tmp_path, hourly_rows(20), name="b.csv")
+    with pytest.raises(timeseries.TimeSeriesFormatError,
+                       match=r"'ETTh1.csv' matched nothing .* holds 2 CSVs \(a.csv, b.csv\); "
+                             r"pick one with --set data.time_series.file=a.csv"):
+        timeseries.find_csv(str(tmp_path), "ETTh1.csv")
+    with pytest.raises(timeseries.TimeSeriesFormatError, match=r"holds 2 CSVs"):
+        timeseries.find_csv(str(tmp_path), None)
+    with pytest.raises(timeseries.TimeSeriesFormatError,
+                       match=r"'\*.csv' matches 2 files .*a.csv, b.csv; name one with "
+                             r"--set data.time_series.file="):
+        timeseries.find_csv(str(tmp_path), "*.csv")
+    assert timeseries.find_csv(str(tmp_path), "b.csv").endswith("b.csv")
+    with pytest.raises(timeseries.TimeSeriesFormatError, match=r"holds no .csv file"):
+        timeseries.find_csv(str(tmp_path / "empty_dir_that_is_missing"), "x.csv")
+
+
+def test_the_mean_predictor_baseline_of_a_series_scores_the_test_windows(tmp_path):
+    """y = row index: train rows 0..35 (mean 17.5); test rows 48..59, windows of 4 -> 2."""
+    write_csv(tmp_path, hourly_rows(60), name="series.csv")
+    experiment = config_lib.load_config(str(ETTH1_CONFIG), [
+        f"data.data_dir={tmp_path}", "data.time_series.file=series.csv",
+        "data.time_series.timestamp_column=time", "data.time_series.target_column=y",
+        "data.time_series.feature_columns=[y]", "data.time_series.lookback=4",
+        "data.time_series.horizon=2", "data.time_series.seasonal_period=2",
+        "data.time_series.train_fraction=0.6", "data.time_series.eval_fraction=0.2",
+        "eval.gate=baseline", "eval.mae_threshold=null", "eval.baseline_margin=0.1"])
+    from tfprod.pipeline import tasks
+    from tfprod.pipeline.tasks import forecasting
+
+    # The labels of the test windows: rows start+4, start+5 for start in 48..54.
+    labels = np.array([[start + 4, start + 5] for start in range(48, 55)], np.float64)
+    expected = float(np.mean(np.abs(labels - 17.5)))
+    task = tasks.get_task(experiment)
+    baseline = task.baseline_metrics(experiment)["mean_baseline_mae"]
+    assert baseline == pytest.approx(expected)
+    eval_config = task.eval_config(experiment)
+    forecast_mae = next(metric for spec_ in eval_config.metrics_specs
+                        if list(spec_.output_names) == [forecasting.FORECAST_OUTPUT]
+                        for metric in spec_.metrics if metric.class_name == "MeanAbsoluteError")
+    assert forecast_mae.threshold.value_threshold.upper_bound.value == pytest.approx(
+        0.9 * expected)
 
 
 def test_monthly_airline_csv_infers_its_calendar_step():
@@ -211,8 +276,11 @@ def test_etth1_config_is_valid_and_needs_an_mae_threshold():
                                         [f"data.data_dir={AIRLINE_CSV.parent}"])
     assert experiment.data.format == config_lib.DataFormat.CSV
     assert experiment.data.time_series.lookback == 96 and experiment.mobile.enabled is False
-    with pytest.raises(config_lib.ConfigError, match=r"eval.mae_threshold"):
+    with pytest.raises(config_lib.ConfigError, match=r"eval.mae_threshold.*eval.gate=baseline"):
         config_lib.load_config(str(ETTH1_CONFIG), ["eval.mae_threshold=null"])
+    # The baseline gate needs no absolute MAE.
+    assert config_lib.load_config(str(ETTH1_CONFIG), [
+        "eval.mae_threshold=null", "eval.gate=baseline"]).eval.gate == config_lib.Gate.BASELINE
     with pytest.raises(config_lib.ConfigError, match=r"seasonal_period"):
         config_lib.load_config(str(ETTH1_CONFIG), ["data.time_series.seasonal_period=200"])
     with pytest.raises(config_lib.ConfigError, match=r"fits forecasting, not image"):

@@ -4,6 +4,8 @@ One module per data format, each with its ExampleGen component and executor:
 
 - ``idx``: an IDX image directory (MNIST layout); the reader is tfprod.contract.idx.
 - ``tsv``: a text classification directory (train.tsv, test.tsv).
+- ``table``: a CSV table directory (train.csv, test.csv, optional eval.csv); column types
+  decided before the run.
 - ``timeseries`` (reading, checking and windowing a time series CSV, no Beam) and
   ``timeseries_example_gen`` (its ExampleGen).
 - ``tfds``: a TensorFlow Datasets dataset prepared in a local data dir.

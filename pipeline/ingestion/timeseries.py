@@ -14,6 +14,7 @@ windowed on its own, so no window (input or target) crosses a split boundary.
 """
 
 import dataclasses
+import logging
 import os
 import re
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -81,20 +82,51 @@ class Series:
         return len(self.timestamps)
 
 
-def find_csv(input_base: str, pattern: str) -> str:
-    """The one file that pattern (data.time_series.file, relative to input_base) matches.
+# The pattern data.time_series.file: null stands for: the directory's one CSV.
+ANY_CSV = "*.csv"
+
+logger = logging.getLogger(__name__)
+
+
+def find_csv(input_base: str, pattern: Optional[str]) -> str:
+    """The CSV that data.time_series.file names in input_base, or the directory's only one.
+
+    A config names the file of the data it was written for (e.g. ETTh1.csv); another
+    station's data comes in another file. So when the pattern matches nothing (or is
+    None) and the directory holds exactly one CSV, that CSV is the series; a warning
+    says which file is used instead of the one named.
 
     Raises:
-      TimeSeriesFormatError: no file or several files match.
+      TimeSeriesFormatError: the pattern matches several files; or it matches nothing
+        and the directory holds no CSV, or several (the message lists them and the
+        --set that picks one).
     """
     import tensorflow as tf
 
-    matched = sorted(tf.io.gfile.glob(os.path.join(input_base, pattern)))
-    if len(matched) != 1:
-        raise TimeSeriesFormatError(
-            f"data.time_series.file {pattern!r} must match exactly one CSV in {input_base}; "
-            f"matched {matched or 'nothing'}")
-    return matched[0]
+    if pattern:
+        matched = sorted(tf.io.gfile.glob(os.path.join(input_base, pattern)))
+        if len(matched) == 1:
+            return matched[0]
+        if len(matched) > 1:
+            raise TimeSeriesFormatError(
+                f"data.time_series.file {pattern!r} matches {len(matched)} files in "
+                f"{input_base}: {', '.join(os.path.basename(m) for m in matched)}; name one "
+                f"with --set data.time_series.file=NAME")
+    csvs = sorted(path for path in tf.io.gfile.glob(os.path.join(input_base, "*"))
+                  if path.lower().endswith(".csv") and not tf.io.gfile.isdir(path))
+    named = f"data.time_series.file {pattern!r} matched nothing in {input_base}" if pattern \
+        else f"data.time_series.file is null (the one CSV in {input_base})"
+    if len(csvs) == 1:
+        if pattern:
+            logger.warning("%s; using its only CSV, %s", named, os.path.basename(csvs[0]))
+        return csvs[0]
+    if not csvs:
+        raise TimeSeriesFormatError(f"{named}, and the directory holds no .csv file; "
+                                    "pass --data-dir DIR with the series' CSV in it")
+    names = [os.path.basename(path) for path in csvs]
+    raise TimeSeriesFormatError(
+        f"{named}, and the directory holds {len(csvs)} CSVs ({', '.join(names)}); pick one "
+        f"with --set data.time_series.file={names[0]} (or another of them)")
 
 
 def feature_name(column: str) -> str:
@@ -316,3 +348,16 @@ def split_examples(path: str, spec: SeriesSpec) -> Dict[str, List[bytes]]:
     return {name: [to_example(window, series.columns).SerializeToString()
                    for window in windows(series, rows, spec)]
             for name, rows in bounds.items()}
+
+
+def baseline_targets(series: Series, spec: SeriesSpec):
+    """(the target over the train rows, the labels of every test window [windows, horizon]).
+
+    What the mean-predictor baseline needs: its forecast is the train split's mean of the
+    target, scored on the same test windows TFMA scores the model on.
+    """
+    bounds = split_bounds(len(series), spec)
+    train = series.values[bounds[TRAIN_SPLIT].start:bounds[TRAIN_SPLIT].stop,
+                          series.target_index]
+    labels = [window.label for window in windows(series, bounds[TEST_SPLIT], spec)]
+    return train, np.stack(labels)

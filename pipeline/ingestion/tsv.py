@@ -19,7 +19,7 @@ training) and a wrong header stop the run with TsvFormatError naming the file an
 """
 
 import os
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -95,35 +95,48 @@ def sort_labels(labels: List[str]) -> List[str]:
         return unique
 
 
-def check_label_vocabulary(labels: List[str], num_classes: int, path: str) -> List[str]:
-    """Sorted label vocabulary of the training file, checked against data.num_classes."""
+def check_label_vocabulary(labels: List[str], num_classes: Optional[int], path: str
+                           ) -> List[str]:
+    """Sorted label vocabulary of the training file, checked against data.num_classes.
+
+    Args:
+      labels: the training labels as written (repeats allowed).
+      num_classes: data.num_classes; None takes the count from the labels.
+      path: the training file, for the message.
+    """
     vocabulary = sort_labels(labels)
     if len(vocabulary) < 2:
         raise TsvFormatError(f"{path}: needs at least 2 distinct labels, found {vocabulary}")
-    if len(vocabulary) != num_classes:
+    if num_classes is not None and len(vocabulary) != num_classes:
         raise TsvFormatError(
             f"{path}: has {len(vocabulary)} distinct labels {vocabulary[:20]}, but "
-            f"data.num_classes is {num_classes} (pass --set data.num_classes={len(vocabulary)})")
+            f"data.num_classes is {num_classes} (pass --set data.num_classes={len(vocabulary)}, "
+            "or --set data.num_classes=null to take the count from the labels)")
     return vocabulary
+
+
+def read_labels(data, path: str) -> List[str]:
+    """Every label of a TSV file as written, in file order (the file checked as read_rows does)."""
+    return [row[3] for row in read_rows(path, data.text.text_column, data.text.label_column)]
 
 
 def check_tsv_dir(data) -> List[str]:
     """Reads a text directory as the ExampleGen will (before the run starts); returns the labels.
 
     Args:
-      data: the experiment's DataConfig (data_dir, num_classes, text.*).
+      data: the experiment's DataConfig (data_dir, num_classes, text.*). A null
+        num_classes is not checked: the caller takes len(vocabulary).
 
     Raises:
       TsvFormatError: a missing file, a bad header or row, a label count other than
         data.num_classes, or a test label that train.tsv does not have.
     """
-    columns = (data.text.text_column, data.text.label_column)
     train_path = os.path.join(data.data_dir, TRAIN_FILE)
     test_path = os.path.join(data.data_dir, TEST_FILE)
-    train_labels = [row[3] for row in read_rows(train_path, *columns)]
-    vocabulary = check_label_vocabulary(train_labels, data.num_classes, train_path)
+    vocabulary = check_label_vocabulary(read_labels(data, train_path), data.num_classes,
+                                        train_path)
     known = set(vocabulary)
-    for row in read_rows(test_path, *columns):
+    for row in read_rows(test_path, data.text.text_column, data.text.label_column):
         if row[3] not in known:
             make_example(row, vocabulary)  # raises, naming the file and line
     return vocabulary
@@ -160,7 +173,9 @@ class TsvExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
         eval_fraction = float(settings.get("eval_fraction", 0.1))
         text_column = settings.get("text_column", "sentence")
         label_column = settings.get("label_column", "label")
-        num_classes = int(settings["num_classes"])
+        # None (data.num_classes null, not resolved before the run): not checked here.
+        num_classes = settings.get("num_classes")
+        num_classes = None if num_classes is None else int(num_classes)
         input_base = exec_properties[ingestion.INPUT_BASE_KEY]
         train_path = os.path.join(input_base, patterns[TRAIN_SPLIT])
         test_path = os.path.join(input_base, patterns[TEST_SPLIT])
@@ -193,7 +208,7 @@ class TsvExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
 
 def make_custom_config(eval_fraction: float, text_column: str, label_column: str,
-                       num_classes: int) -> example_gen_pb2.CustomConfig:
+                       num_classes: Optional[int]) -> example_gen_pb2.CustomConfig:
     """Packs the executor's settings into ExampleGen's custom_config (a Struct)."""
     return ingestion.pack_custom_config({
         "eval_fraction": eval_fraction, "text_column": text_column,
@@ -207,7 +222,7 @@ class TsvExampleGen(FileBasedExampleGen):
 
     def __init__(self, input_base: Any, eval_fraction: float = 0.1,
                  text_column: str = "sentence", label_column: str = "label",
-                 num_classes: int = 2):
+                 num_classes: Optional[int] = 2):
         super().__init__(input_base=input_base,
                          input_config=ingestion.input_config(TRAIN_FILE, TEST_FILE),
                          custom_config=make_custom_config(eval_fraction, text_column,

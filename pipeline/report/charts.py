@@ -152,19 +152,32 @@ def confusion_matrix_chart(matrix: np.ndarray, labels: Sequence[str], title: str
 
 
 def image_grid(images_by_class: Dict[int, np.ndarray], scale: int = 2) -> str:
-    """A PNG: one row per class of uint8 grayscale images, 2 px gaps, upscaled by scale."""
+    """A PNG: one row per class of uint8 images, 2 px gaps, upscaled by scale.
+
+    Grayscale images ([n, height, width] or [..., 1]) are drawn dark on white, as digits
+    are; colour images ([n, height, width, 3], photos) as they are, on white.
+    """
     pyplot = _pyplot()
     rows = sorted(images_by_class)
-    height, width = next(iter(images_by_class.values())).shape[1:3]
+    first = next(iter(images_by_class.values()))
+    height, width = first.shape[1:3]
+    colour = first.ndim == 4 and first.shape[-1] == 3
     columns = max(len(images) for images in images_by_class.values())
     gap = 2
-    canvas = np.full((len(rows) * (height + gap) + gap, columns * (width + gap) + gap), 255,
-                     np.uint8)
+    canvas = np.full((len(rows) * (height + gap) + gap, columns * (width + gap) + gap)
+                     + ((3,) if colour else ()), 255, np.uint8)
     for row, label in enumerate(rows):
         for column, image in enumerate(images_by_class[label]):
             top, left = gap + row * (height + gap), gap + column * (width + gap)
-            canvas[top:top + height, left:left + width] = 255 - image  # dark digits on white
-    canvas = np.kron(canvas, np.ones((scale, scale), np.uint8))
+            if colour:
+                canvas[top:top + height, left:left + width] = image
+            else:  # dark digits on white
+                canvas[top:top + height, left:left + width] = 255 - image.reshape(height, width)
+    block = np.ones((scale, scale) + ((1,) if colour else ()), np.uint8)
+    canvas = np.kron(canvas, block)
     buffer = io.BytesIO()
-    pyplot.imsave(buffer, canvas, cmap="gray", vmin=0, vmax=255, format="png")
+    if colour:
+        pyplot.imsave(buffer, canvas, format="png")
+    else:
+        pyplot.imsave(buffer, canvas, cmap="gray", vmin=0, vmax=255, format="png")
     return _data_uri(buffer.getvalue(), PNG)

@@ -138,13 +138,21 @@ def read_class_counts(run: RunData) -> Optional[Dict[str, Dict[int, int]]]:
     return counts or None
 
 
+def _has_photos(schema) -> bool:
+    """Whether the examples hold encoded photos (data.format image_folder)."""
+    return any(feature.name == features.IMAGE_BYTES_KEY for feature in schema.feature)
+
+
 def image_shape(run: RunData) -> Optional[Tuple[int, int]]:
-    """(height, width) when the run's data are images (an `image` feature of height*width)."""
+    """(height, width) when the run's data are images (an `image` feature of height*width,
+    or encoded photos, shown at the size the model sees them)."""
     schema = run.cached("schema", lambda: read_schema(run))
     height = run.config_value("data.image_height")
     width = run.config_value("data.image_width")
     if schema is None or not height or not width:
         return None
+    if _has_photos(schema):
+        return int(height), int(width)
     for feature in schema.feature:
         if feature.name == features.IMAGE_KEY:
             dims = [dim.size for dim in feature.shape.dim]
@@ -154,17 +162,70 @@ def image_shape(run: RunData) -> Optional[Tuple[int, int]]:
 
 
 def read_sample_images(run: RunData, per_class: int) -> Optional[Dict[int, np.ndarray]]:
-    """{class id: uint8 [n, height, width]}: the first images of each class in the train split."""
+    """{class id: uint8 [n, height, width]}: the first images of each class in the train split.
+
+    Photos come as uint8 [n, height, width, 3] (or 1), decoded, resized and cropped as the
+    model sees them (the task's preprocessing).
+    """
     shape = image_shape(run)
     uri = run.uri("examples")
     if shape is None or not uri or not label_is_integer(run):
         return None
+    if _has_photos(run.cached("schema", lambda: read_schema(run))):
+        return _read_sample_photos(run, uri, shape, per_class)
     from tfprod.mobile import data as mobile_data
 
     images, labels = mobile_data.read_examples_split(uri, "train", *shape,
                                                      limit=SAMPLE_IMAGES_SCANNED)
     return {int(label): images[labels == label][:per_class].astype(np.uint8)
             for label in np.unique(labels)}
+
+
+def _photo_records(run: RunData, uri: str):
+    """Parsed (encoded photo, class id, class name) batches of the train split, or None."""
+    import tensorflow as tf
+
+    records = _records(uri, "train", SAMPLE_IMAGES_SCANNED)
+    if records is None:
+        return None
+    spec = {features.IMAGE_BYTES_KEY: tf.io.FixedLenFeature([], tf.string),
+            features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+            features.CLASS_NAME_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
+    return records.batch(256).map(lambda serialized: tf.io.parse_example(serialized, spec))
+
+
+def _read_sample_photos(run: RunData, uri: str, shape: Tuple[int, int], per_class: int
+                        ) -> Optional[Dict[int, np.ndarray]]:
+    from tfprod.pipeline.tasks.image import preprocessing
+
+    batches = _photo_records(run, uri)
+    if batches is None:
+        return None
+    channels = int(run.config_value("data.image_channels") or 3)
+    chosen: Dict[int, List[bytes]] = {}
+    for batch in batches:
+        for encoded, label in zip(batch[features.IMAGE_BYTES_KEY].numpy(),
+                                  batch[features.LABEL_KEY].numpy()):
+            if len(chosen.setdefault(int(label), [])) < per_class:
+                chosen[int(label)].append(encoded)
+    return {label: np.stack([preprocessing.decode_and_fit(encoded, *shape, channels).numpy()
+                             for encoded in photos]).round().astype(np.uint8)
+            for label, photos in chosen.items()}
+
+
+def read_class_names(run: RunData) -> Dict[int, str]:
+    """{class id: class name} where the examples carry names (photo folders), else {}."""
+    uri = run.uri("examples")
+    schema = run.cached("schema", lambda: read_schema(run))
+    if not uri or schema is None or not _has_photos(schema):
+        return {}
+    batches = _photo_records(run, uri)
+    names: Dict[int, str] = {}
+    for batch in batches if batches is not None else ():
+        for label, name in zip(batch[features.LABEL_KEY].numpy(),
+                               batch[features.CLASS_NAME_KEY].numpy()):
+            names.setdefault(int(label), name.decode("utf-8", "replace"))
+    return names
 
 
 # --- training ---------------------------------------------------------------------------

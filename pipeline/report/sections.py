@@ -68,6 +68,12 @@ def overview_section(run: RunData) -> Section:
         ("total wall time (s)", summary.get("total_seconds")),
         ("report written", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
     ]
+    gate = summary.get("gate") or {}
+    if gate.get("kind"):
+        # The gate, the bound it set and the trivial baseline it compared with (eval.gate).
+        facts.append(("blessing gate (eval.gate)", ", ".join(
+            f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+            for key, value in gate.items())))
     if summary.get("training", {}).get("steady_examples_per_second"):
         facts.append(("training examples/s (after epoch 1)",
                       round(summary["training"]["steady_examples_per_second"], 1)))
@@ -81,6 +87,10 @@ def overview_section(run: RunData) -> Section:
         parts.append("<p>The model was not blessed; it missed:</p><ul>" + "".join(
             f"<li>{escape(line)}</li>" for line in summary.get("validation_failures") or
             ["(unknown)"]) + "</ul>")
+        if summary.get("bless_hints"):
+            parts.append('<p>What would change that:</p><ul id="bless-hints">' + "".join(
+                f"<li><code>{escape(line)}</code></li>" for line in summary["bless_hints"])
+                + "</ul>")
     seconds = summary.get("component_seconds") or {}
     if seconds:
         parts.append("<h3>Component wall times</h3>")
@@ -211,9 +221,12 @@ def samples_section(run: RunData) -> Section:
     if not samples:
         return Section("samples", "Sample images", not_present(
             "no training examples were written"), present=False)
-    classes = ", ".join(str(label) for label in sorted(samples))
+    names = readers.read_class_names(run)  # photo folders: the folder names
+    classes = ", ".join(f"{label} {names[label]}" if label in names else str(label)
+                        for label in sorted(samples))
     return Section("samples", "Sample images", figure(
-        charts.image_grid(samples, scale=2),
+        # Digits (28 px) are upscaled to be seen; photos are shown at the model's size.
+        charts.image_grid(samples, scale=2 if max(readers.image_shape(run)) < 64 else 1),
         f"The first {SAMPLES_PER_CLASS} training images of each class, one row per class "
         f"({classes}, top to bottom), from the first {readers.SAMPLE_IMAGES_SCANNED:,} "
         "training examples.", "chart-samples", css_class="samples"))
@@ -399,13 +412,108 @@ def forecast_section(run: RunData) -> Section:
     return Section("forecast", "Forecast", "".join(parts))
 
 
+# --- tables -----------------------------------------------------------------------------
+
+MAX_RESIDUAL_EXAMPLES = 5000
+
+
+def _table_residuals(run: RunData) -> Optional[Dict[str, np.ndarray]]:
+    """A regression model's predictions beside the labels of the evaluation split (at most
+    MAX_RESIDUAL_EXAMPLES), from the serving_default signature; None without them."""
+    model = readers.load_model(run)
+    uri = run.uri("examples")
+    if model is None or not uri:
+        return None
+    signature = model.signatures.get(features.SERVING_DEFAULT_SIGNATURE)
+    records = readers._records(uri, run.config_value("eval.split", "test"), MAX_RESIDUAL_EXAMPLES)
+    if signature is None or records is None:
+        return None
+    import tensorflow as tf
+
+    from tfprod.pipeline.tasks.table import PREDICTION_OUTPUT
+
+    spec = {features.LABEL_KEY: tf.io.FixedLenFeature([], tf.float32)}
+    actual, predicted = [], []
+    for batch in records.batch(256):
+        outputs = signature(examples=batch)
+        if PREDICTION_OUTPUT not in outputs:
+            return None
+        predicted.append(outputs[PREDICTION_OUTPUT].numpy().reshape(-1))
+        actual.append(tf.io.parse_example(batch, spec)[features.LABEL_KEY].numpy())
+    if not actual:
+        return None
+    return {"actual": np.concatenate(actual), "predicted": np.concatenate(predicted)}
+
+
+def _residual_chart(actual: np.ndarray, predicted: np.ndarray, title: str) -> str:
+    pyplot = charts._pyplot()
+    figure_, (left, right) = pyplot.subplots(1, 2, figsize=(9, 3.6))
+    low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
+    left.scatter(actual, predicted, s=10, alpha=0.6)
+    left.plot([low, high], [low, high], color="grey", linewidth=1)
+    left.set_xlabel("actual")
+    left.set_ylabel("predicted")
+    left.set_title(title)
+    right.hist(predicted - actual, bins=30)
+    right.set_xlabel("residual (predicted - actual)")
+    right.set_ylabel("examples")
+    return charts.figure_to_uri(figure_)
+
+
+def table_section(run: RunData) -> Section:
+    """For tables: the problem, each column's type (and why), missing rates, and for a
+    regression the predicted values against the actual ones."""
+    if _shows(run, tasks.TABLE_COLUMNS_SECTION) is not True:
+        return Section("table", "Table", not_present("the run's data is not a table"),
+                       present=False)
+    data = run.summary.get("data") or {}
+    columns = data.get("columns") or []
+    if not columns:
+        return Section("table", "Table", not_present(
+            "run_summary.json has no column types (the run stopped before they were read)"),
+            present=False)
+    parts = [f"<p>Label column <code>{escape(data.get('label_column'))}</code>: "
+             f"<b>{escape(data.get('problem'))}</b> ({escape(data.get('problem_reason'))}); "
+             f"{number(data.get('train_rows'))} rows in train.csv.</p>"]
+    if data.get("classes"):
+        parts.append(f"<p>Classes (class id order): {escape(', '.join(data['classes']))}.</p>")
+    parts.append(table(["column", "type", "stored as", "why", "distinct values", "missing"],
+                       [[c["name"], c["type"], c["kind"], c["reason"], c["distinct"],
+                         f"{100 * c['missing_rate']:.1f}%"] for c in columns],
+                       table_id="table-columns"))
+    if data.get("dropped_columns"):
+        parts.append(table(["dropped column", "why"], sorted(data["dropped_columns"].items()),
+                           table_id="table-dropped"))
+    parts.append(figure(charts.bar_chart([c["name"] for c in columns], {"missing (%)": [
+        100 * c["missing_rate"] for c in columns]}, "Missing values in train.csv", "%",
+        horizontal=True, value_format=".1f"),
+        "Share of train.csv's rows with the cell missing (numeric columns are imputed with "
+        "the train mean plus a missing flag; categorical ones get a missing id).",
+        "chart-table-missing"))
+    if data.get("problem") == "regression" and _shows(run, tasks.RESIDUALS_SECTION):
+        residuals = run.cached("table_residuals", lambda: _table_residuals(run))
+        if residuals is None:
+            parts.append(not_present("predicted against actual (no model or evaluation split)"))
+        else:
+            errors = residuals["predicted"] - residuals["actual"]
+            parts.append(figure(_residual_chart(residuals["actual"], residuals["predicted"],
+                                                "Predicted against actual"),
+                                f"{len(errors):,} examples of the "
+                                f"'{run.config_value('eval.split', 'test')}' split; MAE "
+                                f"{np.abs(errors).mean():.4f}, mean residual "
+                                f"{errors.mean():+.4f}.", "chart-table-residuals"))
+    return Section("table", "Table", "".join(parts))
+
+
 # --- mobile -----------------------------------------------------------------------------
 
 def mobile_section(run: RunData) -> Section:
     """The TFLite variants: size, accuracy, agreement, latency, and the metadata summary."""
     report = readers.read_tflite_report(run)
     if report is None:
-        if not run.config_value("mobile.enabled", False):
+        if run.summary.get("tflite_skipped"):  # the task has no TFLite models, and says why
+            reason = run.summary["tflite_skipped"]
+        elif not run.config_value("mobile.enabled", False):
             reason = "mobile.enabled is false in the config"
         elif not run.summary.get("blessed"):
             reason = "the model was not blessed, so no TFLite models were made"
@@ -500,7 +608,22 @@ def serving_section(run: RunData) -> Section:
                        table_id="signatures"))
     example = _example_record(run)
     shape = readers.image_shape(run)
-    if example is not None and shape and features.SERVING_RAW_SIGNATURE in signatures:
+    # `in` first: indexing a protobuf map would add an empty feature to the example.
+    photo = (example.features.feature[features.IMAGE_BYTES_KEY].bytes_list.value
+             if example is not None and features.IMAGE_BYTES_KEY in example.features.feature
+             else None)
+    if photo and features.SERVING_RAW_SIGNATURE in signatures:
+        body_text = json.dumps({"signature_name": features.SERVING_RAW_SIGNATURE, "instances": [
+            {"b64": base64.b64encode(photo[0]).decode("ascii")}]}, separators=(",", ":"))
+        parts.append("<h3>REST (JSON, a photo file)</h3><p>One test photo, as "
+                     f"{features.SERVING_RAW_SIGNATURE} takes it: the JPEG or PNG file's bytes "
+                     "in base64, any size (the model decodes, resizes and crops it). From a "
+                     "file: <code>{\"instances\": [{\"b64\": \"$(base64 -w0 photo.jpg)\"}]}"
+                     "</code>.</p>")
+        parts.append(pre(f"cat > request.json <<'JSON'\n{body_text}\nJSON\n"
+                         f"curl -s -X POST -H 'Content-Type: application/json' -d @request.json "
+                         f"http://127.0.0.1:8501/v1/models/{model_name}:predict", "rest-request"))
+    elif example is not None and shape and features.SERVING_RAW_SIGNATURE in signatures:
         pixels = np.asarray(example.features.feature[features.IMAGE_KEY].int64_list.value)
         body = {"signature_name": features.SERVING_RAW_SIGNATURE,
                 "instances": [pixels.reshape(shape).tolist()]}
@@ -542,5 +665,5 @@ def serving_section(run: RunData) -> Section:
 
 SECTION_BUILDERS: List[Callable[[RunData], Section]] = [
     overview_section, data_section, samples_section, training_section, evaluation_section,
-    forecast_section, mobile_section, serving_section,
+    forecast_section, table_section, mobile_section, serving_section,
 ]

@@ -28,6 +28,8 @@ from tfprod.pipeline import config as config_lib
 SAMPLES_SECTION = "samples"  # sample images per class
 CONFUSION_MATRIX_SECTION = "confusion_matrix"  # in the evaluation section
 FORECAST_SECTION = "forecast"  # errors beside the baselines, predicted against actual
+TABLE_COLUMNS_SECTION = "table_columns"  # each column's type (and why) and missing rate
+RESIDUALS_SECTION = "residuals"  # regression: predicted against actual on the test split
 
 
 def dotted_name(function: Callable) -> str:
@@ -71,9 +73,29 @@ class Task(abc.ABC):
     def preflight(self, experiment: config_lib.ExperimentConfig) -> None:
         """Reads the input data as the ExampleGen will, before TFX starts; raises on bad data.
 
-        The local runner calls it after checking the config's paths exist.
+        The local runner calls it after checking the config's paths exist, before it saves
+        config.yaml and builds the pipeline. A task may fill here the values the config
+        leaves to the data (data.num_classes null: from the training labels), so the
+        saved config, the ExampleGen, Transform and the Trainer all get them.
         """
         del experiment
+
+    def schema_rewrite(self, schema_gen) -> Any:
+        """A component that rewrites SchemaGen's inferred schema (its output "schema" then
+        replaces SchemaGen's for every reader), or None to keep the inferred one."""
+        del schema_gen
+        return None
+
+    def mobile_skip_reason(self) -> Optional[str]:
+        """Why this task's models get no TFLite file (the run summary and report say it),
+        or None when it says nothing."""
+        return None
+
+    def run_summary_extras(self, experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
+        """What run_summary.json's `data` block records about the data (e.g. a table's
+        problem and column types); {} for none."""
+        del experiment
+        return {}
 
     def transform_custom_config(self, experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
         """Passed to preprocessing_fn(inputs, custom_config) (e.g. vocabulary size)."""
@@ -111,6 +133,23 @@ class Task(abc.ABC):
     def eval_config(self, experiment: config_lib.ExperimentConfig):
         """The tfma.EvalConfig the Evaluator blesses the model with."""
 
+    def baseline_metrics(self, experiment: config_lib.ExperimentConfig) -> Dict[str, float]:
+        """The trivial predictor's scores on this data, from the raw data before the run.
+
+        What `eval.gate: baseline` gates on (pipeline/tasks/baselines.py): e.g.
+        {"baseline_accuracy": 0.11} for a classifier (the majority class),
+        {"mean_baseline_mae": 1.9} for a regressor (the training mean). Called when the
+        eval config is built and again by the run summary. Reads labels only.
+
+        Raises:
+          ConfigError: the task has no baseline, or its data cannot be read now (e.g. a
+            Kubeflow data directory known only at run time); the message says to use
+            --set eval.gate=absolute.
+        """
+        raise config_lib.ConfigError(
+            f"eval.gate: the {self.name.value} task has no trivial baseline to gate on; "
+            "use --set eval.gate=absolute")
+
     def supports_mobile(self) -> bool:
         """Whether the TFLiteConverter component can convert this task's models."""
         return False
@@ -140,7 +179,7 @@ def register(task_class: Type[Task]) -> Type[Task]:
 
 def _load_builtin_tasks() -> None:
     # Importing the task packages runs their @register decorators.
-    from tfprod.pipeline.tasks import forecasting, image, text  # noqa: F401
+    from tfprod.pipeline.tasks import forecasting, image, table, text  # noqa: F401
 
 
 def registered_tasks() -> Mapping[TaskName, Task]:

@@ -4,11 +4,16 @@ ClassificationTask is the base of the image and text classification tasks. No
 TensorFlow import at module level.
 """
 
-from tfprod.contract import features
+from typing import Dict, Hashable, Mapping, Optional, Tuple
+
+from tfprod.contract import features, splits
 from tfprod.pipeline import config as config_lib
-from tfprod.pipeline.tasks import CONFUSION_MATRIX_SECTION, Task
+from tfprod.pipeline.tasks import CONFUSION_MATRIX_SECTION, Task, baselines
 
 ACCURACY_METRIC = "accuracy"
+
+# (train label counts, counts on the split the Evaluator scores).
+LabelCounts = Tuple[Mapping[Hashable, int], Mapping[Hashable, int]]
 
 
 class ClassificationTask(Task):
@@ -22,8 +27,57 @@ class ClassificationTask(Task):
     def compile_model(self, model, experiment: config_lib.ExperimentConfig, optimizer) -> None:
         compile_classifier(model, experiment, optimizer)
 
+    def label_counts(self, experiment: config_lib.ExperimentConfig) -> LabelCounts:
+        """(label -> count in the training data, label -> count in eval.split's data).
+
+        Reads the raw labels only (IDX label files, a TSV's label column, ...). The
+        training data is the file(s) ExampleGen splits into train and eval; when
+        eval.split is not test, its counts are the training data's too (the eval split is a
+        hash sample of it). Subclasses that can read their labels implement it.
+
+        Raises:
+          ConfigError: this task's data source has no label counts (use the absolute gate).
+        """
+        raise config_lib.ConfigError(
+            f"eval.gate baseline: the {self.name.value} task cannot count the labels of "
+            f"data.source {experiment.data.source.value}; use --set eval.gate=absolute")
+
+    def baseline_metrics(self, experiment: config_lib.ExperimentConfig) -> Dict[str, float]:
+        """{"baseline_accuracy": the majority class's accuracy on eval.split}."""
+        try:
+            train_counts, test_counts = self.label_counts(experiment)
+        except (OSError, FileNotFoundError) as error:
+            raise config_lib.ConfigError(
+                f"eval.gate baseline reads the labels in {experiment.data.data_dir} before "
+                f"the run, and could not ({error}); use --set eval.gate=absolute "
+                "(with eval.accuracy_threshold)") from None
+        return {baselines.BASELINE_ACCURACY: baselines.majority_class_accuracy(
+            train_counts, test_counts)}
+
     def eval_config(self, experiment: config_lib.ExperimentConfig):
-        return classification_eval_config(experiment.eval)
+        baseline = None
+        if experiment.eval.gate == config_lib.Gate.BASELINE:
+            baseline = self.baseline_metrics(experiment)[baselines.BASELINE_ACCURACY]
+        return classification_eval_config(experiment.eval, baseline)
+
+
+def counts_for_eval_split(train_counts: Mapping[Hashable, int],
+                          test_counts: Mapping[Hashable, int],
+                          eval_config: config_lib.EvalConfig) -> LabelCounts:
+    """label_counts' answer from the training and test files' counts, for eval.split."""
+    scored = test_counts if eval_config.split == splits.TEST else train_counts
+    return train_counts, scored
+
+
+def required_accuracy(eval_config: config_lib.EvalConfig,
+                      baseline_accuracy: Optional[float]) -> float:
+    """The accuracy the gate requires: eval.accuracy_threshold (absolute), or the
+    majority class's plus eval.baseline_margin (baseline)."""
+    if eval_config.gate == config_lib.Gate.BASELINE:
+        if baseline_accuracy is None:
+            raise ValueError("eval.gate baseline needs the baseline accuracy")
+        return baselines.required_accuracy(baseline_accuracy, eval_config.baseline_margin)
+    return eval_config.accuracy_threshold
 
 
 def compile_classifier(model, experiment: config_lib.ExperimentConfig, optimizer) -> None:
@@ -41,20 +95,24 @@ def compile_classifier(model, experiment: config_lib.ExperimentConfig, optimizer
         metrics=[recipes.classification_accuracy(num_classes, mixed)])
 
 
-def classification_eval_config(eval_config: config_lib.EvalConfig):
+def classification_eval_config(eval_config: config_lib.EvalConfig,
+                               baseline_accuracy: Optional[float] = None):
     """TFMA config: accuracy overall and per class, gated on the overall slice.
 
-    The model must reach eval.accuracy_threshold and may not fall more than
-    eval.max_accuracy_drop below the last blessed model. Shared by every classifier.
+    The model must reach required_accuracy (eval.accuracy_threshold, or under
+    eval.gate baseline the majority class's accuracy plus eval.baseline_margin) and may
+    not fall more than eval.max_accuracy_drop below the last blessed model. Shared by
+    every classifier.
+
+    Args:
+      eval_config: the experiment's eval section.
+      baseline_accuracy: the majority class's accuracy (Task.baseline_metrics); needed
+        when eval.gate is baseline.
     """
     import tensorflow_model_analysis as tfma
 
-    accuracy_threshold = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(
-            lower_bound={"value": eval_config.accuracy_threshold}),
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -eval_config.max_accuracy_drop}))
+    accuracy_threshold = baselines.accuracy_threshold(
+        required_accuracy(eval_config, baseline_accuracy), eval_config.max_accuracy_drop)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
             signature_name=features.SERVING_DEFAULT_SIGNATURE,

@@ -21,6 +21,10 @@ SERVING_DIR = "serving"  # pushed models, <serving>/<model_name>/<version>/
 TRAINING_STATS_FILE = "training_stats.json"  # per-epoch history and throughput
 EFFECTIVE_CONFIG_FILE = "effective_config.yaml"  # the config the Trainer trained with
 
+# A file an ExampleGen writes into its examples artifact: the input files it left out
+# (data.bad_images: skip), {"count": n, "files": [{"file": path, "reason": text}]}.
+SKIPPED_INPUTS_FILE = "skipped_inputs.json"
+
 # Component ids of the pipeline (tfx node ids), as MLMD and the progress lines name them.
 EXAMPLE_GEN_ID = "ExampleGen"
 STATISTICS_GEN_ID = "StatisticsGen"

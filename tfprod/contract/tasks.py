@@ -10,6 +10,9 @@ class TaskName(str, enum.Enum):
     IMAGE_CLASSIFICATION = "image_classification"
     TEXT_CLASSIFICATION = "text_classification"
     FORECASTING = "forecasting"
+    # A CSV table: classification or regression of one column from the others
+    # (data.table.problem says which; both are one task, as the data decides).
+    TABLE = "table"
 
     def __str__(self) -> str:
         return self.value

@@ -14,7 +14,9 @@ Exported signatures (signatures.py):
                       TFMA scores the two baselines beside the model on the same windows.
 """
 
-from typing import Any, Callable, Dict, List, Tuple
+import fnmatch
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tfprod.contract.tasks import TaskName
 from tfprod.pipeline import config as config_lib
@@ -89,16 +91,41 @@ class ForecastingTask(Task):
         from tfprod.pipeline.ingestion import timeseries_example_gen
 
         return timeseries_example_gen.TimeSeriesExampleGen(
-            input_base=data_dir, file_pattern=experiment.data.time_series.file,
+            input_base=data_dir,
+            file_pattern=experiment.data.time_series.file or timeseries.ANY_CSV,
             spec=series_spec(experiment))
 
     def preflight(self, experiment: config_lib.ExperimentConfig) -> None:
         """Reads and checks the CSV, and that each split holds a window
-        (TimeSeriesFormatError naming the lines otherwise)."""
+        (TimeSeriesFormatError naming the lines otherwise).
+
+        When data.time_series.file matches nothing (or is null) and the directory holds
+        one CSV, that CSV is the series (timeseries.find_csv warns): its name goes into
+        data.time_series.file, so the ExampleGen reads it and config.yaml records it.
+        """
         spec = series_spec(experiment)
-        path = timeseries.find_csv(experiment.data.data_dir, experiment.data.time_series.file)
+        time_series = experiment.data.time_series
+        path = timeseries.find_csv(experiment.data.data_dir, time_series.file)
         series = timeseries.read_series(path, spec)
         timeseries.split_bounds(len(series), spec)
+        if time_series.file != os.path.basename(path) and not (
+                time_series.file and fnmatch.fnmatch(os.path.basename(path), time_series.file)):
+            time_series.file = os.path.basename(path)
+
+    def baseline_metrics(self, experiment: config_lib.ExperimentConfig) -> Dict[str, float]:
+        """{"mean_baseline_mae": the MAE of forecasting the train split's mean of the target
+        for every step of every test window}. Reads the CSV."""
+        from tfprod.pipeline.tasks import baselines
+
+        spec = series_spec(experiment)
+        try:
+            path = timeseries.find_csv(experiment.data.data_dir, experiment.data.time_series.file)
+        except timeseries.TimeSeriesFormatError as error:
+            raise config_lib.ConfigError(
+                f"eval.gate baseline reads the series before the run, and could not ({error}); "
+                "use --set eval.gate=absolute with --set eval.mae_threshold=MAE") from None
+        train, test_labels = timeseries.baseline_targets(timeseries.read_series(path, spec), spec)
+        return {baselines.MEAN_BASELINE_MAE: baselines.mean_predictor_mae(train, test_labels)}
 
     def transform_custom_config(self, experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
         time_series = experiment.data.time_series
@@ -142,23 +169,40 @@ class ForecastingTask(Task):
         return signatures.forecasting_warmup_requests(experiment)
 
     def eval_config(self, experiment: config_lib.ExperimentConfig):
-        return forecasting_eval_config(experiment.eval)
+        baseline = None
+        if experiment.eval.gate == config_lib.Gate.BASELINE:
+            from tfprod.pipeline.tasks import baselines
+
+            baseline = self.baseline_metrics(experiment)[baselines.MEAN_BASELINE_MAE]
+        return forecasting_eval_config(experiment.eval, baseline)
 
 
-def forecasting_eval_config(eval_config: config_lib.EvalConfig):
+def allowed_mae(eval_config: config_lib.EvalConfig, mean_baseline_mae: Optional[float]) -> float:
+    """The largest test MAE the gate blesses: eval.mae_threshold (absolute), or
+    (1 - eval.baseline_margin) x the train mean's MAE (baseline)."""
+    from tfprod.pipeline.tasks import baselines
+
+    if eval_config.gate == config_lib.Gate.BASELINE:
+        if mean_baseline_mae is None:
+            raise ValueError("eval.gate baseline needs the mean predictor's MAE")
+        return baselines.allowed_mae(mean_baseline_mae, eval_config.baseline_margin)
+    return eval_config.mae_threshold
+
+
+def forecasting_eval_config(eval_config: config_lib.EvalConfig,
+                            mean_baseline_mae: Optional[float] = None):
     """TFMA config: MAE and RMSE of the forecast and of both baselines, on the same windows.
 
-    Blessing gates on the forecast's MAE only: at most eval.mae_threshold, and at most
-    eval.max_mae_increase above the last blessed model's.
+    Blessing gates on the forecast's MAE only: at most allowed_mae (eval.mae_threshold,
+    or under eval.gate baseline (1 - eval.baseline_margin) x mean_baseline_mae), and at
+    most eval.max_mae_increase above the last blessed model's.
     """
     import tensorflow_model_analysis as tfma
 
-    mae_threshold = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(
-            upper_bound={"value": eval_config.mae_threshold}),
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.LOWER_IS_BETTER,
-            absolute={"value": eval_config.max_mae_increase}))
+    from tfprod.pipeline.tasks import baselines
+
+    mae_threshold = baselines.mae_threshold(allowed_mae(eval_config, mean_baseline_mae),
+                                            eval_config.max_mae_increase)
     metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="ExampleCount")])]
     for output, prefix in _OUTPUT_PREFIXES.items():
         mae = tfma.MetricConfig(class_name="MeanAbsoluteError",

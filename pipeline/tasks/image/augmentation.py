@@ -4,6 +4,9 @@ The transforms run in the Trainer's training input pipeline, on batches of trans
 images; they are never part of the model, so the exported serving signatures (and the
 eval split) see the images unchanged.
 
+Images are grayscale or RGB (data.image_channels); every transform works on either.
+
+- horizontal_flip: mirror left-right with probability 1/2 (photos; not for digits);
 - translate: random shifts of up to that fraction of the height and width, the same as
   a random crop of a zero-padded image;
 - rotation_degrees, contrast: random rotation and contrast per image;
@@ -84,6 +87,8 @@ def cutmix(images, labels, alpha: float, num_classes: int, seed: Optional[int] =
 
 def _geometric_layers(augmentation: config_lib.AugmentationConfig, seed: int):
     layers = []
+    if augmentation.horizontal_flip:
+        layers.append(tf.keras.layers.RandomFlip("horizontal", seed=seed + 3))
     if augmentation.translate > 0:
         layers.append(tf.keras.layers.RandomTranslation(
             augmentation.translate, augmentation.translate, fill_mode="constant", seed=seed))
@@ -110,7 +115,8 @@ def augment_dataset(dataset: tf.data.Dataset,
     layers = _geometric_layers(augmentation, seed)
 
     def augment(images, labels):
-        shaped = tf.reshape(images, [-1, data.image_height, data.image_width, 1])
+        shaped = tf.reshape(images, [-1, data.image_height, data.image_width,
+                                     data.image_channels])
         low, high = tf.reduce_min(images), tf.reduce_max(images)
         for layer in layers:
             shaped = layer(shaped, training=True)

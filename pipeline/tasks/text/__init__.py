@@ -23,7 +23,8 @@ TOKENS_TRANSFORMED_KEY = "tokens_xf"  # int64 [N, max_len], 0 = padding
 
 @register
 class TextClassificationTask(ClassificationTask):
-    """Texts with one label each; data.num_classes classes (labels of train.tsv)."""
+    """Texts with one label each; data.num_classes classes (labels of train.tsv; null in the
+    config = counted from train.tsv by preflight)."""
 
     name = TaskName.TEXT_CLASSIFICATION
     data_formats = (config_lib.DataFormat.TSV.value,)
@@ -43,10 +44,30 @@ class TextClassificationTask(ClassificationTask):
             num_classes=data.num_classes)
 
     def preflight(self, experiment: config_lib.ExperimentConfig) -> None:
-        """Reads train.tsv and test.tsv as the ExampleGen will (TsvFormatError on a bad row)."""
+        """Reads train.tsv and test.tsv as the ExampleGen will (TsvFormatError on a bad row).
+
+        With data.num_classes null, sets it to the number of distinct training labels, so
+        the ExampleGen, the model, the signatures and the saved config.yaml agree; a number
+        set in the config is checked against the labels instead.
+        """
         from tfprod.pipeline.ingestion import tsv
 
-        tsv.check_tsv_dir(experiment.data)
+        vocabulary = tsv.check_tsv_dir(experiment.data)
+        if experiment.data.num_classes is None:
+            experiment.data.num_classes = len(vocabulary)
+
+    def label_counts(self, experiment: config_lib.ExperimentConfig):
+        """The label column of train.tsv and test.tsv, counted by label as written."""
+        import os
+
+        from tfprod.pipeline.ingestion import tsv
+        from tfprod.pipeline.tasks import baselines
+        from tfprod.pipeline.tasks.classification import counts_for_eval_split
+
+        data = experiment.data
+        train, test = (baselines.count_labels(tsv.read_labels(data, os.path.join(
+            data.data_dir, name))) for name in (tsv.TRAIN_FILE, tsv.TEST_FILE))
+        return counts_for_eval_split(train, test, experiment.eval)
 
     def transform_custom_config(self, experiment: config_lib.ExperimentConfig) -> Dict[str, Any]:
         text = experiment.data.text
