@@ -4,7 +4,8 @@ ExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidato
 -> AnomaliesGate -> Transform -> [Tuner, when tuning.enabled] -> Trainer -> Evaluator
 (vs. the latest blessed model) -> Pusher -> TFLiteConverter (blessed models only;
 when mobile.enabled).
-Building it has no side effects: nothing is read or written.
+Building it writes nothing. It reads only what the task needs to settle its evaluation gate
+(with eval.gate: baseline, the labels of the raw data, to score the trivial baseline).
 """
 
 import json
