@@ -66,13 +66,16 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
     serving_model = export.load_serving_model(saved_model_dir)
     shape = export.image_input_shape(serving_model)
     height_width = shape.height, shape.width
-    train_images, _ = data.read_examples_split(
-        examples.uri, "train", *height_width, limit=max(5000, settings["calibration_samples"]),
-        channels=shape.channels)
-    calibration = data.calibration_sample(train_images, settings["calibration_samples"])
+    calibration = None
+    if "int8" in settings["modes"]:  # only full-integer quantization is calibrated
+        train_images, _ = data.read_examples_split(
+            examples.uri, "train", *height_width,
+            limit=max(5000, settings["calibration_samples"]), channels=shape.channels,
+            serving_model=serving_model)
+        calibration = data.calibration_sample(train_images, settings["calibration_samples"])
     test_images, test_labels = data.read_examples_split(
         examples.uri, "test", *height_width, limit=settings["test_examples"],
-        channels=shape.channels)
+        channels=shape.channels, serving_model=serving_model)
     destination = tflite_dir(output_dir, model_name, version)
     result = export.export_tflite(
         saved_model_dir, destination, model_name, version, calibration, test_images,

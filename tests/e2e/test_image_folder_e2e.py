@@ -60,7 +60,11 @@ def photo_run(tmp_path_factory):
     assert str(corrupt) in stopped.stderr and "data.bad_images=skip" in stopped.stderr
     assert not (root / "stopped" / "pipeline").exists()  # stopped before TFX started
 
-    result = tfprod_run(data_dir, root / "run", "--set", "data.bad_images=skip")
+    # The TFLite step too, in the two modes that need no calibration (31 photos are fewer
+    # than int8 calibration's minimum of 100).
+    result = tfprod_run(data_dir, root / "run", "--set", "data.bad_images=skip",
+                        "--set", "mobile.enabled=true", "--set", "mobile.modes=[float32, dynamic]",
+                        "--set", "mobile.latency_examples=5")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"{corrupt}:" in result.stdout  # the summary printed at the end lists it
     return json.loads((root / "run" / "run_summary.json").read_text()), corrupt
@@ -80,6 +84,25 @@ def test_run_skips_the_corrupt_file_and_pushes_a_photo_model(photo_run):
     # The report shows the sample photos in colour, with class names.
     report = pathlib.Path(summary["report_path"]).read_text(encoding="utf-8")
     assert "Sample images" in report and all(name in report for name in CLASSES)
+
+
+def test_the_tflite_step_converts_the_photo_model(photo_run):
+    """The TFLiteConverter reads the photo test split through the model's own Transform
+    graph (decode, resize, crop) and verifies the files against the SavedModel."""
+    summary, _ = photo_run
+    assert set(summary["tflite_models"]) == {"float32", "dynamic"}
+    report = json.loads(pathlib.Path(summary["tflite_report"]["json"]).read_text())
+    assert report["test_examples"] == 16
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=summary["tflite_models"]["float32"])
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, SIZE, SIZE, 3]
+    for model in report["models"]:
+        for result in model["runtimes"].values():
+            # Same pixels into both: the float32 file answers like the SavedModel.
+            if model["mode"] == "float32":
+                assert result["top1_agreement"] == 1.0, model
+            assert 0.0 <= result["accuracy"] <= 1.0
 
 
 def test_signatures_agree_on_bytes_examples_and_pixels(photo_run):
