@@ -246,18 +246,11 @@ def gate_record(experiment: config_lib.ExperimentConfig,
     record: Dict[str, Any] = {baselines.GATE_KIND: evaluation.gate.value}
     if evaluation.gate == config_lib.Gate.BASELINE:
         record[baselines.GATE_MARGIN] = evaluation.baseline_margin
-    if baselines.BASELINE_ACCURACY in baseline:
-        from tfprod.pipeline.tasks import classification
+    from tfprod.pipeline import tasks
 
-        record[baselines.GATE_METRIC] = classification.ACCURACY_METRIC
-        record[baselines.GATE_REQUIRED] = classification.required_accuracy(
-            evaluation, baseline[baselines.BASELINE_ACCURACY])
-    elif baselines.MEAN_BASELINE_MAE in baseline:
-        from tfprod.pipeline.tasks import forecasting
-
-        record[baselines.GATE_METRIC] = forecasting.MAE_METRIC
-        record[baselines.GATE_REQUIRED] = forecasting.allowed_mae(
-            evaluation, baseline[baselines.MEAN_BASELINE_MAE])
+    bound = tasks.get_task(experiment).gate_bound(experiment, baseline)
+    if bound is not None:
+        record[baselines.GATE_METRIC], record[baselines.GATE_REQUIRED] = bound
     record.update(baseline)
     return record
 

@@ -299,3 +299,28 @@ def test_table_models_take_numeric_and_categorical_inputs(name, num_classes):
                                     num_classes=num_classes, categorical_cardinalities=(5,))
     model = registry.build_model(config_lib.ModelConfig(name=name), only_ids)
     assert model({"categorical_xf": np.array([[1], [4]])}).shape[0] == 2
+
+
+@pytest.mark.parametrize("gate, mae_threshold, expected", [
+    ("absolute", None, 2.0),  # no threshold: the model must still beat the train mean
+    ("absolute", 10.0, 2.0),  # a loose threshold: the mean baseline is the tighter bound
+    ("absolute", 1.5, 1.5),  # a tight threshold binds
+    ("baseline", None, 1.9),  # (1 - margin 0.05) x the mean baseline's MAE
+])
+def test_the_run_summary_records_the_regression_bound_the_evaluator_applies(
+        tmp_path, gate, mae_threshold, expected):
+    """run_summary.json's `gate.required` is the bound regression_eval_config gates on."""
+    from tfprod.pipeline import summary
+    from tfprod.pipeline.tasks.table import evaluation
+
+    rows = [["a", str(value)] for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)]
+    data_dir = write_table(tmp_path / "t", train=rows, test=rows[:2], header=["kind", "size"])
+    experiment = config_lib.load_config(
+        str(REPO_ROOT / "configs" / "penguins_mlp.yaml"),
+        [f"data.data_dir={data_dir}", "data.table.label_column=size",
+         "data.table.problem=regression", f"eval.gate={gate}", "eval.baseline_margin=0.05",
+         f"eval.mae_threshold={'null' if mae_threshold is None else mae_threshold}"])
+    record = summary.gate_record(experiment, {"mean_baseline_mae": 2.0})
+    assert record["metric"] == "mae"
+    assert record["required"] == pytest.approx(expected)
+    assert record["required"] == pytest.approx(evaluation.allowed_mae(experiment.eval, 2.0))

@@ -150,6 +150,28 @@ class Task(abc.ABC):
             f"eval.gate: the {self.name.value} task has no trivial baseline to gate on; "
             "use --set eval.gate=absolute")
 
+    def gate_bound(self, experiment: config_lib.ExperimentConfig,
+                   baseline: Dict[str, float]) -> Optional[Tuple[str, float]]:
+        """(metric, the bound its eval config gates on) for run_summary.json's `gate`.
+
+        The default covers classifiers (the accuracy they must reach) and forecasters (the
+        MAE they may not exceed); a task whose eval config bounds its metric otherwise says
+        so here. None when the baseline is unknown.
+        """
+        from tfprod.pipeline.tasks import baselines
+
+        if baselines.BASELINE_ACCURACY in baseline:
+            from tfprod.pipeline.tasks import classification
+
+            return classification.ACCURACY_METRIC, classification.required_accuracy(
+                experiment.eval, baseline[baselines.BASELINE_ACCURACY])
+        if baselines.MEAN_BASELINE_MAE in baseline:
+            from tfprod.pipeline.tasks import forecasting
+
+            return forecasting.MAE_METRIC, forecasting.allowed_mae(
+                experiment.eval, baseline[baselines.MEAN_BASELINE_MAE])
+        return None
+
     def supports_mobile(self) -> bool:
         """Whether the TFLiteConverter component can convert this task's models."""
         return False

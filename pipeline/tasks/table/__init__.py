@@ -227,6 +227,17 @@ class TableTask(ClassificationTask):
             evaluation.add_binary_metrics(config)
         return config
 
+    def gate_bound(self, experiment: config_lib.ExperimentConfig,
+                   baseline: Dict[str, float]) -> Optional[Tuple[str, float]]:
+        """Regression: the MAE bound regression_eval_config gates on, which under the
+        absolute gate is the smaller of eval.mae_threshold and the mean baseline's MAE."""
+        if not is_regression(experiment) or MEAN_BASELINE_MAE_METRIC not in baseline:
+            return super().gate_bound(experiment, baseline)
+        from tfprod.pipeline.tasks.table import evaluation
+
+        return MAE_METRIC, evaluation.allowed_mae(
+            experiment.eval, baseline[MEAN_BASELINE_MAE_METRIC])
+
     def supports_mobile(self) -> bool:
         return False
 
