@@ -15,11 +15,7 @@ import numpy as np
 
 from tfprod import errors
 from tfprod.mobile import convert, metadata, verify
-from tfprod.contract import features
-
-
-#: The class names a task saves with its SavedModel, one per line (see saved_model_labels).
-LABELS_ASSET = "labels.txt"
+from tfprod.contract import features, layout
 
 
 class ExportError(errors.ConfigError, RuntimeError):
@@ -105,7 +101,7 @@ def saved_model_labels(saved_model_dir: str) -> Optional[List[str]]:
     Line i names class i. A task that knows names for its class ids (e.g. image
     folders: the folder names) writes this file as a SavedModel asset.
     """
-    path = os.path.join(saved_model_dir, "assets", LABELS_ASSET)
+    path = os.path.join(saved_model_dir, layout.LABELS_ASSET)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as handle:
@@ -204,7 +200,7 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
     labels, labels_from = options.labels, "options.labels"
     if not labels:
         labels, labels_from = saved_model_labels(saved_model_dir), \
-            os.path.join(saved_model_dir, "assets", LABELS_ASSET)
+            os.path.join(saved_model_dir, layout.LABELS_ASSET)
     labels = list(labels or [str(index) for index in range(num_classes)])
     if len(labels) != num_classes:
         raise ExportError(f"{len(labels)} labels given (from {labels_from}) for a model with "

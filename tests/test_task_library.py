@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfprod.contract import features
+from tfprod.contract import features, layout
 from tfprod.mobile import export, metadata
 from tfprod.mobile.verify import TfliteClassifier
 from tests.conftest import REPO_ROOT, SHARED_DATA
@@ -116,7 +116,7 @@ def build_saved_model(directory: pathlib.Path, images: np.ndarray, labels: np.nd
             raw_to_features=lambda image: {features.IMAGE_KEY: tf.cast(
                 tf.round(tf.reshape(image, [-1, size])), tf.int64)})
     if class_names:
-        labels_path = directory / export.LABELS_ASSET
+        labels_path = directory / layout.LABELS_FILE_NAME
         labels_path.write_text("".join(f"{name}\n" for name in class_names))
         model.class_labels = tf.saved_model.Asset(str(labels_path))
     saved_model_dir = str(directory / "saved_model")

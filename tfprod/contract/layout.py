@@ -38,6 +38,11 @@ EVALUATOR_ID = "Evaluator"
 PUSHER_ID = "Pusher"
 TFLITE_CONVERTER_ID = "TFLiteConverter"
 
+# A classifier's SavedModel asset of class names, one per line (line i = class id i); the
+# TFLite metadata's labels file is the same list.
+LABELS_ASSET = os.path.join("assets", "labels.txt")
+LABELS_FILE_NAME = "labels.txt"
+
 # TF Serving replays these requests when it loads a version (SavedModel warm-up).
 WARMUP_DIRECTORY = "assets.extra"
 WARMUP_FILE_NAME = "tf_serving_warmup_requests"

@@ -29,13 +29,12 @@ from typing import Dict, List
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from tfprod.contract import features
+from tfprod.contract import features, layout
 from tfprod.pipeline.tasks import signatures
 from tfprod.pipeline.tasks.image import preprocessing
 
-# The SavedModel asset of the class names (line i = class id i); the TFLite metadata's
-# labels file is the same list.
-LABELS_FILE = "labels.txt"
+# The SavedModel asset of the class names (tfprod.contract.layout).
+LABELS_FILE = layout.LABELS_FILE_NAME
 PIXELS_INPUT = "pixels"
 
 
