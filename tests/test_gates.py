@@ -97,6 +97,19 @@ def test_idx_label_counts_give_the_majority_class_of_the_files(tiny_idx_dir, mni
         task.eval_config(experiment)
 
 
+def test_idx_preflight_takes_the_number_of_classes_from_the_labels(tiny_idx_dir, mnist_sample):
+    """data.num_classes: null on IDX data: the training labels (class ids 0..K-1) set it."""
+    experiment = config_lib.load_config(str(MNIST_CONFIG), [
+        f"data.data_dir={tiny_idx_dir}", "data.num_classes=null"])
+    tasks.get_task(experiment).preflight(experiment)
+    assert experiment.data.num_classes == int(mnist_sample[1][:500].max()) + 1 == 10
+    tfds = config_lib.load_config(str(MNIST_CONFIG), [
+        "data.source=tfds", "data.tfds_name=mnist:3.0.1", f"data.tfds_data_dir={tiny_idx_dir}",
+        "data.num_classes=null"])
+    with pytest.raises(config_lib.ConfigError, match=r"--set data.num_classes=K"):
+        tasks.get_task(tfds).preflight(tfds)
+
+
 def test_the_gate_keys_are_checked_and_absolute_stays_the_default():
     experiment = config_lib.load_config(str(MNIST_CONFIG))
     assert experiment.eval.gate == config_lib.Gate.ABSOLUTE

@@ -81,16 +81,24 @@ class ImageClassificationTask(ClassificationTask):
         if data.source == config_lib.DataSource.TFDS:
             from tfprod.pipeline.ingestion.tfds import dataset as tfds_dataset
 
+            if data.num_classes is None:
+                raise config_lib.ConfigError(
+                    "data.num_classes: a TFDS source needs the number of classes; pass "
+                    "--set data.num_classes=K")
             tfds_dataset.check_source(data)
             return
         try:
             idx.check_idx_dir(data.data_dir)
         except FileNotFoundError as error:
             raise config_lib.ConfigError(f"data.data_dir: {error}") from None
+        train_labels = None
         for images, labels in ((idx.TRAIN_IMAGES, idx.TRAIN_LABELS),
                                (idx.TEST_IMAGES, idx.TEST_LABELS)):
-            idx.read_image_label_pair(os.path.join(data.data_dir, images),
-                                      os.path.join(data.data_dir, labels))
+            _, read = idx.read_image_label_pair(os.path.join(data.data_dir, images),
+                                                os.path.join(data.data_dir, labels))
+            train_labels = read if train_labels is None else train_labels
+        if data.num_classes is None:  # IDX labels are class ids 0..K-1
+            data.num_classes = int(train_labels.max()) + 1
 
     def label_counts(self, experiment: config_lib.ExperimentConfig):
         """IDX: the train and t10k label files (TFDS: ClassificationTask's ConfigError).
