@@ -40,6 +40,8 @@ EXPECTED = {
     ("tfprod.kubeflow.errors", "ManifestError"): (CONFIG, ()),
     ("tfprod.contract.idx", "IdxFormatError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.tsv", "TsvFormatError"): (DATA, (ValueError,)),
+    ("tfprod.pipeline.ingestion.table", "TableFormatError"): (DATA, (ValueError,)),
+    ("tfprod.pipeline.ingestion.image_folder", "ImageFolderError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.timeseries", "TimeSeriesFormatError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.validation", "DataValidationError"): (DATA, (RuntimeError,)),
     ("tfprod.pipeline.local_runner", "PipelineDataError"): (DATA, ()),
