@@ -26,17 +26,15 @@ docs/benchmarks/photo_bench.md is rewritten from it.
 """
 
 import argparse
-import datetime
 import glob
 import json
 import os
 import pathlib
-import shlex
-import subprocess
 import sys
 import tempfile
 from typing import Dict, List, Sequence
 
+from bench import pipeline_run
 from bench.machine import describe as describe_machine
 
 import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
@@ -87,23 +85,8 @@ def run_variant(variant: str, data_dir: str, output_root: str, overrides: Sequen
     """One `tfprod run` of the config on data_dir; returns its figures."""
     key = f"{variant}_{label}" if label else variant
     output_dir = os.path.join(output_root, key)
-    command = [os.path.join(os.path.dirname(sys.executable), "tfprod"), "run", "--config",
-               CONFIG, "--data-dir", data_dir, "--output-dir", output_dir]
-    for override in overrides:
-        command += ["--set", override]
-    load_before = os.getloadavg()
-    started = datetime.datetime.now(datetime.timezone.utc)
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    summary_path = os.path.join(output_dir, "run_summary.json")
-    if not os.path.exists(summary_path):
-        raise RuntimeError(f"{key}: no run summary; exit {result.returncode}\n"
-                           f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    with open(summary_path, encoding="utf-8") as handle:
-        summary = json.load(handle)
-    stats_files = glob.glob(os.path.join(summary.get("artifacts", {}).get("model_run", ""),
-                                         "training_stats.json"))
-    stats = json.load(open(stats_files[0], encoding="utf-8")) if stats_files else {}
+    run = pipeline_run.run_config(CONFIG, data_dir, output_dir, overrides, key)
+    summary, stats = run.summary, run.stats
     epochs = stats.get("epochs", [])
     metrics = summary.get("metrics", {})
     return {
@@ -112,11 +95,10 @@ def run_variant(variant: str, data_dir: str, output_root: str, overrides: Sequen
         "label": label,
         "config": CONFIG,
         "overrides": list(overrides),
-        "command": " ".join(shlex.quote(part) for part in ["tfprod"] + command[1:]
-                            ).replace(output_dir, "OUT/" + key),
-        "exit_code": result.returncode,
+        "command": run.display_command({output_dir: "OUT/" + key}),
+        "exit_code": run.exit_code,
         "status": summary["status"],
-        "started_utc": started.isoformat(timespec="seconds"),
+        "started_utc": run.started.isoformat(timespec="seconds"),
         "test_accuracy": metrics.get("accuracy"),
         "baseline_accuracy": metrics.get("baseline_accuracy"),
         "test_examples": metrics.get("example_count"),
@@ -130,7 +112,7 @@ def run_variant(variant: str, data_dir: str, output_root: str, overrides: Sequen
         if epochs else summary.get("component_seconds", {}).get("Trainer"),
         "component_seconds": summary.get("component_seconds", {}),
         "total_seconds": summary.get("total_seconds"),
-        "load_average_before": [round(value, 2) for value in load_before],
+        "load_average_before": [round(value, 2) for value in run.load_before],
     }
 
 

@@ -20,16 +20,13 @@ docs/benchmarks/table_bench.md is rewritten from it.
 
 import argparse
 import csv
-import datetime
-import glob
 import json
 import os
 import pathlib
-import shlex
-import subprocess
 import sys
 import tempfile
 
+from bench import pipeline_run
 from bench.machine import describe as describe_machine
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -59,36 +56,20 @@ def run_model(model: str, data_dir: str, output_root: str, overrides, label: str
     """Runs the config with model.name=model through `tfprod run`; returns its figures."""
     key = f"{model}_{label}" if label else model
     output_dir = os.path.join(output_root, key)
-    command = [os.path.join(os.path.dirname(sys.executable), "tfprod"), "run", "--config",
-               f"configs/{CONFIG}.yaml", "--data-dir", data_dir, "--output-dir", output_dir,
-               "--set", f"model.name={model}", "--set", f"export.model_name={CONFIG}_{model}"]
-    for override in overrides:
-        command += ["--set", override]
-    load_before = os.getloadavg()
-    started = datetime.datetime.now(datetime.timezone.utc)
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    load_after = os.getloadavg()
-    summary_path = os.path.join(output_dir, "run_summary.json")
-    if not os.path.exists(summary_path):
-        raise RuntimeError(f"{model}: no run summary; exit {result.returncode}\n"
-                           f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    with open(summary_path, encoding="utf-8") as handle:
-        summary = json.load(handle)
-    stats_files = glob.glob(os.path.join(summary.get("artifacts", {}).get("model_run", ""),
-                                         "training_stats.json"))
-    stats = json.load(open(stats_files[0], encoding="utf-8")) if stats_files else {}
+    run = pipeline_run.run_config(
+        f"configs/{CONFIG}.yaml", data_dir, output_dir,
+        [f"model.name={model}", f"export.model_name={CONFIG}_{model}", *overrides], model)
+    summary, stats = run.summary, run.stats
     accuracy = summary["metrics"].get("accuracy")
     return {
         "config": f"configs/{CONFIG}.yaml",
         "model": model,
         "label": label,
         "overrides": list(overrides),
-        "command": " ".join(shlex.quote(part) for part in ["tfprod"] + command[1:])
-                      .replace(output_dir, "OUT/" + key).replace(data_dir, "DATA"),
-        "exit_code": result.returncode,
+        "command": run.display_command({output_dir: "OUT/" + key, data_dir: "DATA"}),
+        "exit_code": run.exit_code,
         "status": summary["status"],
-        "started_utc": started.isoformat(timespec="seconds"),
+        "started_utc": run.started.isoformat(timespec="seconds"),
         "test_accuracy": accuracy,
         "test_examples": summary["metrics"].get("example_count"),
         "meets_goal": (accuracy or 0) >= ACCURACY_GOAL,
@@ -100,8 +81,8 @@ def run_model(model: str, data_dir: str, output_root: str, overrides, label: str
         "trainer_component_seconds": summary["component_seconds"].get("Trainer"),
         "pipeline_seconds": summary["total_seconds"],
         "component_seconds": summary["component_seconds"],
-        "load_average_before": load_before,
-        "load_average_after": load_after,
+        "load_average_before": run.load_before,
+        "load_average_after": run.load_after,
     }
 
 

@@ -19,16 +19,13 @@ docs/benchmarks/text_bench.md is rewritten from it, so configs can be run one at
 """
 
 import argparse
-import datetime
-import glob
 import json
 import os
 import pathlib
-import shlex
-import subprocess
 import sys
 import tempfile
 
+from bench import pipeline_run
 from bench.machine import describe as describe_machine
 
 import tfprod  # noqa: E402,F401  (sets the Keras 2 switch before TensorFlow is imported)
@@ -44,34 +41,17 @@ ACCURACY_GOAL = 0.80
 def run_config(name: str, data_dir: str, output_root: str, overrides, label: str = "") -> dict:
     """Runs one config with `tfprod run`; returns its figures."""
     output_dir = os.path.join(output_root, f"{name}_{label}" if label else name)
-    command = [os.path.join(os.path.dirname(sys.executable), "tfprod"), "run", "--config",
-               f"configs/{name}.yaml", "--data-dir", data_dir, "--output-dir", output_dir]
-    for override in overrides:
-        command += ["--set", override]
-    load_before = os.getloadavg()
-    started = datetime.datetime.now(datetime.timezone.utc)
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    load_after = os.getloadavg()
-    summary_path = os.path.join(output_dir, "run_summary.json")
-    if not os.path.exists(summary_path):
-        raise RuntimeError(f"{name}: no run summary; exit {result.returncode}\n"
-                           f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    with open(summary_path, encoding="utf-8") as handle:
-        summary = json.load(handle)
-    stats_files = glob.glob(os.path.join(summary["artifacts"]["model_run"],
-                                         "training_stats.json"))
-    stats = json.load(open(stats_files[0], encoding="utf-8")) if stats_files else {}
+    run = pipeline_run.run_config(f"configs/{name}.yaml", data_dir, output_dir, overrides, name)
+    summary, stats = run.summary, run.stats
     history = stats.get("history", {})
     return {
         "config": f"configs/{name}.yaml",
         "label": label,
         "overrides": list(overrides),
-        "command": " ".join(shlex.quote(part) for part in
-                            ["tfprod"] + command[1:]).replace(output_dir, "OUT/" + name),
-        "exit_code": result.returncode,
+        "command": run.display_command({output_dir: "OUT/" + name}),
+        "exit_code": run.exit_code,
         "status": summary["status"],
-        "started_utc": started.isoformat(timespec="seconds"),
+        "started_utc": run.started.isoformat(timespec="seconds"),
         "test_accuracy": summary["metrics"].get("accuracy"),
         "test_examples": summary["metrics"].get("example_count"),
         "meets_goal": (summary["metrics"].get("accuracy") or 0) >= ACCURACY_GOAL,
@@ -84,8 +64,8 @@ def run_config(name: str, data_dir: str, output_root: str, overrides, label: str
         "trainer_component_seconds": summary["component_seconds"].get("Trainer"),
         "pipeline_seconds": summary["total_seconds"],
         "component_seconds": summary["component_seconds"],
-        "load_average_before": load_before,
-        "load_average_after": load_after,
+        "load_average_before": run.load_before,
+        "load_average_after": run.load_after,
     }
 
 
