@@ -134,10 +134,11 @@ def write_results(results: List[Dict], results_dir: pathlib.Path, data_dir: str,
         "keeping its aspect ratio and center-crops it). `square`: every photo first stretched "
         f"to {square_size}x{square_size} by the benchmark (no aspect-ratio or size cue). "
         f"Goal: test accuracy >= {ACCURACY_GOAL}. Fit time: the Trainer's epochs, without "
-        "validation.", "",
+        "validation. Times are comparable between rows only at a similar load average "
+        "(the last column: the 1-minute load when the run started).", "",
         "| run | test accuracy | majority class | blessed | epochs | fit s | total s | "
-        "train/eval/test | command |",
-        "|---|---:|---:|---|---:|---:|---:|---|---|",
+        "train/eval/test | command | load before |",
+        "|---|---:|---:|---|---:|---:|---:|---|---|---:|",
     ]
     for key, run in sorted(stored["runs"].items()):
         def fmt(value, digits=4):
@@ -146,7 +147,8 @@ def write_results(results: List[Dict], results_dir: pathlib.Path, data_dir: str,
             f"| {key} | {fmt(run['test_accuracy'])} | {fmt(run['baseline_accuracy'])} | "
             f"{run['blessed']} | {run['epochs_run']} | {fmt(run['fit_seconds'], 1)} | "
             f"{fmt(run['total_seconds'], 1)} | {run['train_examples']}/{run['eval_examples']}/"
-            f"{run['test_examples']} | `{run['command']}` |")
+            f"{run['test_examples']} | `{run['command']}` | "
+            f"{fmt((run.get('load_average_before') or ['?'])[0], 2)} |")
     machine = stored["machine"]
     lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}, "
               f"Python {machine['python']}, TensorFlow {machine['tensorflow']}, GPUs "
