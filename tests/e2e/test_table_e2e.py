@@ -192,3 +192,65 @@ def test_regression_run_reports_mae_rmse_and_beats_the_mean(tmp_path):
               "year": tf.constant([2008.0])}
     prediction = model.signatures["serving_raw"](**gentoo)["prediction"].numpy()
     assert prediction.shape == (1,) and 2000 < prediction[0] < 8000
+
+
+def _auc(scores, positives):
+    """Area under the ROC curve by ranks (ties count half)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives, dtype=bool)
+    pos, neg = scores[positives], scores[~positives]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return greater / (len(pos) * len(neg))
+
+
+def test_binary_run_reports_auc_precision_recall_of_class_1(tmp_path):
+    """The penguins' sex as a two-class label (rows without one left out): the summary has
+    TFMA's auc, precision and recall of class 1 (`male`, the second sorted class), and they
+    match the same figures computed here from the pushed model's serving_raw answers on
+    test.csv (threshold 0.5 on class 1's probability)."""
+    data_dir = tmp_path / "penguins_sex"
+    data_dir.mkdir()
+    test_rows = []
+    for name in ("train.csv", "test.csv"):
+        with open(SAMPLE_DIR / name, newline="") as source:
+            rows = list(csv.DictReader(source))
+        kept = [row for row in rows if row["sex"]]
+        with open(data_dir / name, "w", newline="") as target:
+            writer = csv.DictWriter(target, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(kept)
+        if name == "test.csv":
+            test_rows = kept
+    output_dir = tmp_path / "run"
+    result = run_tfprod(["--data-dir", str(data_dir), "--set", "data.table.label_column=sex",
+                         *SMALL_RUN], output_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((output_dir / "run_summary.json").read_text())
+    metrics = summary["metrics"]
+    assert summary["data"]["problem"] == "classification"
+    assert {"accuracy", "auc", "precision", "recall"} <= set(metrics), metrics
+
+    # The pushed model when blessed, else the Trainer's (the metrics are the same model's).
+    model_dir = summary["pushed_model_dir"] or os.path.join(summary["artifacts"]["model"],
+                                                            "Format-Serving")
+    model = tf.saved_model.load(model_dir)
+    inputs = {}
+    for column in ("bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g",
+                   "year"):
+        inputs[column] = tf.constant([float(row[column]) if row[column] not in ("", "NA")
+                                      else math.nan for row in test_rows], tf.float32)
+    for column in ("species", "island"):
+        inputs[column] = tf.constant([row[column] for row in test_rows])
+    outputs = model.signatures["serving_raw"](**inputs)
+    assert set(outputs["class_name"].numpy()) <= {b"female", b"male"}
+    male = outputs["probabilities"].numpy()[:, 1]
+    actual = np.array([row["sex"] == "male" for row in test_rows])
+    predicted = male > 0.5
+    true_positives = int((predicted & actual).sum())
+    if predicted.any():
+        assert metrics["precision"] == pytest.approx(true_positives / predicted.sum(), abs=1e-3)
+    assert metrics["recall"] == pytest.approx(true_positives / actual.sum(), abs=1e-3)
+    # TFMA's AUC is a Riemann sum over 10,000 thresholds: close to the exact rank AUC.
+    assert metrics["auc"] == pytest.approx(_auc(male, actual), abs=0.01)
+    # Sex from bill, flipper and mass is far from a coin toss even after 3 epochs.
+    assert metrics["auc"] > 0.6
