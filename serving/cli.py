@@ -45,6 +45,14 @@ def register(subparsers) -> None:
     serve.add_argument("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout")
     serve.add_argument("--max_request_bytes", type=int, default=16 * 1024 * 1024,
                        help="largest request body or message accepted (tfprod only)")
+    serve.add_argument("--max_request_tensor_bytes", type=int, default=None,
+                       help="largest decoded size of one request's input tensors, checked before allocating "
+                            "(tfprod only; default twice --max_request_bytes)")
+    serve.add_argument("--enable_model_config_reload", type=_bool_flag, nargs="?", const=True, default=None,
+                       help="allow ModelService.HandleReloadConfigRequest, which has no authentication "
+                            "(tfprod only; default: true when --host is a loopback address, else false)")
+    serve.add_argument("--allow_empty_model_config", type=_bool_flag, nargs="?", const=True, default=False,
+                       help="let a config reload remove every model (tfprod only)")
     serve.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                        help="threads TensorFlow spreads one op over (0: as many as cores)")
     serve.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
@@ -85,6 +93,9 @@ def _serve_command(args: argparse.Namespace) -> int:
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_request_bytes=args.max_request_bytes,
         drain_seconds=args.drain_seconds, enable_model_warmup=args.enable_model_warmup,
+        max_request_tensor_bytes=args.max_request_tensor_bytes,
+        enable_model_config_reload=args.enable_model_config_reload,
+        allow_empty_model_config=args.allow_empty_model_config,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism)
     server = ModelServer(options)  # a bad flag or config file: ConfigFileError, a ConfigError

@@ -63,6 +63,14 @@ class InvalidArgumentError(ServingError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class TensorTooLargeError(InvalidArgumentError):
+    """A request's tensors would decode to more than --max_request_tensor_bytes (checked before allocating)."""
+
+    def __init__(self, what: str, size: int, max_bytes: int):
+        super().__init__(f"{what} would take {size:,} bytes decoded, over the server's limit of {max_bytes:,} "
+                         "bytes per request (--max_request_tensor_bytes); send fewer examples per request")
+
+
 class NotFoundError(ServingError):
     """The model, version, label or signature named in the request does not exist."""
 

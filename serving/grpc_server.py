@@ -79,10 +79,9 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
     async def Predict(self, request: predict_pb2.PredictRequest, context):
         async def handle(record):
             name, version, label = _spec(request.model_spec)
-            inputs = protocol.arrays_from_tensor_protos(request.inputs)
-            served, signature, outputs = await self.service.predict_async(
-                record, name, version, label, request.model_spec.signature_name, inputs,
-                list(request.output_filter), _remaining(context), strict_dtypes=True)
+            served, signature, outputs = await self.service.predict_tensor_protos_async(
+                record, name, version, label, request.model_spec.signature_name, request.inputs,
+                list(request.output_filter), _remaining(context))
             response = predict_pb2.PredictResponse()
             _fill_spec(response.model_spec, name, served, signature)
             for key, value in outputs.items():
@@ -189,7 +188,7 @@ class ModelServicer(_Base, model_service_pb2_grpc.ModelServiceServicer):
 
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         def handle(record):
-            self.service.manager.reload_config(request.config)
+            self.service.reload_config(request.config)
             return model_management_pb2.ReloadConfigResponse()
         return await self._run("reload_config", context, handle)
 

@@ -22,6 +22,7 @@ from tfprod.serving.errors import InvalidArgumentError
 ROW_FORMAT = "row"
 COLUMNAR_FORMAT = "columnar"
 SINGLE_INPUT = None  # key of an unnamed input: the signature's only input
+MAX_RANK = 32  # numpy's (1.x) largest number of dimensions: deeper lists are refused, not a 500
 
 
 def parse_json_object(body: bytes) -> Dict[str, Any]:
@@ -35,6 +36,8 @@ def parse_json_object(body: bytes) -> Dict[str, Any]:
     except json.JSONDecodeError as error:
         raise InvalidArgumentError(f"JSON Parse error: {error.msg} at line {error.lineno} column {error.colno}") \
             from error
+    except RecursionError as error:  # Python's parser stops at about 1,000 nested arrays or objects
+        raise InvalidArgumentError("JSON Parse error: arrays or objects nested too deep") from error
     if not isinstance(value, dict):
         raise InvalidArgumentError("JSON Value is not an object: the body must be a JSON object")
     return value
@@ -59,28 +62,34 @@ def _decode_b64(value: Dict[str, Any]) -> bytes:
         raise InvalidArgumentError(f"'b64' value is not valid base64: {error}") from error
 
 
-def tensor_from_json(value: Any, name: str = "input") -> np.ndarray:
+def tensor_from_json(value: Any, name: str = "input", max_elements: Optional[int] = None) -> np.ndarray:
     """A JSON (nested list of) number/bool/string/{"b64"} value as a numpy array.
 
     Integers give int64, any non-integral number makes the tensor float64 (the
     server converts to the signature's dtype), strings and b64 give bytes (object).
+    Lists nest at most MAX_RANK deep; more than max_elements values are refused before
+    any array is built.
 
     Raises:
-        InvalidArgumentError: ragged lists, mixed types, empty or unsupported values.
+        InvalidArgumentError: ragged or too deep lists, mixed types, empty or unsupported
+            values, too many values.
     """
-    fast = _numeric_tensor_fast(value)
+    fast = _numeric_tensor_fast(value, name, max_elements)
     if fast is not None:
         return fast
     shape: Optional[List[int]] = None
     leaves: List[Any] = []
 
-    def walk(node: Any, depth: int, dims: List[int]) -> None:
+    def walk(node: Any, dims: List[int]) -> None:
         nonlocal shape
         if isinstance(node, list):
             if not node:
                 raise InvalidArgumentError(f"'{name}': empty lists are not allowed")
+            if len(dims) == MAX_RANK:
+                raise _too_deep(name)
+            child_dims = dims + [len(node)]  # one list per list, not per value
             for child in node:
-                walk(child, depth + 1, dims + [len(node)])
+                walk(child, child_dims)
             return
         if shape is None:
             shape = dims
@@ -88,8 +97,10 @@ def tensor_from_json(value: Any, name: str = "input") -> np.ndarray:
             raise InvalidArgumentError(f"'{name}': all lists at one level must have the same length "
                                        f"(found shapes {shape} and {dims})")
         leaves.append(node)
+        if max_elements is not None and len(leaves) > max_elements:
+            raise _too_many(name, max_elements)
 
-    walk(value, 0, [])
+    walk(value, [])
     kinds = set()
     converted = []
     for leaf in leaves:
@@ -125,17 +136,34 @@ def tensor_from_json(value: Any, name: str = "input") -> np.ndarray:
         else:
             dtype = np.int64
     array = np.empty(len(converted), dtype=dtype)
-    array[:] = converted
+    try:
+        array[:] = converted
+    except OverflowError as error:  # an integer beyond float64's range among fractions
+        raise InvalidArgumentError(f"'{name}': number out of range: {error}") from error
     return array.reshape(shape)
+
+
+def _too_deep(name: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"'{name}': lists nested more than {MAX_RANK} deep; a tensor has at most "
+                                f"{MAX_RANK} dimensions")
+
+
+def _too_many(name: str, max_elements: int) -> InvalidArgumentError:
+    return InvalidArgumentError(f"'{name}': more than {max_elements:,} values, over the server's limit on "
+                                "decoded request tensors (--max_request_tensor_bytes); send fewer examples per "
+                                "request")
 
 
 _INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
 
 
-def _numeric_tensor_fast(value: Any) -> Optional[np.ndarray]:
+def _numeric_tensor_fast(value: Any, name: str, max_elements: Optional[int]) -> Optional[np.ndarray]:
     """tensor_from_json for the common case, with C-speed loops: a regular nested list of numbers
     (or of booleans). Returns None for anything else (strings, b64, ragged or empty lists, mixed
     types, huge integers), which the general path then decodes or rejects with its errors.
+
+    The values are read into the array straight from the innermost lists (numpy.fromiter over
+    them), without a flat list of every value: that list alone took as much memory as the array.
     """
     shape = []
     level = [value]
@@ -146,27 +174,41 @@ def _numeric_tensor_fast(value: Any) -> Optional[np.ndarray]:
         lengths = set(map(len, level))
         if len(lengths) != 1 or 0 in lengths:
             return None
+        if len(shape) == MAX_RANK:
+            raise _too_deep(name)
         shape.append(lengths.pop())
+        count = math.prod(shape)
+        if max_elements is not None and count > max_elements:
+            raise _too_many(name, max_elements)
+        if not isinstance(level[0][0], list):  # the innermost lists: their values go into the array
+            types = set(map(type, itertools.chain.from_iterable(level)))
+            break
         level = list(itertools.chain.from_iterable(level))
+    if not shape:  # a scalar
+        count, level = 1, [[value]]
     if types <= {int, float}:
-        if types == {int}:
-            if min(level) <= _INT64_MIN or max(level) > _INT64_MAX:  # as the general path: |x| >= 2**63
-                return None
-            dtype = np.int64
-        else:
-            dtype = np.float64
+        dtype = np.int64 if types == {int} else np.float64
     elif types == {bool}:
         dtype = np.bool_
     else:
         return None
-    return np.array(level, dtype=dtype).reshape(shape)
+    try:
+        array = np.fromiter(itertools.chain.from_iterable(level), dtype=dtype, count=count)
+    except (OverflowError, ValueError):  # an integer beyond int64 or float64: the general path says so
+        return None
+    if dtype is np.int64 and count and array.min() == _INT64_MIN:  # as the general path: |x| >= 2**63 is float64
+        return None
+    return array.reshape(shape)
 
 
-def decode_predict_request(body: bytes) -> Tuple[str, str, Dict[Optional[str], np.ndarray]]:
+def decode_predict_request(body: bytes, max_elements: Optional[int] = None
+                           ) -> Tuple[str, str, Dict[Optional[str], np.ndarray]]:
     """Decodes a :predict body; returns (signature_name, format, inputs).
 
     inputs maps input names to arrays; the key SINGLE_INPUT (None) stands for the
-    signature's only input when the request does not name it.
+    signature's only input when the request does not name it. A tensor of more than
+    max_elements values is refused before its array is built (the server passes its
+    --max_request_tensor_bytes: every value takes at least one byte in any dtype).
 
     Raises:
         InvalidArgumentError: the body breaks TF Serving's request format.
@@ -184,24 +226,24 @@ def decode_predict_request(body: bytes) -> Tuple[str, str, Dict[Optional[str], n
         raise InvalidArgumentError("Missing 'inputs' or 'instances' key" if not has_instances else
                                    "Not both 'inputs' and 'instances' keys can be specified")
     if has_instances:
-        return signature_name, ROW_FORMAT, _decode_instances(request["instances"])
+        return signature_name, ROW_FORMAT, _decode_instances(request["instances"], max_elements)
     inputs = request["inputs"]
     if isinstance(inputs, dict) and not _is_b64(inputs):
         if not inputs:
             raise InvalidArgumentError("'inputs' is an empty object")
         return signature_name, COLUMNAR_FORMAT, {
-            str(key): tensor_from_json(value, str(key)) for key, value in inputs.items()}
-    return signature_name, COLUMNAR_FORMAT, {SINGLE_INPUT: tensor_from_json(inputs, "inputs")}
+            str(key): tensor_from_json(value, str(key), max_elements) for key, value in inputs.items()}
+    return signature_name, COLUMNAR_FORMAT, {SINGLE_INPUT: tensor_from_json(inputs, "inputs", max_elements)}
 
 
-def _decode_instances(instances: Any) -> Dict[Optional[str], np.ndarray]:
+def _decode_instances(instances: Any, max_elements: Optional[int]) -> Dict[Optional[str], np.ndarray]:
     if not isinstance(instances, list) or not instances:
         raise InvalidArgumentError("'instances' must be a non-empty list, one entry per example")
     named = [isinstance(item, dict) and not _is_b64(item) for item in instances]
     if any(named) and not all(named):
         raise InvalidArgumentError("'instances' mixes named (object) and unnamed entries")
     if not all(named):
-        return {SINGLE_INPUT: tensor_from_json(instances, "instances")}
+        return {SINGLE_INPUT: tensor_from_json(instances, "instances", max_elements)}
     keys = set().union(*instances)
     if not keys:
         raise InvalidArgumentError("'instances' entries are empty objects")
@@ -211,7 +253,7 @@ def _decode_instances(instances: Any) -> Dict[Optional[str], np.ndarray]:
         if any(value is None for value in column):
             result[key] = _column_with_missing(key, column, instances)
         else:
-            result[key] = tensor_from_json(column, key)
+            result[key] = tensor_from_json(column, key, max_elements)
     return result
 
 

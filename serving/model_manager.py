@@ -12,14 +12,14 @@ import dataclasses
 import gc
 import logging
 import os
+import re
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfprod.contract import layout
 from tfprod.serving import config as config_lib
 from tfprod.serving.config import BatchingParameters
 from tfprod.serving.errors import InvalidArgumentError, NotFoundError
@@ -29,6 +29,10 @@ from tfprod.serving.servable import Servable
 LOG = logging.getLogger(__name__)
 
 State = get_model_status_pb2.ModelVersionStatus.State
+
+VERSION_NAME = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() refuses
+MAX_VERSION = 2 ** 63 - 1  # versions are int64 in TF Serving's protos
+MAX_RETRY_BACKOFF_SECONDS = 60.0
 
 
 def freeze_long_lived_objects() -> None:
@@ -83,22 +87,41 @@ class VersionRecord:
     error: Optional[str] = None
     fingerprint: Tuple = ()
     servable: Optional[Servable] = None
+    failures: int = 0  # failed loads in a row
+    retry_after: float = 0.0  # time.monotonic() before which a failed version is not tried again
 
 
 def version_fingerprint(path: str) -> Tuple:
-    """Changes when a version directory is rewritten, so a failed load is retried."""
+    """(relative path, size, mtime) of every file and directory under a version: it changes when
+    any of them is written, added or removed, so a failed load is retried once the files change
+    (a version completed in place included), and never in a loop while they stay the same."""
     entries = []
-    for name in ("saved_model.pb", "saved_model.pbtxt", "variables", layout.WARMUP_DIRECTORY):
-        try:
-            stat = os.stat(os.path.join(path, name))
-            entries.append((name, stat.st_mtime_ns, stat.st_size))
-        except FileNotFoundError:
-            continue
+    for directory, subdirectories, files in os.walk(path):
+        subdirectories.sort()  # walked in a fixed order
+        for name in subdirectories + sorted(files):
+            full = os.path.join(directory, name)
+            try:
+                stat = os.stat(full)
+            except OSError:  # removed while we looked: the next poll sees the new state
+                continue
+            entries.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
 
 
-def versions_on_disk(base_path: str) -> Dict[int, str]:
-    """{version: directory} of the numeric subdirectories of base_path."""
+def retry_backoff(failures: int, poll_seconds: float) -> float:
+    """Seconds before a version that failed `failures` times in a row is loaded again (even if its
+    files changed): the poll interval, doubled per failure, at most MAX_RETRY_BACKOFF_SECONDS. A
+    version being written in place is then not reloaded (and its error logged) on every poll."""
+    return min(poll_seconds * 2 ** max(failures - 1, 0), MAX_RETRY_BACKOFF_SECONDS)
+
+
+def versions_on_disk(base_path: str, ignored: Optional[Set[str]] = None) -> Dict[int, str]:
+    """{version: directory} of the subdirectories of base_path named by ASCII digits (as TF Serving).
+
+    Other directories ("²", "1a", a version beyond int64) are not versions: each is logged once
+    (its path is added to `ignored`, when given, so later polls stay quiet). Hidden names (".tmp")
+    are skipped silently: pushers stage versions there before renaming them into place.
+    """
     try:
         names = os.listdir(base_path)
     except FileNotFoundError:
@@ -106,8 +129,15 @@ def versions_on_disk(base_path: str) -> Dict[int, str]:
     found = {}
     for name in names:
         path = os.path.join(base_path, name)
-        if name.isdigit() and os.path.isdir(path):
+        if not os.path.isdir(path):
+            continue
+        if VERSION_NAME.fullmatch(name) and int(name) <= MAX_VERSION:
             found[int(name)] = path
+        elif not name.startswith(".") and (ignored is None or path not in ignored):
+            LOG.warning("ignoring %r in %s: a version directory is named by a number (ASCII digits 0-9, "
+                        "at most %d)", name, base_path, MAX_VERSION)
+            if ignored is not None:
+                ignored.add(path)
     return found
 
 
@@ -137,6 +167,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()  # one poll (load/unload pass) at a time
         self._models: Dict[str, Dict[int, VersionRecord]] = {}
+        self._ignored_paths: Set[str] = set()  # directories already reported as not versions
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -174,16 +205,30 @@ class ModelManager:
             copy.CopyFrom(self._config)
             return copy
 
-    def reload_config(self, server_config: model_server_config_pb2.ModelServerConfig) -> None:
+    def reload_config(self, server_config: model_server_config_pb2.ModelServerConfig,
+                      allow_empty: bool = False) -> None:
         """Switches to a new model list (HandleReloadConfigRequest) and loads it before returning.
 
+        Args:
+            server_config: the new models.
+            allow_empty: accept a config without models, which unloads every model.
+
         Raises:
-            InvalidArgumentError: the new config is invalid.
+            InvalidArgumentError: the new config is invalid, has no models (unless allow_empty),
+                or names a base_path that is not a directory.
         """
         try:
             config_lib.validate_model_server_config(server_config, source="reload request")
         except config_lib.ConfigFileError as error:
             raise InvalidArgumentError(str(error)) from error
+        models = server_config.model_config_list.config
+        if not models and not allow_empty:
+            raise InvalidArgumentError("reload request: the config has no models, which would unload every "
+                                       "model; the server refuses it (tfprod serve --allow_empty_model_config)")
+        for model in models:
+            if not os.path.isabs(model.base_path) or not os.path.isdir(model.base_path):
+                raise InvalidArgumentError(f"reload request: model {model.name!r}: base_path {model.base_path!r} "
+                                           "is not an existing directory given by an absolute path")
         with self._lock:
             self._config = server_config
         self.poll_once()
@@ -209,19 +254,23 @@ class ModelManager:
                         del self._models[name]
 
     def _sync_model(self, model: model_server_config_pb2.ModelConfig) -> None:
-        on_disk = versions_on_disk(model.base_path)
+        on_disk = versions_on_disk(model.base_path, self._ignored_paths)
         wanted = config_lib.policy_versions(model, list(on_disk))
         records = self._models[model.name]
         for version in sorted(wanted, reverse=True):  # newest first: it is what "latest" serves
             path = on_disk[version]
             record = records.get(version)
-            fingerprint = version_fingerprint(path)
             if record is not None and record.state == State.AVAILABLE:
                 continue
-            if record is not None and record.state == State.END and record.fingerprint == fingerprint:
+            failed = record is not None and record.state == State.END
+            if failed and time.monotonic() < record.retry_after:
+                continue  # failed recently: back off, even if files changed
+            fingerprint = version_fingerprint(path)
+            if failed and record.fingerprint == fingerprint:
                 continue  # failed before and unchanged since: do not retry in a loop
             record = VersionRecord(version=version, path=path, state=State.LOADING, fingerprint=fingerprint,
-                                   error=record.error if record is not None else None)
+                                   error=record.error if record is not None else None,
+                                   failures=record.failures if failed else 0)
             with self._lock:
                 records[version] = record
             self._load(model.name, record)
@@ -255,9 +304,13 @@ class ModelManager:
             if servable is not None:
                 servable.close()
             message = f"{type(error).__name__}: {_first_line(error)}"
-            LOG.error("model %s version %d failed to load: %s", name, record.version, message)
+            failures = record.failures + 1
+            backoff = retry_backoff(failures, self._poll_seconds)
+            LOG.error("model %s version %d failed to load: %s (retried when its files change, not before "
+                      "%.0f s)", name, record.version, message, backoff)
             with self._lock:
                 record.state, record.error = State.END, message
+                record.failures, record.retry_after = failures, time.monotonic() + backoff
             self.metrics.load_events.inc(model=name, version=str(record.version), result="error")
             return
         freeze_long_lived_objects()

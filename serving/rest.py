@@ -97,9 +97,10 @@ class RestServer(HttpServer):
         service = self.service
         with service.request("predict", "rest") as record:
             if len(body) > INLINE_DECODE_BYTES:  # a large body would stall every other connection
-                decoded = await self._loop.run_in_executor(self._executor, json_codec.decode_predict_request, body)
+                decoded = await self._loop.run_in_executor(self._executor, json_codec.decode_predict_request, body,
+                                                           service.max_tensor_bytes)
             else:
-                decoded = json_codec.decode_predict_request(body)
+                decoded = json_codec.decode_predict_request(body, service.max_tensor_bytes)
             signature_name, request_format, inputs = decoded
             _, _, outputs = await service.predict_async(record, model, version, label, signature_name, inputs)
             if sum(value.size for value in outputs.values()) > INLINE_DECODE_BYTES // 8:

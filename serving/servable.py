@@ -18,7 +18,8 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tfprod.contract import layout
 from tfprod.serving.batching import SignatureBatcher
 from tfprod.serving.config import BatchingParameters
-from tfprod.serving.errors import FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError
+from tfprod.serving.errors import (FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError,
+                                   TensorTooLargeError)
 
 LOG = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class SignatureInfo:
         self.input_dtypes = {key: tf.dtypes.as_dtype(info.dtype).as_numpy_dtype
                              for key, info in definition.inputs.items()}
         self.input_tf_dtypes = {key: tf.dtypes.as_dtype(info.dtype) for key, info in definition.inputs.items()}
+        self.input_dtype_enums = {key: info.dtype for key, info in definition.inputs.items()}
         self.input_shapes = {
             key: (None if info.tensor_shape.unknown_rank else [dim.size for dim in info.tensor_shape.dim])
             for key, info in definition.inputs.items()}
@@ -141,6 +143,18 @@ def fill_missing_inputs(signature: "SignatureInfo", inputs: Arrays, missing: Lis
     return still
 
 
+def check_total_size(inputs: Arrays, max_bytes: int) -> None:
+    """Raises InvalidArgumentError when the inputs take more than max_bytes (strings: their bytes
+    plus a pointer each), naming the --max_request_tensor_bytes limit."""
+    total = 0
+    for value in inputs.values():
+        total += value.nbytes
+        if value.dtype.kind == "O":
+            total += sum(len(item) for item in value.flat if isinstance(item, bytes))
+    if total > max_bytes:
+        raise TensorTooLargeError("the request's inputs", total, max_bytes)
+
+
 class Servable:
     """A loaded SavedModel version.
 
@@ -227,8 +241,10 @@ class Servable:
                 self._batchers[signature.name] = batcher
             return batcher
 
-    def validate_inputs(self, signature: SignatureInfo, inputs: Arrays, strict_dtypes: bool = False) -> Arrays:
-        """Checks input names, dtypes and shapes; returns the inputs in the signature's dtypes.
+    def validate_inputs(self, signature: SignatureInfo, inputs: Arrays, strict_dtypes: bool = False,
+                        max_bytes: Optional[int] = None) -> Arrays:
+        """Checks input names, dtypes, shapes and their total size (at most max_bytes in the
+        signature's dtypes); returns the inputs in the signature's dtypes.
 
         The key None stands for the signature's only input (an unnamed REST input).
         """
@@ -262,13 +278,15 @@ class Servable:
                                  signature.input_dtypes[key])
             check_shape(key, value, signature.input_shapes[key])
             checked[key] = value
+        if max_bytes is not None:
+            check_total_size(checked, max_bytes)
         return checked
 
     def _prepare_predict(self, signature_name: str, inputs: Arrays, output_filter: Sequence[str],
-                         strict_dtypes: bool):
+                         strict_dtypes: bool, max_bytes: Optional[int]):
         """Validates a predict call; returns (signature, inputs, batcher or None, batch size or None)."""
         signature = self.signature(signature_name)
-        inputs = self.validate_inputs(signature, inputs, strict_dtypes)
+        inputs = self.validate_inputs(signature, inputs, strict_dtypes, max_bytes)
         unknown = sorted(set(output_filter) - set(signature.output_keys))
         if unknown:
             raise InvalidArgumentError(f"output tensor alias(es) {unknown} not found in signature "
@@ -283,13 +301,15 @@ class Servable:
         return signature, inputs, None, None
 
     def predict(self, signature_name: str, inputs: Arrays, output_filter: Sequence[str] = (),
-                timeout: Optional[float] = None, strict_dtypes: bool = False) -> Tuple[SignatureInfo, Arrays]:
+                timeout: Optional[float] = None, strict_dtypes: bool = False,
+                max_bytes: Optional[int] = None) -> Tuple[SignatureInfo, Arrays]:
         """Runs a signature on validated inputs; returns (signature, outputs).
 
         strict_dtypes refuses inputs of another dtype (gRPC); otherwise lossless conversions are made (JSON).
+        max_bytes bounds the inputs' total size in the signature's dtypes.
         """
         signature, inputs, batcher, size = self._prepare_predict(signature_name, inputs, output_filter,
-                                                                 strict_dtypes)
+                                                                 strict_dtypes, max_bytes)
         if batcher is not None:
             outputs = batcher.submit(inputs, size, timeout)
         else:
@@ -300,11 +320,12 @@ class Servable:
 
     async def predict_async(self, signature_name: str, inputs: Arrays, output_filter: Sequence[str] = (),
                             timeout: Optional[float] = None,
-                            strict_dtypes: bool = False) -> Tuple[SignatureInfo, Arrays]:
+                            strict_dtypes: bool = False,
+                            max_bytes: Optional[int] = None) -> Tuple[SignatureInfo, Arrays]:
         """predict() for asyncio code: waits for the batch (or an unbatched call in the loop's
         default executor) without blocking the event loop."""
         signature, inputs, batcher, size = self._prepare_predict(signature_name, inputs, output_filter,
-                                                                 strict_dtypes)
+                                                                 strict_dtypes, max_bytes)
         if batcher is not None:
             outputs = await batcher.submit_async(inputs, size, timeout)
         else:

@@ -1,6 +1,7 @@
 """The model server: a model manager behind the gRPC and REST APIs, with graceful shutdown."""
 
 import dataclasses
+import ipaddress
 import logging
 import signal
 import threading
@@ -36,6 +37,9 @@ class ServerOptions:
     grpc_max_threads: int = 64
     drain_seconds: float = 30.0
     enable_model_warmup: bool = True
+    max_request_tensor_bytes: Optional[int] = None  # None: twice max_request_bytes
+    enable_model_config_reload: Optional[bool] = None  # None: only when host is a loopback address
+    allow_empty_model_config: bool = False
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
 
@@ -52,6 +56,37 @@ class ServerOptions:
         if not self.model_base_path:
             raise ConfigFileError("give --model_base_path (with --model_name) or --model_config_file")
         return config_lib.model_config_from_flags(self.model_name or "default", self.model_base_path)
+
+    def tensor_bytes_limit(self) -> int:
+        """--max_request_tensor_bytes, by default twice --max_request_bytes (32 MiB at the defaults).
+
+        Raises:
+            ConfigFileError: not positive.
+        """
+        limit = self.max_request_tensor_bytes
+        if limit is None:
+            return 2 * self.max_request_bytes
+        if limit <= 0:
+            raise ConfigFileError(f"--max_request_tensor_bytes must be a positive number of bytes, got {limit}")
+        return limit
+
+    def config_reload_enabled(self) -> bool:
+        """--enable_model_config_reload, by default true only when the server binds a loopback address:
+        the reload RPC has no authentication and can point the server at any directory."""
+        if self.enable_model_config_reload is not None:
+            return self.enable_model_config_reload
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and loopback IP addresses (127.0.0.0/8, ::1); False for every other
+    address, including "0.0.0.0" and "" (all interfaces) and host names."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
@@ -99,7 +134,9 @@ class ModelServer:
                                     poll_seconds=options.file_system_poll_wait_seconds,
                                     warm_up=options.enable_model_warmup)
         timeout = options.rest_api_timeout_in_ms / 1000.0 if options.rest_api_timeout_in_ms > 0 else None
-        self.service = ServingService(self.manager, default_timeout_seconds=timeout)
+        self.service = ServingService(
+            self.manager, default_timeout_seconds=timeout, max_tensor_bytes=options.tensor_bytes_limit(),
+            enable_config_reload=options.config_reload_enabled(), allow_empty_config=options.allow_empty_model_config)
         self.grpc_server = None
         self.rest_server = None
         self.grpc_port = None

@@ -6,16 +6,26 @@ REST and gRPC only translate their wire formats to these calls and back.
 import asyncio
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import grpc
 import numpy as np
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
+from tfprod.serving.protocol import arrays_for_signature
 from tfprod.serving.errors import InvalidArgumentError, ServingError, UnavailableError
 from tfprod.serving.metrics import ServerMetrics
 from tfprod.serving.model_manager import ModelManager
 
 Arrays = Dict[str, np.ndarray]
+
+# The decoded size of one request's input tensors (--max_request_tensor_bytes). Twice the default
+# --max_request_bytes (16 MiB): a request whose values are all in the message (tensor_content,
+# packed values, JSON numbers) decodes to about its own size, so this passes every such request
+# while a tensor repeated from one value (a few bytes asking for gigabytes) is refused.
+DEFAULT_MAX_TENSOR_BYTES = 32 * 1024 * 1024
 
 
 class RequestRecord:
@@ -72,10 +82,18 @@ class ServingService:
     Args:
         manager: the model manager.
         default_timeout_seconds: the timeout of a request that brings none (REST).
+        max_tensor_bytes: the largest decoded size of one request's input tensors.
+        enable_config_reload: whether HandleReloadConfigRequest may change the served models.
+        allow_empty_config: whether a reload may remove every model.
     """
 
-    def __init__(self, manager: ModelManager, default_timeout_seconds: Optional[float] = None):
+    def __init__(self, manager: ModelManager, default_timeout_seconds: Optional[float] = None,
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, enable_config_reload: bool = True,
+                 allow_empty_config: bool = False):
         self.manager = manager
+        self.max_tensor_bytes = max_tensor_bytes
+        self.enable_config_reload = enable_config_reload
+        self.allow_empty_config = allow_empty_config
         self.metrics: ServerMetrics = manager.metrics
         self.default_timeout_seconds = default_timeout_seconds
         self._in_flight = 0
@@ -115,7 +133,7 @@ class ServingService:
         with self.manager.servable(model, version, label) as servable:
             record.version = servable.version
             signature, outputs = servable.predict(signature_name, inputs, output_filter, self.timeout(timeout),
-                                                  strict_dtypes)
+                                                  strict_dtypes, max_bytes=self.max_tensor_bytes)
             return servable.version, signature.name, outputs
 
     async def predict_async(self, record: RequestRecord, model: str, version: Optional[int],
@@ -127,7 +145,25 @@ class ServingService:
         with self.manager.servable(model, version, label) as servable:
             record.version = servable.version
             signature, outputs = await servable.predict_async(signature_name, inputs, output_filter,
-                                                              self.timeout(timeout), strict_dtypes)
+                                                              self.timeout(timeout), strict_dtypes,
+                                                              max_bytes=self.max_tensor_bytes)
+            return servable.version, signature.name, outputs
+
+    async def predict_tensor_protos_async(self, record: RequestRecord, model: str, version: Optional[int],
+                                          label: Optional[str], signature_name: str,
+                                          protos: Mapping[str, tensor_pb2.TensorProto],
+                                          output_filter: Sequence[str] = (),
+                                          timeout: Optional[float] = None) -> Tuple[int, str, Arrays]:
+        """predict_async() on a gRPC request's TensorProtos: they are checked against the signature
+        (names, dtypes, shapes, value counts, decoded size) before any array is allocated."""
+        record.model = model
+        with self.manager.servable(model, version, label) as servable:
+            record.version = servable.version
+            signature = servable.signature(signature_name)
+            inputs = arrays_for_signature(protos, list(signature.input_dtypes), signature.input_dtype_enums,
+                                          signature.input_shapes, self.max_tensor_bytes)
+            signature, outputs = await servable.predict_async(signature_name, inputs, output_filter,
+                                                              self.timeout(timeout), strict_dtypes=True)
             return servable.version, signature.name, outputs
 
     def classify(self, record: RequestRecord, model: str, version: Optional[int], label: Optional[str],
@@ -155,6 +191,20 @@ class ServingService:
             for name, info in servable.signatures.items():
                 signature_map.signature_def[name].CopyFrom(info.definition)
             return servable.version, signature_map
+
+    def reload_config(self, server_config: model_server_config_pb2.ModelServerConfig) -> None:
+        """HandleReloadConfigRequest: anyone who reaches the port may call it (it has no authentication),
+        so it can be switched off.
+
+        Raises:
+            ServingError: UNIMPLEMENTED when switched off; InvalidArgumentError for a bad config.
+        """
+        if not self.enable_config_reload:
+            raise ServingError("HandleReloadConfigRequest is disabled on this server: it has no authentication, "
+                               "so it is off by default when the server binds a non-loopback address; start "
+                               "tfprod serve with --enable_model_config_reload=true to allow it",
+                               grpc.StatusCode.UNIMPLEMENTED)
+        self.manager.reload_config(server_config, allow_empty=self.allow_empty_config)
 
     def model_status(self, record: RequestRecord, model: str, version: Optional[int],
                      label: Optional[str]) -> List[get_model_status_pb2.ModelVersionStatus]:

@@ -60,7 +60,7 @@ ROOTS = {("tfprod.kubeflow.errors", "KubeflowError")}
 # its HTTP status, or an HTTP-level refusal), never a process's end, so with no exit code.
 PER_REQUEST = {("tfprod.serving.errors", name) for name in (
     "ServingError", "InvalidArgumentError", "NotFoundError", "FailedPreconditionError",
-    "UnavailableError", "DeadlineExceededError", "InternalError")} | {
+    "UnavailableError", "DeadlineExceededError", "InternalError", "TensorTooLargeError")} | {
     ("tfprod.serving.http11", "HttpError")}
 # The hierarchy itself.
 KINDS = {("tfprod.errors", name) for name in (

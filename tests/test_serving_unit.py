@@ -371,7 +371,8 @@ def test_tensor_proto_fast_paths_match_tensorflow():
 @pytest.mark.parametrize("value", [
     [[1.0, 2], [3, 4]], [[True, False]], [1, 2, 3], 5, 2.5, True, [[1, 2], [3]], [], [[]], [1, True],
     [1.5, True], [2 ** 63], [-2 ** 63], [2 ** 64], ["a", "b"], [{"b64": "aGVsbG8="}], [[1], 2],
-    [float("nan"), 1.0], [[[0.25] * 28] * 28]])
+    [float("nan"), 1.0], [[[0.25] * 28] * 28], [1.5, 10 ** 400], [1, 10 ** 400], [[[[1]]] * 2] * 3,
+    [[[1]], [2]], json.loads("[" * 40 + "1" + "]" * 40), json.loads("[" * 32 + "1" + "]" * 32)])
 def test_json_tensor_fast_path_agrees_with_the_general_decoder(value, monkeypatch):
     """The C-speed decoding of regular numeric lists gives the general walk's array or error."""
     def decode():
@@ -381,7 +382,7 @@ def test_json_tensor_fast_path_agrees_with_the_general_decoder(value, monkeypatc
             return None, str(error)
 
     fast, fast_error = decode()
-    monkeypatch.setattr(json_codec, "_numeric_tensor_fast", lambda _value: None)
+    monkeypatch.setattr(json_codec, "_numeric_tensor_fast", lambda *_arguments: None)
     general, general_error = decode()
     assert fast_error == general_error
     if general is not None:
