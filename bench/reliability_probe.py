@@ -103,8 +103,9 @@ def optional_flag_args(flags: Dict[str, str]) -> List[str]:
             if flag.endswith("_ms"):
                 value = value * 1000
             args.append(f"{flag}={int(value) if float(value).is_integer() else value}")
-    if "config_reload" in flags:
-        args.append(f"{flags['config_reload']}=false")
+    if "config_reload" in flags:  # reloading turned off, whichever way the flag is named
+        flag = flags["config_reload"]
+        args.append(f"{flag}={'true' if 'disable' in flag else 'false'}")
     return args
 
 
