@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     submit_parser.set_defaults(handler=_submit_command)
 
     validate_parser = commands.add_parser(
-        "validate-manifests", help="render the Kustomize base/overlays and validate them offline")
+        "validate-manifests", help="render the Kustomize base/overlays and validate them offline "
+        "(schemas and hardening; without --manifests also serving/deploy and the Dockerfiles)")
     validate_parser.add_argument("--manifests", default=None,
                                  help="manifests directory (default: kubeflow/manifests)")
     validate_parser.add_argument("--config", help="also check that the overlays point at this "
@@ -90,6 +91,10 @@ def _validate_command(args: argparse.Namespace) -> int:
 
     with errors.missing_file_is_config_error():  # and ManifestError: a ConfigError
         checked = manifests.validate_tree(args.manifests)
+        if args.manifests is None:
+            # The project's own tree: also serving/deploy's manifest and compose file and the
+            # Dockerfiles (hardening: non-root user, read-only, no privileges).
+            checked.update(manifests.validate_deploy_files())
         if args.config:
             experiment = config_lib.load_config(args.config, args.overrides)
             root = args.manifests or manifests.MANIFESTS_DIR

@@ -9,7 +9,15 @@ kubectl is installed. Validation needs no network:
   (unknown fields are errors);
 - TFJob and InferenceService against the trimmed CRD schemas in kubeflow/schemas/
   (see kubeflow/schemas/README.md for their sources), whose pod templates and
-  resource requirements refer to the same bundled Kubernetes definitions.
+  resource requirements refer to the same bundled Kubernetes definitions;
+- hardening, on top of the schemas (check_hardening, check_network_policies): every pod
+  runs as a numeric non-root user with seccomp RuntimeDefault and no service account
+  token, every container without privilege escalation or capabilities, on a read-only
+  root filesystem (an emptyDir at /tmp) and with CPU and memory requests and limits, and
+  every Deployment that exposes ports has a NetworkPolicy admitting only those ports;
+- outside the Kustomize tree (validate_deploy_files): serving/deploy/kubernetes.yaml the
+  same way, serving/deploy/docker-compose.yml's services (user, read_only, cap_drop,
+  no-new-privileges, tmpfs /tmp) and every Dockerfile's final numeric non-root USER.
 """
 
 import copy
@@ -124,7 +132,8 @@ def _custom_validator(schema_file: str):
 
 
 def validate_resource(resource: Dict[str, Any]) -> None:
-    """Validates one resource against its Kubernetes or CRD schema.
+    """Validates one resource against its Kubernetes or CRD schema, then its hardening
+    (check_hardening: non-root, read-only, no privileges, seccomp, no API token, limits).
 
     Raises:
       ManifestError: naming the resource, the field path and what is wrong.
@@ -149,16 +158,17 @@ def validate_resource(resource: Dict[str, Any]) -> None:
             rule = error.schema.get("description") if isinstance(error.schema, dict) else None
             raise ManifestError(f"{where}: {path}: {error.message}"
                                 + (f" (rule: {rule})" if rule else ""))
-        return
-    try:
-        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as error:
-        # kubernetes-validate's error carries the jsonschema error's fields.
-        path = ".".join(str(part) for part in error.path) or "(top level)"
-        raise ManifestError(f"{where}: {path}: {error.message}") from None
-    except kubernetes_validate.SchemaNotFoundError:
-        raise ManifestError(f"{where}: no schema for {api_version} {kind} in Kubernetes "
-                            f"{KUBERNETES_VERSION} or kubeflow/schemas/") from None
+    else:
+        try:
+            kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            # kubernetes-validate's error carries the jsonschema error's fields.
+            path = ".".join(str(part) for part in error.path) or "(top level)"
+            raise ManifestError(f"{where}: {path}: {error.message}") from None
+        except kubernetes_validate.SchemaNotFoundError:
+            raise ManifestError(f"{where}: no schema for {api_version} {kind} in Kubernetes "
+                                f"{KUBERNETES_VERSION} or kubeflow/schemas/") from None
+    check_hardening(resource)
 
 
 def validate_tree(manifests_dir: Optional[os.PathLike] = None) -> Dict[str, List[str]]:
@@ -173,6 +183,7 @@ def validate_tree(manifests_dir: Optional[os.PathLike] = None) -> Dict[str, List
         resources = render(root / relative)
         for resource in resources:
             validate_resource(resource)
+        check_network_policies(resources)
         checked[relative] = [f"{r['kind']}/{r['metadata']['name']}" for r in resources]
     return checked
 
@@ -232,3 +243,306 @@ def check_wiring(resources: List[Dict[str, Any]], output_dir: str, model_name: s
         if tensorflow[0]["image"] != image:
             raise ManifestError(f"TFJob: {replica_type} runs {tensorflow[0]['image']}, "
                                 f"expected the pipeline image {image}")
+
+
+# ----- hardening: the fields every workload, image and compose service must set -------------
+# A pod that really calls the Kubernetes API keeps its service account token by saying why in
+# this annotation (on the pod template, or the InferenceService predictor); none of ours does.
+API_TOKEN_ANNOTATION = "tfprod.io/needs-api-token"
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Plain manifests and container files outside the Kustomize tree, checked by
+# validate_deploy_files (and `tfprod kubeflow validate-manifests` without --manifests).
+DEPLOY_MANIFESTS = ("serving/deploy/kubernetes.yaml",)
+COMPOSE_FILES = ("serving/deploy/docker-compose.yml",)
+_POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+_SECCOMP_PROFILES = {"RuntimeDefault", "Localhost"}
+
+
+def _pods(resource: Dict[str, Any]) -> List[tuple]:
+    """(path, pod spec, pod annotations, [(container path, container)]) of each pod template."""
+    kind, spec = resource.get("kind"), resource.get("spec", {}) or {}
+
+    def template_pod(path, template):
+        template = template or {}
+        return (path, template.get("spec", {}) or {},
+                (template.get("metadata", {}) or {}).get("annotations", {}) or {})
+
+    found = []  # (path, pod spec, annotations)
+    if kind in _POD_TEMPLATE_KINDS:
+        found.append(template_pod("spec.template.spec", spec.get("template")))
+    elif kind == "CronJob":
+        found.append(template_pod("spec.jobTemplate.spec.template.spec",
+                                  spec.get("jobTemplate", {}).get("spec", {}).get("template")))
+    elif kind == "Pod":
+        found.append(("spec", spec, resource.get("metadata", {}).get("annotations", {}) or {}))
+    elif kind == "TFJob":
+        for replica_type, replica in (spec.get("tfReplicaSpecs", {}) or {}).items():
+            found.append(template_pod(f"spec.tfReplicaSpecs.{replica_type}.template.spec",
+                                      replica.get("template")))
+    pods = []
+    for path, pod, annotations in found:
+        containers = [(f"{path}.{field}[{container.get('name', '?')}]", container)
+                      for field in ("initContainers", "containers")
+                      for container in pod.get(field, []) or []]
+        pods.append((path, pod, annotations, containers))
+    if kind == "InferenceService":
+        # KServe inlines the pod spec into the predictor and a container into its framework.
+        predictor = spec.get("predictor", {}) or {}
+        containers = [(f"spec.predictor.{name}", predictor[name])
+                      for name in ("tensorflow",) if name in predictor]
+        containers += [(f"spec.predictor.containers[{container.get('name', '?')}]", container)
+                       for container in predictor.get("containers", []) or []]
+        pods.append(("spec.predictor", predictor, predictor.get("annotations", {}) or {},
+                     containers))
+    return pods
+
+
+def _require(where: str, path: str, value: Any, expected: Any, why: str) -> None:
+    if value is None:
+        raise ManifestError(f"{where}: {path} is missing; set it to {expected} ({why})")
+    if value != expected:
+        raise ManifestError(f"{where}: {path} is {value!r}; it must be {expected} ({why})")
+
+
+def check_hardening(resource: Dict[str, Any]) -> None:
+    """Checks every pod of a workload runs unprivileged, read-only and within limits.
+
+    Per pod: securityContext runAsNonRoot true, a numeric non-zero runAsUser and runAsGroup,
+    seccompProfile RuntimeDefault (or Localhost), automountServiceAccountToken false (unless
+    the pod says why it needs the API in the API_TOKEN_ANNOTATION annotation). Per container:
+    allowPrivilegeEscalation false, capabilities.drop [ALL], readOnlyRootFilesystem true with
+    an emptyDir mounted at /tmp, not privileged, and CPU and memory requests and limits.
+
+    Raises:
+      ManifestError: naming the object and the field that is missing or wrong.
+    """
+    where = f"{resource.get('kind')}/{resource.get('metadata', {}).get('name', '?')}"
+    for path, pod, annotations, containers in _pods(resource):
+        context = pod.get("securityContext") or {}
+        _require(where, f"{path}.securityContext.runAsNonRoot", context.get("runAsNonRoot"),
+                 True, "the kubelet refuses to start a container as root")
+        for field in ("runAsUser", "runAsGroup"):
+            value = context.get(field)
+            if value is None:
+                raise ManifestError(f"{where}: {path}.securityContext.{field} is missing; set a "
+                                    "numeric non-root id (e.g. 10001, the images' user)")
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ManifestError(f"{where}: {path}.securityContext.{field} is {value!r}; it "
+                                    "must be a numeric id above 0 (not root)")
+        seccomp = (context.get("seccompProfile") or {}).get("type")
+        if seccomp not in _SECCOMP_PROFILES:
+            raise ManifestError(
+                f"{where}: {path}.securityContext.seccompProfile.type is "
+                f"{'missing' if seccomp is None else repr(seccomp)}; set RuntimeDefault")
+        if not annotations.get(API_TOKEN_ANNOTATION):
+            _require(where, f"{path}.automountServiceAccountToken",
+                     pod.get("automountServiceAccountToken"), False,
+                     "the pod does not call the Kubernetes API; a pod that does says why in the "
+                     f"annotation {API_TOKEN_ANNOTATION}")
+        empty_dirs = {volume.get("name") for volume in pod.get("volumes", []) or []
+                      if "emptyDir" in volume}
+        for container_path, container in containers:
+            _check_container(where, container_path, container, empty_dirs)
+
+
+def _check_container(where: str, path: str, container: Dict[str, Any], empty_dirs: set) -> None:
+    context = container.get("securityContext") or {}
+    _require(where, f"{path}.securityContext.allowPrivilegeEscalation",
+             context.get("allowPrivilegeEscalation"), False, "no setuid or file capabilities")
+    drop = (context.get("capabilities") or {}).get("drop")
+    if not drop or "ALL" not in drop:
+        raise ManifestError(f"{where}: {path}.securityContext.capabilities.drop is "
+                            f"{'missing' if not drop else drop}; it must hold ALL")
+    if (context.get("capabilities") or {}).get("add"):
+        raise ManifestError(f"{where}: {path}.securityContext.capabilities.add must be empty")
+    if context.get("privileged"):
+        raise ManifestError(f"{where}: {path}.securityContext.privileged must not be true")
+    if context.get("runAsNonRoot") is False or context.get("runAsUser") == 0:
+        raise ManifestError(f"{where}: {path}.securityContext overrides the pod to run as root")
+    _require(where, f"{path}.securityContext.readOnlyRootFilesystem",
+             context.get("readOnlyRootFilesystem"), True,
+             "mount an emptyDir where the process writes, e.g. /tmp")
+    tmp = [mount for mount in container.get("volumeMounts", []) or []
+           if mount.get("mountPath", "").rstrip("/") == "/tmp"]
+    if not tmp or tmp[0].get("name") not in empty_dirs:
+        raise ManifestError(f"{where}: {path}.volumeMounts has no emptyDir at /tmp; a read-only "
+                            "root filesystem needs one for temporary files")
+    resources = container.get("resources") or {}
+    for bound in ("requests", "limits"):
+        for name in ("cpu", "memory"):
+            if (resources.get(bound) or {}).get(name) is None:
+                raise ManifestError(f"{where}: {path}.resources.{bound}.{name} is missing; every "
+                                    "container needs CPU and memory requests and limits")
+
+
+def check_network_policies(resources: List[Dict[str, Any]]) -> None:
+    """Checks each Deployment (StatefulSet, DaemonSet) that exposes ports has a NetworkPolicy.
+
+    The policy must select its pods (matchLabels a non-empty subset of the pod labels, same
+    namespace), restrict Ingress, and each ingress rule must name ports, all of them ports the
+    pods' containers declare (by name or number).
+
+    Raises:
+      ManifestError: naming the workload or the policy and what is missing.
+    """
+    policies = [r for r in resources if r.get("kind") == "NetworkPolicy"]
+    for resource in resources:
+        if resource.get("kind") not in {"Deployment", "StatefulSet", "DaemonSet"}:
+            continue
+        where = f"{resource['kind']}/{resource.get('metadata', {}).get('name', '?')}"
+        template = resource.get("spec", {}).get("template", {})
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        ports = [port for container in (template.get("spec") or {}).get("containers", [])
+                 for port in container.get("ports", []) or []]
+        if not ports:
+            continue
+        declared = {port.get("name") for port in ports} | {port.get("containerPort")
+                                                          for port in ports}
+        namespace = resource.get("metadata", {}).get("namespace")
+        selecting = []
+        for policy in policies:
+            selector = (policy.get("spec", {}).get("podSelector") or {}).get("matchLabels") or {}
+            if (selector and policy.get("metadata", {}).get("namespace") == namespace
+                    and all(labels.get(key) == value for key, value in selector.items())):
+                selecting.append(policy)
+        if not selecting:
+            raise ManifestError(f"{where}: no NetworkPolicy selects its pods (labels {labels}); "
+                                "add one that admits ingress to the serving ports only")
+        for policy in selecting:
+            name = f"NetworkPolicy/{policy['metadata'].get('name', '?')}"
+            spec = policy.get("spec", {})
+            if "Ingress" not in (spec.get("policyTypes") or []):
+                raise ManifestError(f"{name}: spec.policyTypes must include Ingress")
+            for index, rule in enumerate(spec.get("ingress") or []):
+                rule_ports = rule.get("ports") or []
+                if not rule_ports:
+                    raise ManifestError(f"{name}: spec.ingress[{index}].ports is missing: the rule "
+                                        f"admits every port of {where}; list the serving ports")
+                for port in rule_ports:
+                    if port.get("port") not in declared:
+                        raise ManifestError(f"{name}: spec.ingress[{index}] admits port "
+                                            f"{port.get('port')!r}, not a port {where} declares")
+
+
+def validate_file(path: os.PathLike) -> List[str]:
+    """Validates a plain (not Kustomize) multi-document manifest: schemas, hardening, policies.
+
+    Returns:
+      ["Kind/name", ...] of its resources.
+    """
+    resources = _load_yaml_documents(pathlib.Path(path))
+    for resource in resources:
+        validate_resource(resource)
+    check_network_policies(resources)
+    return [f"{r['kind']}/{r.get('metadata', {}).get('name', '?')}" for r in resources]
+
+
+def check_dockerfile(path: os.PathLike) -> int:
+    """Checks a Dockerfile's final stage ends as a numeric non-root USER made with useradd.
+
+    Returns:
+      the uid.
+
+    Raises:
+      ManifestError: naming the file and what is missing.
+    """
+    path = pathlib.Path(path)
+    text = path.read_text(encoding="utf-8")
+    # Join continuation lines, drop comments; keep the instructions of the last stage.
+    lines, current = [], ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        current += " " + stripped.rstrip("\\").strip() if current else stripped.rstrip("\\")
+        if not stripped.endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    stage_starts = [i for i, line in enumerate(lines) if line.upper().startswith("FROM ")]
+    stage = lines[stage_starts[-1]:] if stage_starts else lines
+    users = [line.split(None, 1)[1].strip() if " " in line else ""
+             for line in stage if line.upper().startswith("USER")]
+    if not users:
+        raise ManifestError(f"{path}: no USER instruction; the image would run as root (add a "
+                            "user with useradd --uid N and USER N:N)")
+    user = users[-1].split(":")[0]
+    if not user.isascii() or not user.isdigit():
+        raise ManifestError(f"{path}: USER {users[-1]} is not numeric; use the uid (e.g. "
+                            "USER 10001:10001) so that runAsNonRoot can verify it")
+    if int(user) == 0:
+        raise ManifestError(f"{path}: USER {users[-1]} is root")
+    created = any(line.upper().startswith("RUN ") and "useradd" in line
+                  and (f"--uid {user}" in line or f"-u {user}" in line) for line in stage)
+    if not created:
+        raise ManifestError(f"{path}: USER {user} is not created in the image (RUN useradd "
+                            f"--uid {user} ...)")
+    return int(user)
+
+
+def check_compose(path: os.PathLike) -> List[str]:
+    """Checks every service of a docker-compose file runs unprivileged and read-only.
+
+    Each service needs user "UID:GID" (numeric, not 0), read_only: true, cap_drop [ALL],
+    security_opt [no-new-privileges:true] and a tmpfs at /tmp.
+
+    Returns:
+      the service names.
+    """
+    path = pathlib.Path(path)
+    (compose,) = _load_yaml_documents(path)
+    services = compose.get("services") or {}
+    for name, service in services.items():
+        where = f"{path.name}: services.{name}"
+        user = str(service.get("user", ""))
+        uid = user.split(":")[0]
+        if not user:
+            raise ManifestError(f"{where}.user is missing; set a numeric non-root UID:GID "
+                                "(e.g. \"10001:10001\")")
+        if not (uid.isascii() and uid.isdigit()) or int(uid) == 0:
+            raise ManifestError(f"{where}.user is {user!r}; it must be a numeric non-root uid")
+        if service.get("read_only") is not True:
+            raise ManifestError(f"{where}.read_only is {service.get('read_only')!r}; it must be "
+                                "true (with a tmpfs at /tmp)")
+        if "ALL" not in (service.get("cap_drop") or []):
+            raise ManifestError(f"{where}.cap_drop must hold ALL")
+        if "no-new-privileges:true" not in (service.get("security_opt") or []):
+            raise ManifestError(f"{where}.security_opt must hold no-new-privileges:true")
+        tmpfs = service.get("tmpfs") or []
+        tmpfs = [tmpfs] if isinstance(tmpfs, str) else tmpfs
+        if not any(entry.split(":")[0].rstrip("/") == "/tmp" for entry in tmpfs):
+            raise ManifestError(f"{where}.tmpfs has no /tmp; a read-only container needs one")
+    return list(services)
+
+
+def dockerfiles(root: Optional[os.PathLike] = None) -> List[pathlib.Path]:
+    """The project's Dockerfiles (Dockerfile, *.Dockerfile, Dockerfile.*), skipping hidden
+    folders (.venv, .git) and outputs/."""
+    root = pathlib.Path(root) if root else PROJECT_ROOT
+    found = []
+    for directory, folders, files in os.walk(root):
+        folders[:] = sorted(name for name in folders
+                            if not name.startswith(".") and name not in ("outputs", "node_modules"))
+        found.extend(pathlib.Path(directory) / name for name in files
+                     if name == "Dockerfile" or name.endswith(".Dockerfile")
+                     or name.startswith("Dockerfile."))
+    return sorted(found)
+
+
+def validate_deploy_files(root: Optional[os.PathLike] = None) -> Dict[str, List[str]]:
+    """Validates the deployment files outside the Kustomize tree: serving/deploy's manifest and
+    compose file and every Dockerfile of the project.
+
+    Returns:
+      {relative path: [what was checked]}.
+    """
+    root = pathlib.Path(root) if root else PROJECT_ROOT
+    checked: Dict[str, List[str]] = {}
+    for relative in DEPLOY_MANIFESTS:
+        if (root / relative).is_file():
+            checked[relative] = validate_file(root / relative)
+    for relative in COMPOSE_FILES:
+        if (root / relative).is_file():
+            checked[relative] = [f"service {name}" for name in check_compose(root / relative)]
+    for path in dockerfiles(root):
+        checked[str(path.relative_to(root))] = [f"USER {check_dockerfile(path)}"]
+    return checked

@@ -54,8 +54,8 @@ def test_overlays_hold_the_serving_kinds():
     kinds = {relative: sorted(r["kind"] for r in rendered(relative)) for relative in OVERLAY_DIRS}
     assert kinds["base"] == ["Namespace", "ServiceAccount", "TFJob"]
     assert kinds["overlays/kserve"] == ["InferenceService", "Namespace", "ServiceAccount", "TFJob"]
-    assert kinds["overlays/tf-serving"] == ["Deployment", "Namespace", "Service", "ServiceAccount",
-                                            "TFJob"]
+    assert kinds["overlays/tf-serving"] == ["Deployment", "Namespace", "NetworkPolicy", "Service",
+                                            "ServiceAccount", "TFJob"]
 
 
 @pytest.mark.parametrize("relative", manifests.OVERLAYS)

@@ -561,7 +561,7 @@ def test_compose_and_kubernetes_flags_work_for_both_servers():
 
     documents = list(yaml.safe_load_all((DEPLOY_DIR / "kubernetes.yaml").read_text()))
     kinds = [document["kind"] for document in documents]
-    assert kinds == ["ConfigMap", "Deployment", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "Service", "NetworkPolicy"]
     container = documents[1]["spec"]["template"]["spec"]["containers"][0]
     args = _parse_serve_flags(container["args"])
     assert args.batching_parameters_file == "/config/batching.config"
