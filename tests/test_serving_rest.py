@@ -316,3 +316,32 @@ def test_connections_over_the_limit_get_503_with_one_log_line_and_the_server_rec
     lines = [record.getMessage() for record in caplog.records if "connection limit" in record.getMessage()]
     assert len(lines) == 1 and "--rest_max_connections" in lines[0], lines
 
+
+# ----- metrics ----------------------------------------------------------------------------------
+def _metrics_page(port) -> bytes:
+    with _connect(port) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        (status, _, body), = _read_answers(sock, 1)
+    assert status == 200
+    return body
+
+
+def test_unknown_model_names_share_one_metrics_label(rest_server):
+    """2,000 requests naming 2,000 unknown models grow the metrics page by one series, not 2,000."""
+    with _connect(rest_server) as sock:
+        sock.sendall(_predict_request([[1.0, 2.0]]))
+        assert _read_answers(sock, 1)[0][0] == 200
+    before = _metrics_page(rest_server)
+    for connection in range(4):
+        with _connect(rest_server) as sock:
+            names = [f"no_such_model_{connection}_{index}" for index in range(500)]
+            body = b'{"instances": [[1.0, 2.0]]}'
+            sock.sendall(b"".join(b"POST /v1/models/%s:predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (name.encode(), len(body), body) for name in names))
+            assert {status for status, _, _ in _read_answers(sock, len(names))} == {404}
+    after = _metrics_page(rest_server).decode()
+    assert len(after) - len(before) < 10_000, len(after) - len(before)
+    assert "no_such_model" not in after
+    assert ('tfprod_serving_request_count{model="_unknown",version="",api="predict",protocol="rest",'
+            'status="NOT_FOUND"} 2000') in after
+    assert 'tfprod_serving_request_count{model="ex",' in after  # a configured model keeps its own label
