@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from tfprod.serving import protocol
-from tfprod.serving.errors import InvalidArgumentError, ServingError
+from tfprod.serving.errors import DeadlineExceededError, InvalidArgumentError, ServingError
 from tfprod.serving.event_loop import EventLoopThread
 from tfprod.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD
 from tfprod.serving.service import ServingService
@@ -48,6 +48,17 @@ def _fill_spec(target, name: str, version: int, signature_name: Optional[str] = 
 def _remaining(context) -> Optional[float]:
     remaining = context.time_remaining()
     return remaining if remaining is not None and remaining < 1e9 else None
+
+
+def _check_deadline(context) -> None:
+    """Work the client no longer waits for is not started: call just before the model runs.
+
+    Raises:
+        DeadlineExceededError: the client's deadline has passed (e.g. while a large request was decoded).
+    """
+    remaining = _remaining(context)
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceededError("the client's deadline passed before the model ran")
 
 
 class _Base:
@@ -80,6 +91,7 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
         async def handle(record):
             name, version, label = _spec(request.model_spec)
             inputs = protocol.arrays_from_tensor_protos(request.inputs)
+            _check_deadline(context)  # decoding a large request can take longer than the deadline
             served, signature, outputs = await self.service.predict_async(
                 record, name, version, label, request.model_spec.signature_name, inputs,
                 list(request.output_filter), _remaining(context), strict_dtypes=True)
@@ -93,6 +105,7 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
     def _classify(self, record, request, context) -> classification_pb2.ClassificationResponse:
         name, version, label = _spec(request.model_spec)
         examples = protocol.serialized_examples(request.input)
+        _check_deadline(context)  # it may have waited for a thread of the pool
         served, signature, classes, scores = self.service.classify(
             record, name, version, label, request.model_spec.signature_name, examples, _remaining(context))
         response = classification_pb2.ClassificationResponse()
@@ -103,6 +116,7 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
     def _regress(self, record, request, context) -> regression_pb2.RegressionResponse:
         name, version, label = _spec(request.model_spec)
         examples = protocol.serialized_examples(request.input)
+        _check_deadline(context)
         served, signature, values = self.service.regress(
             record, name, version, label, request.model_spec.signature_name, examples, _remaining(context))
         response = regression_pb2.RegressionResponse()
