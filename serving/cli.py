@@ -45,6 +45,13 @@ def register(subparsers) -> None:
     serve.add_argument("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout")
     serve.add_argument("--max_request_bytes", type=int, default=16 * 1024 * 1024,
                        help="largest request body or message accepted (tfprod only)")
+    serve.add_argument("--rest_header_timeout_seconds", type=float, default=10.0,
+                       help="a REST request's head must arrive within this long, else 408 (tfprod only)")
+    serve.add_argument("--rest_body_timeout_seconds", type=float, default=60.0,
+                       help="a REST request's body must arrive within this long of its head, else 408 "
+                            "(tfprod only)")
+    serve.add_argument("--rest_max_connections", type=int, default=1000,
+                       help="open REST connections beyond this are answered 503 (tfprod only)")
     serve.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                        help="threads TensorFlow spreads one op over (0: as many as cores)")
     serve.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
@@ -84,6 +91,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         monitoring_config_file=args.monitoring_config_file,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_request_bytes=args.max_request_bytes,
+        rest_header_timeout_seconds=args.rest_header_timeout_seconds,
+        rest_body_timeout_seconds=args.rest_body_timeout_seconds, rest_max_connections=args.rest_max_connections,
         drain_seconds=args.drain_seconds, enable_model_warmup=args.enable_model_warmup,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism)

@@ -212,22 +212,29 @@ class GrpcServer:
     """A started grpc.aio server on an event loop of its own thread.
 
     stop(grace) blocks nobody: it returns an event that is set once the server has stopped
-    (as grpc.Server.stop does).
+    (as grpc.Server.stop does). With start=False the port is bound and no RPC is served until
+    start(), so a taken port is reported before slow work (loading models).
     """
 
     def __init__(self, service: ServingService, port: int, host: str, max_workers: int,
-                 max_message_bytes: int):
+                 max_message_bytes: int, start: bool = True):
         self._thread = EventLoopThread("grpc", max_workers)
         self._executor = self._thread.executor
         self._server = None
         self._stopped = None
         try:
-            self.port = self._thread.run(self._start(service, port, host, max_message_bytes), 60)
+            self.port = self._thread.run(self._bind(service, port, host, max_message_bytes), 60)
+            if start:
+                self.start()
         except BaseException:
             self._thread.close()
             raise
 
-    async def _start(self, service: ServingService, port: int, host: str, max_message_bytes: int) -> int:
+    def start(self) -> None:
+        """Starts serving RPCs on the bound port."""
+        self._thread.run(self._server.start(), 60)
+
+    async def _bind(self, service: ServingService, port: int, host: str, max_message_bytes: int) -> int:
         self._server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", max_message_bytes),
                      ("grpc.max_send_message_length", max_message_bytes),
@@ -242,7 +249,6 @@ class GrpcServer:
             raise OSError(f"cannot bind the gRPC port {host}:{port}: {error}") from error
         if bound == 0:
             raise OSError(f"cannot bind the gRPC port {host}:{port}")
-        await self._server.start()
         return bound
 
     def stop(self, grace: Optional[float] = None) -> threading.Event:
@@ -262,11 +268,13 @@ class GrpcServer:
 
 
 def create_server(service: ServingService, port: int, host: str = "127.0.0.1", max_workers: int = 64,
-                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Tuple[GrpcServer, int]:
-    """Builds and starts the gRPC server; returns (server, bound port).
+                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                  start: bool = True) -> Tuple[GrpcServer, int]:
+    """Builds and starts the gRPC server (start=False: bound, serving after server.start()); returns
+    (server, bound port).
 
     Raises:
         OSError: the port cannot be bound.
     """
-    server = GrpcServer(service, port, host, max_workers, max_message_bytes)
+    server = GrpcServer(service, port, host, max_workers, max_message_bytes, start)
     return server, server.port
