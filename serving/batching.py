@@ -52,6 +52,12 @@ def _resolve(tasks: List[_Task]) -> None:
             task.future.set_result(task.outputs)
 
 
+def _check_timeout(name: str, timeout: Optional[float]) -> None:
+    """A request whose deadline has passed is not queued: a batch would run it for nobody."""
+    if timeout is not None and timeout <= 0:
+        raise DeadlineExceededError(f"{name}: the request's deadline passed before it was queued")
+
+
 def padded_size(size: int, allowed_sizes) -> int:
     """The smallest allowed batch size >= size (size itself when none are configured)."""
     for allowed in allowed_sizes:
@@ -93,8 +99,10 @@ class SignatureBatcher:
 
         Raises:
             UnavailableError: the queue is full or the batcher is stopping.
-            DeadlineExceededError: no result within timeout seconds.
+            DeadlineExceededError: no result within timeout seconds (at once when it is 0 or less:
+                the request is not queued).
         """
+        _check_timeout(self._name, timeout)
         maximum = self._parameters.max_batch_size
         if size > maximum:
             pieces = [self.submit({key: value[start:start + maximum] for key, value in inputs.items()},
@@ -118,8 +126,9 @@ class SignatureBatcher:
 
         Raises:
             UnavailableError: the queue is full or the batcher is stopping.
-            DeadlineExceededError: no result within timeout seconds.
+            DeadlineExceededError: no result within timeout seconds (at once when it is 0 or less).
         """
+        _check_timeout(self._name, timeout)
         maximum = self._parameters.max_batch_size
         if size > maximum:
             pieces = await asyncio.gather(*[

@@ -53,6 +53,13 @@ def register(subparsers) -> None:
                             "(tfprod only; default: true when --host is a loopback address, else false)")
     serve.add_argument("--allow_empty_model_config", type=_bool_flag, nargs="?", const=True, default=False,
                        help="let a config reload remove every model (tfprod only)")
+    serve.add_argument("--rest_header_timeout_seconds", type=float, default=10.0,
+                       help="a REST request's head must arrive within this long, else 408 (tfprod only)")
+    serve.add_argument("--rest_body_timeout_seconds", type=float, default=60.0,
+                       help="a REST request's body must arrive within this long of its head, else 408 "
+                            "(tfprod only)")
+    serve.add_argument("--rest_max_connections", type=int, default=1000,
+                       help="open REST connections beyond this are answered 503 (tfprod only)")
     serve.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                        help="threads TensorFlow spreads one op over (0: as many as cores)")
     serve.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
@@ -92,6 +99,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         monitoring_config_file=args.monitoring_config_file,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_request_bytes=args.max_request_bytes,
+        rest_header_timeout_seconds=args.rest_header_timeout_seconds,
+        rest_body_timeout_seconds=args.rest_body_timeout_seconds, rest_max_connections=args.rest_max_connections,
         drain_seconds=args.drain_seconds, enable_model_warmup=args.enable_model_warmup,
         max_request_tensor_bytes=args.max_request_tensor_bytes,
         enable_model_config_reload=args.enable_model_config_reload,

@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from tfprod.serving import protocol
-from tfprod.serving.errors import InvalidArgumentError, ServingError
+from tfprod.serving.errors import DeadlineExceededError, InvalidArgumentError, ServingError
 from tfprod.serving.event_loop import EventLoopThread
 from tfprod.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD
 from tfprod.serving.service import ServingService
@@ -48,6 +48,17 @@ def _fill_spec(target, name: str, version: int, signature_name: Optional[str] = 
 def _remaining(context) -> Optional[float]:
     remaining = context.time_remaining()
     return remaining if remaining is not None and remaining < 1e9 else None
+
+
+def _check_deadline(context) -> None:
+    """Work the client no longer waits for is not started: call just before the model runs.
+
+    Raises:
+        DeadlineExceededError: the client's deadline has passed (e.g. while a large request was decoded).
+    """
+    remaining = _remaining(context)
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceededError("the client's deadline passed before the model ran")
 
 
 class _Base:
@@ -81,7 +92,9 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
             name, version, label = _spec(request.model_spec)
             served, signature, outputs = await self.service.predict_tensor_protos_async(
                 record, name, version, label, request.model_spec.signature_name, request.inputs,
-                list(request.output_filter), _remaining(context))
+                list(request.output_filter), _remaining(context),
+                # decoding a large request can take longer than the deadline
+                before_model=lambda: _check_deadline(context))
             response = predict_pb2.PredictResponse()
             _fill_spec(response.model_spec, name, served, signature)
             for key, value in outputs.items():
@@ -92,6 +105,7 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
     def _classify(self, record, request, context) -> classification_pb2.ClassificationResponse:
         name, version, label = _spec(request.model_spec)
         examples = protocol.serialized_examples(request.input)
+        _check_deadline(context)  # it may have waited for a thread of the pool
         served, signature, classes, scores = self.service.classify(
             record, name, version, label, request.model_spec.signature_name, examples, _remaining(context))
         response = classification_pb2.ClassificationResponse()
@@ -102,6 +116,7 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
     def _regress(self, record, request, context) -> regression_pb2.RegressionResponse:
         name, version, label = _spec(request.model_spec)
         examples = protocol.serialized_examples(request.input)
+        _check_deadline(context)
         served, signature, values = self.service.regress(
             record, name, version, label, request.model_spec.signature_name, examples, _remaining(context))
         response = regression_pb2.RegressionResponse()
@@ -197,22 +212,29 @@ class GrpcServer:
     """A started grpc.aio server on an event loop of its own thread.
 
     stop(grace) blocks nobody: it returns an event that is set once the server has stopped
-    (as grpc.Server.stop does).
+    (as grpc.Server.stop does). With start=False the port is bound and no RPC is served until
+    start(), so a taken port is reported before slow work (loading models).
     """
 
     def __init__(self, service: ServingService, port: int, host: str, max_workers: int,
-                 max_message_bytes: int):
+                 max_message_bytes: int, start: bool = True):
         self._thread = EventLoopThread("grpc", max_workers)
         self._executor = self._thread.executor
         self._server = None
         self._stopped = None
         try:
-            self.port = self._thread.run(self._start(service, port, host, max_message_bytes), 60)
+            self.port = self._thread.run(self._bind(service, port, host, max_message_bytes), 60)
+            if start:
+                self.start()
         except BaseException:
             self._thread.close()
             raise
 
-    async def _start(self, service: ServingService, port: int, host: str, max_message_bytes: int) -> int:
+    def start(self) -> None:
+        """Starts serving RPCs on the bound port."""
+        self._thread.run(self._server.start(), 60)
+
+    async def _bind(self, service: ServingService, port: int, host: str, max_message_bytes: int) -> int:
         self._server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", max_message_bytes),
                      ("grpc.max_send_message_length", max_message_bytes),
@@ -227,7 +249,6 @@ class GrpcServer:
             raise OSError(f"cannot bind the gRPC port {host}:{port}: {error}") from error
         if bound == 0:
             raise OSError(f"cannot bind the gRPC port {host}:{port}")
-        await self._server.start()
         return bound
 
     def stop(self, grace: Optional[float] = None) -> threading.Event:
@@ -247,11 +268,13 @@ class GrpcServer:
 
 
 def create_server(service: ServingService, port: int, host: str = "127.0.0.1", max_workers: int = 64,
-                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Tuple[GrpcServer, int]:
-    """Builds and starts the gRPC server; returns (server, bound port).
+                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                  start: bool = True) -> Tuple[GrpcServer, int]:
+    """Builds and starts the gRPC server (start=False: bound, serving after server.start()); returns
+    (server, bound port).
 
     Raises:
         OSError: the port cannot be bound.
     """
-    server = GrpcServer(service, port, host, max_workers, max_message_bytes)
+    server = GrpcServer(service, port, host, max_workers, max_message_bytes, start)
     return server, server.port

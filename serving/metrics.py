@@ -2,10 +2,11 @@
 
 import bisect
 import threading
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+UNKNOWN_MODEL_LABEL = "_unknown"  # the model label of requests naming a model that is not configured
 
 
 def _escape(value: str) -> str:
@@ -113,9 +114,15 @@ class Histogram(_Metric):
 
 
 class ServerMetrics:
-    """The metrics the server records; `render()` is the /monitoring/prometheus/metrics body."""
+    """The metrics the server records; `render()` is the /monitoring/prometheus/metrics body.
+
+    Request metrics are labelled with the model name only for configured models (see
+    set_model_names): a client naming thousands of unknown models adds one series, under
+    model="_unknown", not thousands.
+    """
 
     def __init__(self):
+        self._model_names: Optional[frozenset] = None  # None: every name is labelled as given
         self.request_count = Counter(
             "tfprod_serving_request_count", "Requests by model, version, API, protocol and status.",
             ("model", "version", "api", "protocol", "status"))
@@ -138,8 +145,15 @@ class ServerMetrics:
         self._all = (self.request_count, self.request_latency, self.batch_size, self.padded_batch_size,
                      self.load_events, self.unload_events, self.available_versions)
 
+    def set_model_names(self, names: Iterable[str]) -> None:
+        """The configured models, the only names request metrics carry (the model manager sets them)."""
+        self._model_names = frozenset(names)
+
     def record_request(self, model: str, version, api: str, protocol: str, status: str,
                        seconds: float) -> None:
+        known = self._model_names
+        if model and known is not None and model not in known:
+            model, version = UNKNOWN_MODEL_LABEL, None
         key = (model or "", str(version or ""), api, protocol, status)  # the label_names order
         self.request_count.inc_key(key)
         self.request_latency.observe_key(key, seconds)

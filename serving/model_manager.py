@@ -161,6 +161,7 @@ class ModelManager:
         self._config = server_config
         self._batching = batching
         self.metrics = metrics or ServerMetrics()
+        self.metrics.set_model_names(model.name for model in server_config.model_config_list.config)
         self._poll_seconds = poll_seconds
         self._warm_up = warm_up
         self._servable_factory = servable_factory or Servable
@@ -231,6 +232,7 @@ class ModelManager:
                                            "is not an existing directory given by an absolute path")
         with self._lock:
             self._config = server_config
+        self.metrics.set_model_names(model.name for model in server_config.model_config_list.config)
         self.poll_once()
 
     # ----- loading ---------------------------------------------------------------------------

@@ -44,14 +44,16 @@ class RestServer(HttpServer):
         max_body_bytes: larger request bodies get 413.
         metrics_path: the Prometheus path, or None when metrics are off.
         max_threads: threads for the blocking APIs.
+        **limits: HttpServer's header_timeout_seconds, body_timeout_seconds, max_connections and
+            start_serving.
     """
 
     def __init__(self, address: Tuple[str, int], service: ServingService,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, metrics_path: Optional[str] = None,
-                 max_threads: int = 64):
+                 max_threads: int = 64, **limits):
         self.service = service
         self.metrics_path = metrics_path
-        super().__init__(address, max_body_bytes, name="rest", max_threads=max_threads)
+        super().__init__(address, max_body_bytes, name="rest", max_threads=max_threads, **limits)
 
     # ----- routing ----------------------------------------------------------------------------------
     async def answer(self, request: Request) -> bytes:
@@ -148,11 +150,14 @@ def status_json(status) -> dict:
 
 def create_server(service: ServingService, port: int, host: str = "127.0.0.1",
                   max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                  metrics_path: Optional[str] = None) -> Tuple[RestServer, int]:
+                  metrics_path: Optional[str] = None, **limits) -> Tuple[RestServer, int]:
     """Builds and starts the REST server; returns (server, bound port).
+
+    limits: HttpServer's header_timeout_seconds, body_timeout_seconds, max_connections and
+    start_serving (False: bound, not accepting until server.start_serving()).
 
     Raises:
         OSError: the port cannot be bound.
     """
-    server = RestServer((host, port), service, max_body_bytes, metrics_path)
+    server = RestServer((host, port), service, max_body_bytes, metrics_path, **limits)
     return server, server.server_address[1]

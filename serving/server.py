@@ -3,6 +3,7 @@
 import dataclasses
 import ipaddress
 import logging
+import resource
 import signal
 import threading
 from typing import Optional
@@ -10,7 +11,7 @@ from typing import Optional
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfprod.serving import config as config_lib
-from tfprod.serving import grpc_server, rest
+from tfprod.serving import grpc_server, http11, rest
 from tfprod.serving.errors import ConfigFileError
 from tfprod.serving.model_manager import ModelManager, freeze_long_lived_objects
 from tfprod.serving.service import ServingService
@@ -34,6 +35,9 @@ class ServerOptions:
     file_system_poll_wait_seconds: float = 1.0
     rest_api_timeout_in_ms: int = 30000
     max_request_bytes: int = rest.DEFAULT_MAX_BODY_BYTES
+    rest_header_timeout_seconds: float = http11.HEADER_TIMEOUT_SECONDS
+    rest_body_timeout_seconds: float = http11.BODY_TIMEOUT_SECONDS
+    rest_max_connections: int = http11.MAX_CONNECTIONS
     grpc_max_threads: int = 64
     drain_seconds: float = 30.0
     enable_model_warmup: bool = True
@@ -116,6 +120,26 @@ def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
              tf.config.threading.get_inter_op_parallelism_threads())
 
 
+def raise_open_file_limit(wanted: int) -> int:
+    """Raises this process's soft open-file limit towards the hard one (as Go and the JVM do); returns it.
+
+    Each REST or gRPC connection holds a file descriptor, and a soft limit of 1024 (a common
+    default) is barely above the default connection limit. The hard limit is left as it is.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = (1 << 20) if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as error:
+            LOG.warning("cannot raise the open-file limit from %d: %s", soft, error)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        LOG.warning("the open-file limit (%d, ulimit -n) is below what --rest_max_connections needs (%d): "
+                    "accepting may fail with 'Too many open files' before the limit is reached", soft, wanted)
+    return soft
+
+
 class ModelServer:
     """Runs the manager and both APIs until stop() (or SIGTERM/SIGINT in serve_forever)."""
 
@@ -130,6 +154,11 @@ class ModelServer:
         elif options.batching_parameters_file:
             raise ConfigFileError("--batching_parameters_file needs --enable_batching")
         self.monitoring = config_lib.load_monitoring_config(options.monitoring_config_file)
+        for flag, value in (("--rest_header_timeout_seconds", options.rest_header_timeout_seconds),
+                            ("--rest_body_timeout_seconds", options.rest_body_timeout_seconds),
+                            ("--rest_max_connections", options.rest_max_connections)):
+            if not value > 0:
+                raise ConfigFileError(f"{flag} must be positive, got {value}")
         self.manager = ModelManager(server_config, batching=batching,
                                     poll_seconds=options.file_system_poll_wait_seconds,
                                     warm_up=options.enable_model_warmup)
@@ -144,17 +173,46 @@ class ModelServer:
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        """Loads the models, then opens the gRPC and REST ports (0 picks a free port)."""
-        self.manager.start()
+        """Binds the gRPC and REST ports (0 picks a free port), loads the models, then serves.
+
+        The ports are bound first, so a port in use is reported at once rather than after the
+        models have loaded. Until the models are loaded, REST connections are refused (the port
+        is not listening yet) and gRPC calls wait (grpc listens when the port is added).
+
+        Raises:
+            OSError: a port cannot be bound (the message names its flag).
+        """
+        options = self.options
+        rest_wanted = options.rest_api_port is not None and options.rest_api_port >= 0
+        raise_open_file_limit(options.rest_max_connections + 256)  # room for gRPC, models, logs
+        try:
+            self.grpc_server, self.grpc_port = _bind("--port", lambda: grpc_server.create_server(
+                self.service, options.port, options.host, options.grpc_max_threads,
+                max_message_bytes=options.max_request_bytes, start=False))
+            if rest_wanted:
+                metrics_path = self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None
+                self.rest_server, self.rest_port = _bind("--rest_api_port", lambda: rest.create_server(
+                    self.service, options.rest_api_port, options.host, options.max_request_bytes, metrics_path,
+                    header_timeout_seconds=options.rest_header_timeout_seconds,
+                    body_timeout_seconds=options.rest_body_timeout_seconds,
+                    max_connections=options.rest_max_connections, start_serving=False))
+            self.manager.start()
+        except BaseException:
+            self._close_ports()
+            raise
         freeze_long_lived_objects()  # what the server itself has imported and built so far
-        self.grpc_server, self.grpc_port = grpc_server.create_server(
-            self.service, self.options.port, self.options.host, self.options.grpc_max_threads,
-            max_message_bytes=self.options.max_request_bytes)
-        if self.options.rest_api_port is not None and self.options.rest_api_port >= 0:
-            metrics_path = self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None
-            self.rest_server, self.rest_port = rest.create_server(
-                self.service, self.options.rest_api_port, self.options.host,
-                self.options.max_request_bytes, metrics_path)
+        self.grpc_server.start()
+        if self.rest_server is not None:
+            self.rest_server.start_serving()
+
+    def _close_ports(self) -> None:
+        if self.rest_server is not None:
+            self.rest_server.shutdown()
+            self.rest_server.server_close()
+            self.rest_server = None
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=0).wait(10)
+            self.grpc_server = None
 
     def stop(self) -> None:
         """Refuses new requests, lets those in flight finish (up to drain_seconds), then exits."""
@@ -189,3 +247,11 @@ class ModelServer:
         while not stop_requested.wait(0.5):
             pass
         self.stop()
+
+
+def _bind(flag: str, create):
+    """create() (a server binding its port), its OSError naming the flag that sets the port."""
+    try:
+        return create()
+    except OSError as error:
+        raise OSError(f"{error} (choose another port with {flag})") from error

@@ -6,7 +6,7 @@ REST and gRPC only translate their wire formats to these calls and back.
 import asyncio
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -153,15 +153,21 @@ class ServingService:
                                           label: Optional[str], signature_name: str,
                                           protos: Mapping[str, tensor_pb2.TensorProto],
                                           output_filter: Sequence[str] = (),
-                                          timeout: Optional[float] = None) -> Tuple[int, str, Arrays]:
+                                          timeout: Optional[float] = None,
+                                          before_model: Optional[Callable[[], None]] = None
+                                          ) -> Tuple[int, str, Arrays]:
         """predict_async() on a gRPC request's TensorProtos: they are checked against the signature
-        (names, dtypes, shapes, value counts, decoded size) before any array is allocated."""
+        (names, dtypes, shapes, value counts, decoded size) before any array is allocated.
+        before_model, if given, runs after decoding and may raise to stop the call (a deadline
+        that passed while decoding)."""
         record.model = model
         with self.manager.servable(model, version, label) as servable:
             record.version = servable.version
             signature = servable.signature(signature_name)
             inputs = arrays_for_signature(protos, list(signature.input_dtypes), signature.input_dtype_enums,
                                           signature.input_shapes, self.max_tensor_bytes)
+            if before_model is not None:
+                before_model()
             signature, outputs = await servable.predict_async(signature_name, inputs, output_filter,
                                                               self.timeout(timeout), strict_dtypes=True)
             return servable.version, signature.name, outputs

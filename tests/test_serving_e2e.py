@@ -11,9 +11,11 @@ import http.client
 import json
 import os
 import pathlib
+import resource
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -69,11 +71,16 @@ def examples_model_dir(tmp_path_factory):
 class ServerProcess:
     """A `tfprod serve` subprocess; its stderr goes to a file, its ports come from its first stdout line."""
 
-    def __init__(self, arguments, log_path: pathlib.Path, start_timeout: float = 180.0):
+    def __init__(self, arguments, log_path: pathlib.Path, start_timeout: float = 180.0, open_files=None):
         self.log_path = log_path
         self._log = open(log_path, "w")
+        limit = None
+        if open_files is not None:  # the server's soft and hard open-file limits (ulimit -n)
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
         self.process = subprocess.Popen([TFPROD, "serve", "--port", "0", "--rest_api_port", "0", *arguments],
-                                        cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=self._log, text=True)
+                                        cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                        preexec_fn=limit)
         selector = selectors.DefaultSelector()
         selector.register(self.process.stdout, selectors.EVENT_READ)
         if not selector.select(timeout=start_timeout):
@@ -521,3 +528,71 @@ def test_graceful_shutdown_drains_in_flight_requests(tmp_path, examples_model_di
     assert all(status == 200 for status, _ in results)
     assert "shutting down: draining" in process.log()
     process.stop()
+
+
+def test_a_port_in_use_is_reported_before_the_models_load(tmp_path, examples_model_dir):
+    """Both ports are bound before any model loads: a taken port ends `tfprod serve` at once (exit 2),
+    naming the address and the flag."""
+    copy_version(examples_model_dir, str(tmp_path / "examples"), 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        for flag, ports in (("--port", [str(port), "0"]), ("--rest_api_port", ["0", str(port)])):
+            result = subprocess.run(
+                [TFPROD, "serve", "--port", ports[0], "--rest_api_port", ports[1], "--model_name", "examples",
+                 "--model_base_path", str(tmp_path / "examples")],
+                cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+            assert result.returncode == 2, result.stderr[-2000:]
+            assert f"127.0.0.1:{port}" in result.stderr and f"choose another port with {flag}" in result.stderr, \
+                result.stderr[-2000:]
+            assert "loading model" not in result.stderr  # reported before the model load began
+            assert "Traceback" not in result.stderr
+
+
+def test_rest_and_model_polling_survive_a_flood_past_the_open_file_limit(tmp_path, examples_model_dir):
+    """300 clients connect and send half a request line to a server limited to 128 open files (its
+    connection limit, 1000, cannot protect it): accept() fails with EMFILE. The header timeout
+    frees the descriptors without the clients closing anything, REST answers again, the failed
+    accepts are one log line, and polling still loads a new version."""
+    copy_version(examples_model_dir, str(tmp_path / "examples"), 1)
+    process = ServerProcess(["--model_name", "examples", "--model_base_path", str(tmp_path / "examples"),
+                             "--file_system_poll_wait_seconds", "0.3", "--rest_header_timeout_seconds", "1"],
+                            tmp_path / "server.log", open_files=128)
+    flood = []
+    try:
+        for _ in range(300):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", process.rest_port))  # beyond the backlog, the handshake waits
+            flood.append(sock)
+        time.sleep(0.5)
+        for sock in flood:
+            try:
+                sock.send(b"GET /heal")
+            except OSError:  # not connected (yet)
+                pass
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if process.http("GET", "/healthz", timeout=2)[0] == 200:
+                    break
+            except (OSError, http.client.HTTPException):
+                pass
+            assert time.monotonic() < deadline, "REST did not answer again within 60 s:\n" + process.log()[-3000:]
+        recovered = time.monotonic() - deadline + 60
+        copy_version(examples_model_dir, str(tmp_path / "examples"), 2)
+        deadline = time.monotonic() + 60
+        while process.http("GET", "/v1/models/examples")[1]["model_version_status"][0]["version"] != "2":
+            assert time.monotonic() < deadline, "version 2 was not loaded:\n" + process.log()[-3000:]
+            time.sleep(0.3)
+        status, answer = process.http("POST", "/v1/models/examples:predict", {"instances": [[1.0, 2.0]]})
+        assert status == 200 and answer["predictions"][0]["sum"] == 3.0
+        log = process.log()
+        assert log.count("cannot accept connections") == 1, log[-3000:]
+        assert "Too many open files" in log
+        print(f"REST answered again {recovered:.1f} s after the flood")
+    finally:
+        for sock in flood:
+            sock.close()
+        assert process.stop() == 0, process.log()[-3000:]

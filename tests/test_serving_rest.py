@@ -4,10 +4,13 @@ A real `serving.rest` server (asyncio, in this process) in front of a real Model
 the small TF1-style model of tests/serving_models.py, with batching on. The API behaviour
 (TF Serving's URLs, bodies and errors) is covered against `tfprod serve` in test_serving_e2e.py;
 this file covers the connection handling: keep-alive, pipelining, Connection: close, body
-limits, malformed requests, large bodies and many simultaneous connections.
+limits, malformed requests, large bodies, many simultaneous connections, read timeouts, the
+connection limit and the metrics' bounded labels.
 """
 
+import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -25,7 +28,7 @@ MAX_BODY = 200_000
 
 
 @pytest.fixture(scope="module")
-def rest_server(tmp_path_factory):
+def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("rest_server")
     model_dir = build_examples_model(str(root / "model"))
     copy_version(model_dir, str(root / "ex"), 1)
@@ -33,12 +36,25 @@ def rest_server(tmp_path_factory):
                            batching=BatchingParameters(max_batch_size=64, batch_timeout_micros=1000, max_enqueued_batches=1000,
                                                        num_batch_threads=1))
     manager.start()
-    server, port = rest.create_server(ServingService(manager, default_timeout_seconds=30), 0,
-                                      max_body_bytes=MAX_BODY)
-    yield port
-    server.shutdown()
-    server.server_close()
+    yield ServingService(manager, default_timeout_seconds=30)
     manager.stop(drain_seconds=5)
+
+
+@contextlib.contextmanager
+def _server(service, **limits):
+    """A REST server on a free port of 127.0.0.1 (limits: HttpServer's timeouts and connection limit)."""
+    server, port = rest.create_server(service, 0, max_body_bytes=MAX_BODY, metrics_path="/metrics", **limits)
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def rest_server(service):
+    with _server(service) as port:
+        yield port
 
 
 def _predict_request(values, close=False, extra_headers=""):
@@ -118,6 +134,25 @@ def test_connection_close_and_http_1_0_close_after_the_answer(rest_server):
     (b"HELLO\r\n\r\n", 400, "bad request line"),
     (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad header line"),
     (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (http11.MAX_HEADER_BYTES + 10), 431, "headers exceed"),
+    # The whole head in one write, its end included: the same limit.
+    (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "headers exceed"),
+    # Two Content-Lengths (different, or even equal: refused too), or one beside Transfer-Encoding:
+    # a proxy could frame the body differently (request smuggling).
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}",
+     400, "more than one content-length"),
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+     400, "more than one content-length"),
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+     400, "both Transfer-Encoding and Content-Length"),
+    # Content-Length is ASCII digits only (Python's int() takes all of these but the last).
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}", 400, "bad Content-Length"),
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: 1_0\r\n\r\n{}", 400, "bad Content-Length"),
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n{}", 400, "bad Content-Length"),
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length:  1 0\r\n\r\n{}", 400, "bad Content-Length"),
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: -1\r\n\r\n{}", 400, "bad Content-Length"),
+    # A space before the colon or a folded line: not a header name.
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length : 2\r\n\r\n{}", 400, "bad header line"),
+    (b"GET /healthz HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400, "bad header line"),
 ])
 def test_malformed_requests_get_an_error_and_the_connection_closes(rest_server, raw, status, fragment):
     with _connect(rest_server) as sock:
@@ -204,3 +239,109 @@ def test_idle_keep_alive_connections_are_closed_and_busy_ones_kept(rest_server, 
         assert _closed_by_server(idle, timeout=5.0)
         busy.sendall(_predict_request([[2.0, 0.0]]))
         assert _read_answers(busy, 1)[0][0] == 200
+
+
+# ----- read timeouts and the connection limit -----------------------------------------------------
+@pytest.mark.parametrize("raw, status", [
+    (b"", None),  # connected, sent nothing: closed without an answer
+    (b"GET /heal", 408),  # half a request line
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", 408),  # headers never terminated
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"instances\"", 408),  # body missing
+    # An oversized body being read and dropped for its 413, and the client stops sending.
+    (b"POST /v1/models/ex:predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1) + b"x" * 1000, 413),
+])
+def test_slow_or_half_sent_requests_are_answered_and_closed_within_the_timeouts(service, raw, status):
+    with _server(service, header_timeout_seconds=0.5, body_timeout_seconds=0.5) as port:
+        with _connect(port) as sock:
+            started = time.monotonic()
+            sock.sendall(raw)
+            if status is None:
+                assert _closed_by_server(sock, timeout=10.0)
+            else:
+                (got, headers, body), = _read_answers(sock, 1, timeout=10.0)
+                assert got == status and headers["connection"] == "close", body
+                assert _closed_by_server(sock, timeout=10.0)
+            assert time.monotonic() - started < 5.0  # 0.5 s timeouts, with room for a loaded machine
+        with _connect(port) as sock:  # the server is still up
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert _read_answers(sock, 1)[0][0] == 200
+
+
+def test_read_timeouts_spare_keep_alive_connections_between_requests_and_slow_but_steady_clients(service):
+    with _server(service, header_timeout_seconds=0.5, body_timeout_seconds=0.5) as port, _connect(port) as sock:
+        sock.sendall(_predict_request([[1.0, 1.0]]))
+        assert _read_answers(sock, 1)[0][0] == 200
+        time.sleep(1.0)  # idle between requests: the idle timeout applies (120 s), not the header timeout
+        request = _predict_request([[2.0, 2.0]])
+        for start in range(0, len(request), 40):  # in pieces, each well within the timeouts
+            sock.sendall(request[start:start + 40])
+            time.sleep(0.02)
+        (status, _, body), = _read_answers(sock, 1)
+        assert status == 200 and json.loads(body)["predictions"][0]["sum"] == 4.0
+
+
+def test_connections_over_the_limit_get_503_with_one_log_line_and_the_server_recovers(service, caplog):
+    """300 connections that send nothing against a limit of 50: 50 are held (until the header timeout
+    closes them), the other 250 are answered 503 at once; one warning in the log, not 250."""
+    limit, flood = 50, 300
+    caplog.set_level(logging.WARNING, logger=http11.__name__)
+    with _server(service, header_timeout_seconds=4.0, max_connections=limit) as port:
+        sockets = []
+        try:
+            for _ in range(flood):
+                sockets.append(_connect(port))
+            time.sleep(0.5)
+            refused, held = 0, []
+            for sock in sockets:
+                sock.setblocking(False)
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    held.append(sock)
+                    continue
+                assert data.startswith(b"HTTP/1.1 503 ") and b"connections open, its limit" in data, data[:200]
+                refused += 1
+            assert (len(held), refused) == (limit, flood - limit)
+            started = time.monotonic()
+            for sock in held:  # the header timeout closes what never sent a request
+                sock.setblocking(True)
+                assert _closed_by_server(sock, timeout=20.0)
+            assert time.monotonic() - started < 15.0
+        finally:
+            for sock in sockets:
+                sock.close()
+        with _connect(port) as sock:
+            sock.sendall(_predict_request([[1.0, 2.0]]))
+            assert _read_answers(sock, 1)[0][0] == 200
+    lines = [record.getMessage() for record in caplog.records if "connection limit" in record.getMessage()]
+    assert len(lines) == 1 and "--rest_max_connections" in lines[0], lines
+
+
+# ----- metrics ----------------------------------------------------------------------------------
+def _metrics_page(port) -> bytes:
+    with _connect(port) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        (status, _, body), = _read_answers(sock, 1)
+    assert status == 200
+    return body
+
+
+def test_unknown_model_names_share_one_metrics_label(rest_server):
+    """2,000 requests naming 2,000 unknown models grow the metrics page by one series, not 2,000."""
+    with _connect(rest_server) as sock:
+        sock.sendall(_predict_request([[1.0, 2.0]]))
+        assert _read_answers(sock, 1)[0][0] == 200
+    before = _metrics_page(rest_server)
+    for connection in range(4):
+        with _connect(rest_server) as sock:
+            names = [f"no_such_model_{connection}_{index}" for index in range(500)]
+            body = b'{"instances": [[1.0, 2.0]]}'
+            sock.sendall(b"".join(b"POST /v1/models/%s:predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (name.encode(), len(body), body) for name in names))
+            assert {status for status, _, _ in _read_answers(sock, len(names))} == {404}
+    after = _metrics_page(rest_server).decode()
+    assert len(after) - len(before) < 10_000, len(after) - len(before)
+    assert "no_such_model" not in after
+    assert ('tfprod_serving_request_count{model="_unknown",version="",api="predict",protocol="rest",'
+            'status="NOT_FOUND"} 2000') in after
+    assert 'tfprod_serving_request_count{model="ex",' in after  # a configured model keeps its own label
