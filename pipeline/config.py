@@ -326,8 +326,9 @@ class DataConfig:
                        getattr(self, key))
             _check(self.tfds_eval_split is None or bool(self.tfds_eval_split),
                    "data.tfds_eval_split", "null or a TFDS split", self.tfds_eval_split)
-        _check(self.image_height > 0 and self.image_width > 0, "data.image_height/image_width",
-               "positive integers", (self.image_height, self.image_width))
+        _check(self.image_height > 0, "data.image_height", "a positive integer",
+               self.image_height)
+        _check(self.image_width > 0, "data.image_width", "a positive integer", self.image_width)
         _check(self.num_classes is None or self.num_classes >= 2, "data.num_classes",
                "null (from the training labels) or an integer >= 2", self.num_classes)
 
