@@ -46,6 +46,23 @@ def test_truncated_file_exits_3_before_the_pipeline_starts(tmp_path, tiny_idx_di
     assert not (tmp_path / "out" / "pipeline").exists()
 
 
+def test_images_of_another_size_exit_3_before_the_pipeline_starts(tmp_path, mnist_sample,
+                                                                  capsys):
+    """27x28 images under a 28x28 config: the preflight reads the IDX headers and stops,
+    naming the file, before any component runs (issue 19, item 14)."""
+    from tests.conftest import write_idx_dataset
+
+    train_images, train_labels, test_images, test_labels = mnist_sample
+    data_dir = write_idx_dataset(tmp_path / "narrow", train_images[:50, 1:, :],
+                                 train_labels[:50], test_images[:20, 1:, :], test_labels[:20])
+    code = cli.main(["run", "--config", str(MNIST_CONFIG), "--data-dir", str(data_dir),
+                     "--output-dir", str(tmp_path / "out")])
+    assert code == 3
+    error = capsys.readouterr().err
+    assert f"{data_dir / idx.TRAIN_IMAGES}: images are 27x28" in error
+    assert not (tmp_path / "out" / "pipeline").exists()
+
+
 def test_bad_override_exits_2(tmp_path, capsys):
     code = cli.main(["run", "--config", str(MNIST_CONFIG), "--set", "trainer.epochz=1"])
     assert code == 2
