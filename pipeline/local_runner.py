@@ -169,12 +169,13 @@ def preflight_check(experiment: config_lib.ExperimentConfig) -> None:
 
     First, the checks of the experiment beyond its schema (pipeline.checks: the model
     fits the task, and so do the recipes and the tuning space), once per run; then that
-    the config's paths exist; then the task's own check of its input data
+    the config's paths exist and the output directory can be written in; then the task's own check of its input data
     (Task.preflight: e.g. unreadable IDX files, a bad TSV row, a CSV with gaps, or a TFDS
     dataset that is not prepared).
     """
     checks.check_experiment(experiment)
     experiment.check_paths()
+    config_lib.check_output_dir(experiment.runtime.output_dir)
     tasks.get_task(experiment).preflight(experiment)
 
 
