@@ -6,6 +6,7 @@ Errors leave as tfprod.errors kinds; tfprod/cli.py prints them and picks the exi
 """
 
 import argparse
+from typing import List
 
 
 def register(subparsers) -> None:
@@ -22,10 +23,18 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=_run_command)
 
 
+def _output_dir_source(args: argparse.Namespace, overrides: List[str]) -> str:
+    """What set runtime.output_dir, as an error names it: the last override of the key
+    (``--output-dir`` comes before the --set ones), else the config file."""
+    for override in reversed(overrides):
+        if override.split("=", 1)[0].strip() == "runtime.output_dir":
+            return "--set " + override if override in args.overrides else "--output-dir"
+    return f"{args.config}: runtime.output_dir"
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from tfprod import errors
     from tfprod.pipeline import config as config_lib
-    from tfprod.pipeline import local_runner
 
     overrides = []
     if args.data_dir:
@@ -35,6 +44,11 @@ def _run_command(args: argparse.Namespace) -> int:
     overrides += args.overrides
     with errors.missing_file_is_config_error():
         experiment = config_lib.load_config(args.config, overrides)
+    # Before TFX is imported: an output directory the run cannot write in is exit 2 at once.
+    config_lib.check_output_dir(experiment.runtime.output_dir,
+                                _output_dir_source(args, overrides))
+    from tfprod.pipeline import local_runner
+
     print(f"tfprod run: {experiment.name} (model {experiment.model.name}) on "
           f"{experiment.data.describe_source()}\n  outputs: {experiment.runtime.output_dir}",
           flush=True)

@@ -15,6 +15,7 @@ against the task) live above, in tfprod.pipeline.checks, and run once where a ru
 import dataclasses
 import enum
 import os
+import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from tfprod import configlib
@@ -326,8 +327,9 @@ class DataConfig:
                        getattr(self, key))
             _check(self.tfds_eval_split is None or bool(self.tfds_eval_split),
                    "data.tfds_eval_split", "null or a TFDS split", self.tfds_eval_split)
-        _check(self.image_height > 0 and self.image_width > 0, "data.image_height/image_width",
-               "positive integers", (self.image_height, self.image_width))
+        _check(self.image_height > 0, "data.image_height", "a positive integer",
+               self.image_height)
+        _check(self.image_width > 0, "data.image_width", "a positive integer", self.image_width)
         _check(self.num_classes is None or self.num_classes >= 2, "data.num_classes",
                "null (from the training labels) or an integer >= 2", self.num_classes)
 
@@ -977,6 +979,40 @@ class ExperimentConfig:
             )
         if self.data.schema_path is not None and not os.path.isfile(self.data.schema_path):
             raise ConfigError(f"data.schema_path: file not found: {self.data.schema_path}")
+
+
+def check_output_dir(output_dir: str, name: str = "runtime.output_dir") -> None:
+    """Checks that a run can write in output_dir, before any work (needs disk, no TensorFlow).
+
+    It must be a directory, or be one that can be made: the nearest part of the path that
+    exists is a directory, and a file can be created there (not read-only, not immutable,
+    not a read-only mount). Nothing is left behind.
+
+    Args:
+      output_dir: the run's output directory (absolute).
+      name: what set it, named in the error: ``--output-dir``, ``--set
+        runtime.output_dir=...`` or ``runtime.output_dir``.
+
+    Raises:
+      ConfigError: naming name and the path, and what is wrong with it.
+    """
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConfigError(f"{name}: {output_dir} is a file, not a directory; pass a "
+                          "directory (it is made if missing)")
+    existing = output_dir
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{name}: cannot make {output_dir}: {existing} is a file, not a "
+                          "directory")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".tfprod-write-check-", dir=existing)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise ConfigError(
+            f"{name}: cannot write in {existing} ({error.strerror or error}); the run needs "
+            "a writable directory (pass another one)") from error
 
 
 # --------------------------------------------------------------------------

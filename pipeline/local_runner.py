@@ -1,8 +1,10 @@
 """The local runner: LocalDagRunner, SQLite metadata and Beam's DirectRunner.
 
-run_pipeline(config) resolves paths, writes the final config, runs
-create_pipeline(config) with progress per component, and writes
-run_summary.json. When the run fails it raises PipelineRunError (a RunFailure: a
+run_pipeline(config) resolves paths, holds the output directory (one run at a time;
+pipeline.recovery clears what a killed run left), writes the config in progress, runs
+create_pipeline(config) with progress per component, and writes the report, then
+config.yaml and run_summary.json together (a killed run leaves the last finished run's
+three files as they were). When the run fails it raises PipelineRunError (a RunFailure: a
 component failed) or PipelineDataError (an InputDataError: a component stopped on the
 data), each with the failing component and the report's path; tfprod.errors gives the
 exit code (1 or 3).
@@ -22,6 +24,7 @@ from tfprod.pipeline import checks
 from tfprod.pipeline import config as config_lib
 from tfprod.contract import layout
 from tfprod.pipeline import pipeline as pipeline_lib, summary as summary_lib
+from tfprod.pipeline import recovery
 from tfprod.pipeline import tasks
 from tfprod.pipeline.report import builder as report_builder
 
@@ -169,13 +172,31 @@ def preflight_check(experiment: config_lib.ExperimentConfig) -> None:
 
     First, the checks of the experiment beyond its schema (pipeline.checks: the model
     fits the task, and so do the recipes and the tuning space), once per run; then that
-    the config's paths exist; then the task's own check of its input data
+    the config's paths exist and the output directory can be written in; then the task's own check of its input data
     (Task.preflight: e.g. unreadable IDX files, a bad TSV row, a CSV with gaps, or a TFDS
     dataset that is not prepared).
     """
     checks.check_experiment(experiment)
     experiment.check_paths()
+    config_lib.check_output_dir(experiment.runtime.output_dir)
     tasks.get_task(experiment).preflight(experiment)
+
+
+def finish_run_files(paths: layout.PipelinePaths, run_summary: summary_lib.RunSummary,
+                     progress: ProgressFn) -> None:
+    """Writes the report, then puts the run's config and summary in place.
+
+    The report reads the config from the in-progress file; the summary is written to a
+    temporary file; then config.yaml and run_summary.json are renamed into place, one right
+    after the other and after report.html, so a run killed at any point leaves the three
+    files of one run (the last finished one), not a new config beside an old summary.
+    """
+    report_builder.write_after_run(run_summary, progress, config_path=paths.running_config_path)
+    temporary_summary = paths.summary_path + ".tmp"
+    with open(temporary_summary, "w", encoding="utf-8") as handle:
+        json.dump(run_summary.to_json(), handle, indent=2)
+    os.replace(paths.running_config_path, paths.config_path)
+    os.replace(temporary_summary, paths.summary_path)
 
 
 def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn = print,
@@ -183,19 +204,31 @@ def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn =
     """Runs the pipeline locally and returns (and writes) the run summary.
 
     Raises:
-      tfprod.errors.ConfigError: a bad path in the config (before the run starts).
+      tfprod.errors.ConfigError: a bad path in the config, or the output directory is
+        held by another run (before the run starts).
       tfprod.errors.InputDataError: unreadable input files (before the run starts).
       PipelineRunError: a component failed; run_summary.json and the report are written
         all the same.
       PipelineDataError: a component stopped on the input data (an InputDataError in the
         failure's chain); run_summary.json and the report are written all the same.
     """
-    from tfx import v1 as tfx
-
     preflight_check(experiment)
     paths = layout.PipelinePaths(experiment.runtime.output_dir)
     os.makedirs(paths.output_dir, exist_ok=True)
-    config_lib.save_config(experiment, paths.config_path)
+    with recovery.hold_output_dir(paths) as running_config:
+        killed_run_config = os.fstat(running_config).st_size > 0
+        recovery.write_running_config(running_config, config_lib.config_yaml(experiment))
+        recovered = recovery.recover(paths, experiment.export.model_name, killed_run_config)
+        if recovered:
+            progress(recovery.describe(recovered))
+        return _run_holding(experiment, paths, recovered, progress, verbose)
+
+
+def _run_holding(experiment: config_lib.ExperimentConfig, paths: layout.PipelinePaths,
+                 recovered: Dict, progress: ProgressFn, verbose: bool) -> summary_lib.RunSummary:
+    """run_pipeline's run, while it holds the output directory."""
+    from tfx import v1 as tfx
+
     log_path = paths.log_path
     added_handlers = _quiet_logs(log_path, verbose)
 
@@ -219,13 +252,12 @@ def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn =
 
     run_summary = summary_lib.collect(experiment, paths, tracker.seconds, total_seconds,
                                       succeeded=failure is None)
+    run_summary.recovered = recovered
     if failure is not None:
         run_summary.status = "failed"
         run_summary.error = errors.describe(failure)
         run_summary.failed_component = failure.component
-    report_builder.write_after_run(run_summary, progress)
-    with open(paths.summary_path, "w", encoding="utf-8") as handle:
-        json.dump(run_summary.to_json(), handle, indent=2)
+    finish_run_files(paths, run_summary, progress)
     if failure is not None:
         failure.report_path = run_summary.report_path
         raise failure

@@ -2,8 +2,8 @@
 
 ExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator
 -> AnomaliesGate -> Transform -> [Tuner, when tuning.enabled] -> Trainer -> Evaluator
-(vs. the latest blessed model) -> Pusher -> TFLiteConverter (blessed models only;
-when mobile.enabled).
+(vs. the latest blessed model) -> Pusher (atomic: pipeline.pusher) -> TFLiteConverter
+(blessed models only; when mobile.enabled).
 Building it writes nothing. It reads only what the task needs to settle its evaluation gate
 (with eval.gate: baseline, the labels of the raw data, to score the trivial baseline).
 """
@@ -17,6 +17,7 @@ from tfprod.contract import layout
 from tfprod.mobile import component as mobile_component
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import ingestion, tasks, trainer, tuning, validation
+from tfprod.pipeline import pusher as pusher_lib
 
 RUN_FN = "tfprod.pipeline.trainer.run_fn"
 
@@ -112,12 +113,14 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
         eval_config=task.eval_config(experiment),
         example_splits=[experiment.eval.split])
 
-    pusher = tfx.components.Pusher(
+    # TFX's Pusher, pushing into a temporary directory and renaming it into place.
+    pusher = pusher_lib.AtomicPusher(
         model=model_trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=paths.serving_model_dir(experiment.export.model_name))))
+                base_directory=paths.serving_model_dir(experiment.export.model_name)))
+    ).with_id(layout.PUSHER_ID)
 
     components = [example_gen, statistics_gen, schema_gen, schema_rewrite, example_validator,
                   anomalies_gate, transform, tuner, model_trainer, latest_blessed_model,

@@ -51,6 +51,10 @@ class RunSummary:
     gate: Dict[str, Any] = dataclasses.field(default_factory=dict)
     # Not blessed: the --set overrides that would change that, each with why.
     bless_hints: List[str] = dataclasses.field(default_factory=list)
+    # What an earlier run killed in this output directory left, cleared before this run
+    # (pipeline.recovery.recover): {"unfinished_run", "abandoned_executions",
+    # "removed_partial_pushes"}; empty when there was nothing.
+    recovered: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,6 +94,11 @@ class RunSummary:
             lines += [f"  {entry['file']}: {entry['reason']}" for entry in listed[:20]]
             if len(listed) > 20:
                 lines.append(f"  ... and {len(listed) - 20} more in run_summary.json")
+        if self.recovered:
+            lines.append(f"Before this run: {self.recovered['abandoned_executions']} "
+                         "execution(s) of an unfinished run marked CANCELED in ML Metadata, "
+                         f"{len(self.recovered['removed_partial_pushes'])} partial push(es) "
+                         "removed")
         lines.append(f"Summary: {os.path.join(self.output_dir, layout.SUMMARY_FILE)}")
         if self.report_path:
             lines.append(f"Report: {self.report_path}")

@@ -4,6 +4,8 @@ Exit codes are the user's contract, so they are written out: 2 a bad config or p
 3 bad input data, 1 a failed component (tfprod.errors.EXIT_CODES).
 """
 
+import os
+
 import pytest
 
 from tfprod import cli
@@ -44,6 +46,97 @@ def test_truncated_file_exits_3_before_the_pipeline_starts(tmp_path, tiny_idx_di
     error = capsys.readouterr().err
     assert "bad input data" in error and idx.TRAIN_LABELS in error
     assert not (tmp_path / "out" / "pipeline").exists()
+
+
+def test_images_of_another_size_exit_3_before_the_pipeline_starts(tmp_path, mnist_sample,
+                                                                  capsys):
+    """27x28 images under a 28x28 config: the preflight reads the IDX headers and stops,
+    naming the file, before any component runs (issue 19, item 14)."""
+    from tests.conftest import write_idx_dataset
+
+    train_images, train_labels, test_images, test_labels = mnist_sample
+    data_dir = write_idx_dataset(tmp_path / "narrow", train_images[:50, 1:, :],
+                                 train_labels[:50], test_images[:20, 1:, :], test_labels[:20])
+    code = cli.main(["run", "--config", str(MNIST_CONFIG), "--data-dir", str(data_dir),
+                     "--output-dir", str(tmp_path / "out")])
+    assert code == 3
+    error = capsys.readouterr().err
+    assert f"{data_dir / idx.TRAIN_IMAGES}: images are 27x28" in error
+    assert not (tmp_path / "out" / "pipeline").exists()
+
+
+def _run_into(output_dir, *extra):
+    return cli.main(["run", "--config", str(MNIST_CONFIG), "--output-dir", str(output_dir),
+                     *extra])
+
+
+def test_output_dir_that_is_a_file_or_under_a_file_exits_2(tmp_path, tiny_idx_dir, capsys):
+    """Issue 19, item 11: checked before any work; works as root too (no permissions)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    for output_dir, says in ((a_file, f"--output-dir: {a_file} is a file, not a directory"),
+                             (a_file / "out" / "deeper",
+                              f"--output-dir: cannot make {a_file / 'out' / 'deeper'}: "
+                              f"{a_file} is a file")):
+        assert _run_into(output_dir, "--data-dir", str(tiny_idx_dir)) == 2
+        assert says in capsys.readouterr().err
+    assert a_file.read_text() == "not a directory"
+    # Set by --set, or by the config file: named so.
+    assert cli.main(["run", "--config", str(MNIST_CONFIG), "--data-dir", str(tiny_idx_dir),
+                     "--set", f"runtime.output_dir={a_file}"]) == 2
+    assert f"--set runtime.output_dir={a_file}: {a_file} is a file" in capsys.readouterr().err
+    config = tmp_path / "exp.yaml"
+    config.write_text(MNIST_CONFIG.read_text().replace("outputs/mnist_cnn", str(a_file)))
+    assert cli.main(["run", "--config", str(config), "--data-dir", str(tiny_idx_dir)]) == 2
+    assert f"{config}: runtime.output_dir: {a_file} is a file" in capsys.readouterr().err
+
+
+def test_output_dir_check_comes_before_tfx_and_the_data(tmp_path):
+    """Exit 2 with neither TFX's orchestration nor TensorFlow imported, and the data not
+    read (the data dir does not even exist)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    code = ("import sys; from tfprod import cli;"
+            f"code = cli.main(['run', '--config', {str(MNIST_CONFIG)!r}, '--output-dir', "
+            f"{str(a_file)!r}, '--data-dir', {str(tmp_path / 'nowhere')!r}]);"
+            "print(code, [m for m in ('tensorflow', 'tfx.orchestration') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "2 []", result.stderr
+    assert "--output-dir" in result.stderr and "is a file" in result.stderr
+
+
+def test_output_dir_on_a_read_only_mount_exits_2(tmp_path, tiny_idx_dir, monkeypatch, capsys):
+    """A read-only mount (EROFS) or an immutable directory (EPERM) refuses the write probe;
+    simulated, since tests cannot mount or chattr (and root writes through chmod)."""
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert _run_into(tmp_path / "out", "--data-dir", str(tiny_idx_dir)) == 2
+    assert (f"--output-dir: cannot write in {tmp_path} (Read-only file system)"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a chmod 555 directory: "
+                    "the read-only-mount test covers the refused write as root")
+def test_output_dir_without_write_permission_exits_2(tmp_path, tiny_idx_dir, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert _run_into(locked / "out", "--data-dir", str(tiny_idx_dir)) == 2
+        assert f"--output-dir: cannot write in {locked}" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o755)
 
 
 def test_bad_override_exits_2(tmp_path, capsys):

@@ -171,6 +171,29 @@ def test_errors_name_the_source_of_the_value(tmp_path):
         config_lib.load_config(str(path), ["trainer.epochs=x"])
 
 
+def test_set_value_errors_name_the_set_override_not_the_file(tmp_path):
+    """A value given by --set over a file that sets the same section is charged to --set,
+    also where a check reads two keys at once (issue 19, item 15)."""
+    message = r"^--set data.image_width=-1: data.image_width: expected a positive integer"
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load_config(str(MNIST_CONFIG), ["data.image_width=-1"])
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump({"data": {"format": "table", "table": {
+        "label_column": "y", "categorical_columns": ["a"]}}, "model": {"name": "mlp"}}))
+    with pytest.raises(config_lib.ConfigError, match=(
+            r"^--set data.table.numeric_columns=\[a\]: data.table.categorical_columns/"
+            r"numeric_columns: expected each column in at most one")):
+        config_lib.load_config(str(path), ["data.table.numeric_columns=[a]"])
+    # The file's own bad value is still charged to the file, whatever --set changed beside it.
+    path.write_text(yaml.safe_dump({"data": {"image_width": 0}}))
+    with pytest.raises(config_lib.ConfigError, match=rf"^{path}: data.image_width"):
+        config_lib.load_config(str(path), ["data.image_height=30"])
+    # A --set of a key the file set earlier moves it to the later layer.
+    assert configlib.source_of("a.b/c", {"a.b": "file", "a.c": "--set a.c=1"}) == "--set a.c=1"
+    assert configlib.source_of("a.b/c", {"a.c": "file", "a.b": "--set a.b=1"}) == "--set a.b=1"
+    assert configlib.source_of("a.b[2].d", {"a": "file"}) == "file"
+
+
 def test_one_path_setter_for_overrides_and_values():
     experiment = config_lib.ExperimentConfig()
     config_lib.set_value(experiment, "trainer.epochs", "3", source="--set")

@@ -24,6 +24,7 @@ EXPECTED = {
     ("tfprod.configlib", "ConfigError"): (CONFIG, (ValueError,)),
     ("tfprod.pipeline.config", "ConfigError"): (CONFIG, (ValueError,)),
     ("tfprod.pipeline.distribute", "DistributeError"): (CONFIG, (ValueError,)),
+    ("tfprod.pipeline.recovery", "OutputDirInUse"): (CONFIG, (ValueError,)),
     ("tfprod.pipeline.report.run_data", "ReportError"): (CONFIG, (RuntimeError,)),
     ("tfprod.pipeline.ingestion.tfds.dataset", "TfdsSourceError"): (CONFIG, (ValueError,)),
     ("tfprod.pipeline.ingestion.tfds.dataset", "DatasetNotPreparedError"): (CONFIG, ()),

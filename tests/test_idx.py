@@ -90,3 +90,26 @@ def test_missing_files_are_named(tmp_path):
 def test_write_rejects_non_uint8(tmp_path):
     with pytest.raises(ValueError, match=r"uint8"):
         idx.write_idx(str(tmp_path / "x"), np.zeros((2, 2), np.float32))
+
+
+def test_read_shape_reads_the_header_only(tmp_path):
+    for name in ("images.idx.gz", "images.idx"):
+        path = tmp_path / name
+        idx.write_idx(str(path), np.zeros((5, 27, 28), np.uint8))
+        assert idx.read_shape(str(path)) == (5, 27, 28)
+    cut = tmp_path / "cut.idx"
+    cut.write_bytes((tmp_path / "images.idx").read_bytes()[:100])  # data cut, header whole
+    assert idx.read_shape(str(cut)) == (5, 27, 28)
+    cut.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 3, 5))
+    with pytest.raises(idx.IdxFormatError, match=r"header declares 3 dimensions"):
+        idx.read_shape(str(cut))
+
+
+def test_image_size_other_than_configured_names_the_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    idx.write_idx(str(path), np.zeros((5, 27, 28), np.uint8))
+    idx.check_image_size(str(path), 27, 28)
+    with pytest.raises(idx.IdxFormatError, match=(
+            rf"^{path}: images are 27x28 \(rows x cols\) but data.image_height x "
+            r"data.image_width is 28x28")):
+        idx.check_image_size(str(path), 28, 28)

@@ -342,21 +342,34 @@ def _leaf_keys(values: Dict[str, Any], prefix: str = "") -> Iterable[str]:
             yield key
 
 
-def _key_path(key: str) -> List[str]:
-    """The dotted path an error key names: 'a.b[2].c/d' -> ['a', 'b']."""
-    return re.split(r"[\[/]", key, maxsplit=1)[0].split(".")
+def _key_paths(key: str) -> List[List[str]]:
+    """The dotted paths an error key names: 'a.b[2].c' -> [['a', 'b']]; a check of two keys
+    of one section, 'a.b/c', names both: [['a', 'b'], ['a', 'c']]."""
+    first, *others = key.split("/")
+    path = re.split(r"\[", first, maxsplit=1)[0].split(".")
+    return [path] + [path[:-1] + re.split(r"\[", other, maxsplit=1)[0].split(".")
+                     for other in others if other]
 
 
 def source_of(key: Optional[str], sources: Dict[str, str]) -> Optional[str]:
-    """Which layer set key (or the section holding it), from {dotted key: source}."""
+    """Which layer set key (or the section holding it), from {dotted key: source} in the
+    order the layers set them (a later layer's keys come later).
+
+    A key naming two keys of a section (``data.image_height/image_width``) is charged to
+    the later layer that set either: that value made the pair invalid (e.g. ``--set
+    data.image_width=-1`` over a file that sets both).
+    """
     if not key:
         return None
-    path = _key_path(key)
-    for depth in range(len(path), 0, -1):
-        found = sources.get(".".join(path[:depth]))
-        if found is not None:
-            return found
-    return None
+    order = {name: position for position, name in enumerate(sources)}
+    found: List[Tuple[int, str]] = []
+    for path in _key_paths(key):
+        for depth in range(len(path), 0, -1):
+            name = ".".join(path[:depth])
+            if name in sources:
+                found.append((order[name], sources[name]))
+                break
+    return max(found)[1] if found else None
 
 
 def load(cls: type, path: Optional[str] = None, overrides: Sequence[str] = (),
@@ -386,7 +399,8 @@ def load(cls: type, path: Optional[str] = None, overrides: Sequence[str] = (),
     for override in overrides:
         key, text = parse_override(override)
         set_value(config, key, text, source=f"--set {override}")
-        sources = {k: v for k, v in sources.items() if not k.startswith(key + ".")}
+        # Re-inserted last: source_of reads the order of the keys as the order of layers.
+        sources = {k: v for k, v in sources.items() if k != key and not k.startswith(key + ".")}
         sources[key] = f"--set {override}"
     if validate is not None:
         try:

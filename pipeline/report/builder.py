@@ -37,7 +37,7 @@ def render(run: RunData) -> str:
 
 
 def build_report(output_dir: str, summary: Optional[Dict[str, Any]] = None,
-                 report_path: Optional[str] = None) -> str:
+                 report_path: Optional[str] = None, config_path: Optional[str] = None) -> str:
     """Builds the report of the run in output_dir and returns the file's path.
 
     Args:
@@ -45,11 +45,13 @@ def build_report(output_dir: str, summary: Optional[Dict[str, Any]] = None,
       summary: the run summary as a dict (the runner passes the one it is about to write);
         read from run_summary.json when None.
       report_path: where to write; defaults to <output_dir>/report.html.
+      config_path: the run's config; defaults to <output_dir>/config.yaml (the runner
+        passes its in-progress config, which becomes config.yaml after the report).
 
     Raises:
       ReportError: output_dir holds no run.
     """
-    run = load_run(output_dir, summary)
+    run = load_run(output_dir, summary, config_path)
     page = render(run)
     report_path = report_path or os.path.join(run.output_dir, layout.REPORT_FILE)
     temporary = report_path + ".tmp"
@@ -59,17 +61,20 @@ def build_report(output_dir: str, summary: Optional[Dict[str, Any]] = None,
     return report_path
 
 
-def write_after_run(run_summary, progress: Callable[[str], None]) -> Optional[str]:
+def write_after_run(run_summary, progress: Callable[[str], None],
+                    config_path: Optional[str] = None) -> Optional[str]:
     """The runner's hook: records the git commit, writes the report, sets run_summary.report_path.
 
     A report that cannot be written is a warning, not a failed run. Returns the path or None.
+    config_path: as build_report's.
     """
     from tfprod.pipeline.report.run_data import source_commit
 
     run_summary.git_commit = source_commit()
     started = time.perf_counter()
     try:
-        path = build_report(run_summary.output_dir, run_summary.to_json())
+        path = build_report(run_summary.output_dir, run_summary.to_json(),
+                            config_path=config_path)
     except Exception as error:  # The run's result matters more than its report: warn, go on.
         logger.warning("the run report failed:\n%s", traceback.format_exc())
         progress(f"warning: the run report was not written: {type(error).__name__}: {error}")

@@ -175,12 +175,14 @@ def source_commit(directory: Optional[str] = None) -> Optional[str]:
     return commit
 
 
-def load_run(output_dir: str, summary: Optional[Dict[str, Any]] = None) -> RunData:
+def load_run(output_dir: str, summary: Optional[Dict[str, Any]] = None,
+             config_path: Optional[str] = None) -> RunData:
     """Reads a finished run from its output directory.
 
     Args:
       output_dir: the run's output directory (runtime.output_dir).
       summary: the run summary as a dict; read from run_summary.json when None.
+      config_path: the run's config; <output_dir>/config.yaml when None.
 
     Raises:
       ReportError: the directory holds no run (no run_summary.json, config.yaml or metadata).
@@ -191,7 +193,7 @@ def load_run(output_dir: str, summary: Optional[Dict[str, Any]] = None) -> RunDa
                           "finished `tfprod run`")
     if summary is None:
         summary = _read_json(os.path.join(output_dir, layout.SUMMARY_FILE))
-    config_path = os.path.join(output_dir, layout.CONFIG_FILE)
+    config_path = config_path or os.path.join(output_dir, layout.CONFIG_FILE)
     if summary is None and not os.path.isfile(config_path):
         raise ReportError(f"{output_dir} has neither {layout.SUMMARY_FILE} nor {layout.CONFIG_FILE}: is it the "
                           "output directory of a `tfprod run`?")

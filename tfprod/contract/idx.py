@@ -82,6 +82,46 @@ def read_idx(path: str) -> np.ndarray:
     return parse_idx(_read_bytes(path), source=path)
 
 
+def read_shape(path: str) -> Tuple[int, ...]:
+    """The shape an IDX file's header declares, reading the header only (the data is not
+    decompressed); read_idx checks the data against it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            magic = handle.read(4)
+            ndim = magic[3] if len(magic) == 4 else 0
+            dims = handle.read(4 * ndim)
+    except (OSError, EOFError, zlib.error) as error:
+        raise IdxFormatError(
+            f"{path}: cannot decompress ({error}); the file is truncated or not gzip. "
+            "Re-copy it from the original dataset.") from error
+    # parse_idx's header checks, on the header alone (its size check is read_idx's).
+    header = magic + dims
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or ndim == 0 \
+            or magic[2] != UINT8_TYPE_CODE or len(dims) < 4 * ndim:
+        parse_idx(header, source=path)  # raises the matching IdxFormatError
+    return tuple(struct.unpack(">" + "I" * ndim, dims))
+
+
+def check_image_size(images_path: str, height: int, width: int) -> None:
+    """An images file's header declares [N, height, width] images.
+
+    Raises:
+      IdxFormatError: naming the file, the size it holds and the size configured.
+    """
+    shape = read_shape(images_path)
+    if len(shape) != 3:
+        raise IdxFormatError(
+            f"{images_path}: expected 3 dimensions [N, rows, cols], got shape {shape}")
+    if shape[1:] != (height, width):
+        raise IdxFormatError(
+            f"{images_path}: images are {shape[1]}x{shape[2]} (rows x cols) but "
+            f"data.image_height x data.image_width is {height}x{width}; use the dataset's "
+            f"files, or --set data.image_height={shape[1]} --set data.image_width={shape[2]}")
+
+
 def read_image_label_pair(images_path: str, labels_path: str) -> Tuple[np.ndarray, np.ndarray]:
     """Reads a matching images file ([N, rows, cols]) and labels file ([N])."""
     images = read_idx(images_path)

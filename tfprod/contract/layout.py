@@ -12,6 +12,11 @@ import os
 METADATA_FILE = "metadata.sqlite"  # ML Metadata (SQLite) of the local runs
 SUMMARY_FILE = "run_summary.json"  # pipeline.summary.RunSummary, written at the end of a run
 CONFIG_FILE = "config.yaml"  # the experiment config the run used
+# The config of the run in progress; renamed to CONFIG_FILE when the run ends (with
+# SUMMARY_FILE and REPORT_FILE), so the three always describe the same, last finished run.
+# Left behind, it is the config of a run that was killed. Locked while the run holds the
+# directory.
+RUNNING_CONFIG_FILE = "config.yaml.running"
 LOG_FILE = "run.log"  # the full TFX/Beam/TensorFlow log of the run
 REPORT_FILE = "report.html"  # the run report (pipeline.report)
 PIPELINE_ROOT_DIR = "pipeline"  # TFX artifacts, one folder per component
@@ -78,6 +83,10 @@ class PipelinePaths:
     @property
     def config_path(self) -> str:
         return os.path.join(self.output_dir, CONFIG_FILE)
+
+    @property
+    def running_config_path(self) -> str:
+        return os.path.join(self.output_dir, RUNNING_CONFIG_FILE)
 
     @property
     def log_path(self) -> str:

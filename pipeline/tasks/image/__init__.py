@@ -54,8 +54,10 @@ class ImageClassificationTask(ClassificationTask):
         return idx_ingestion.IdxExampleGen(input_base=data_dir, eval_fraction=data.eval_fraction)
 
     def preflight(self, experiment: config_lib.ExperimentConfig) -> None:
-        """IDX: all four files there and readable. TFDS: the dataset prepared, its splits and
-        features as configured (TfdsSourceError, a ConfigError, says how to fix it).
+        """IDX: all four files there and readable, their images data.image_height x
+        data.image_width (else IdxFormatError, exit 3, naming the file). TFDS: the dataset
+        prepared, its splits and features as configured (TfdsSourceError, a ConfigError,
+        says how to fix it).
 
         Photo folders: train/ and test/ hold the same class folders, and every file decodes
         (else ImageFolderError, exit 3, naming the files, unless data.bad_images is skip).
@@ -91,6 +93,11 @@ class ImageClassificationTask(ClassificationTask):
             idx.check_idx_dir(data.data_dir)
         except FileNotFoundError as error:
             raise config_lib.ConfigError(f"data.data_dir: {error}") from None
+        # The headers first: images of another size stop here, before anything is read
+        # in full (else only the ExampleValidator, five components later, would say so).
+        for images in (idx.TRAIN_IMAGES, idx.TEST_IMAGES):
+            idx.check_image_size(os.path.join(data.data_dir, images), data.image_height,
+                                 data.image_width)
         train_labels = None
         for images, labels in ((idx.TRAIN_IMAGES, idx.TRAIN_LABELS),
                                (idx.TEST_IMAGES, idx.TEST_LABELS)):
