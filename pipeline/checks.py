@@ -12,6 +12,7 @@ Tuner and the local multi-worker job get the checked config serialized and only 
 
 from typing import Optional, Sequence
 
+from tfprod import configlib
 from tfprod.models import registry
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import recipes, tasks, tuning
@@ -50,11 +51,15 @@ def check_experiment(experiment: config_lib.ExperimentConfig) -> None:
       ConfigError: the model, a recipe or the tuning section does not fit the task.
     """
     task_name = tasks.get_task(experiment).name
-    _check_against_task(experiment, task_name)
-    # Each choice, and each end of each range, must suit the task on its own too.
-    tuning.validate_tuning(experiment, task_name,
-                           check_candidate=lambda candidate: _check_against_task(
-                               candidate, task_name))
+    try:
+        _check_against_task(experiment, task_name)
+        # Each choice, and each end of each range, must suit the task on its own too.
+        tuning.validate_tuning(experiment, task_name,
+                               check_candidate=lambda candidate: _check_against_task(
+                                   candidate, task_name))
+    except ConfigError as error:
+        # Name the file or the --set override the offending value came from.
+        raise configlib.with_source(error, experiment) from None
 
 
 def load_experiment(path: Optional[str] = None,

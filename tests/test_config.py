@@ -194,6 +194,24 @@ def test_set_value_errors_name_the_set_override_not_the_file(tmp_path):
     assert configlib.source_of("a.b[2].d", {"a": "file"}) == "file"
 
 
+def test_checks_above_the_schema_name_the_source_too(tmp_path):
+    """model.name is checked against the model registry after loading (checks.py): its error
+    names the --set override or the file that gave the name (issue 19, item 15)."""
+    experiment = config_lib.load_config(str(MNIST_CONFIG), ["model.name=nope"])
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"^--set model.name=nope: model.name: unknown model 'nope'"):
+        checks.check_experiment(experiment)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": "lstm"}}))
+    with pytest.raises(config_lib.ConfigError, match=rf"^{path}: model.name: model 'lstm' fits"):
+        checks.check_experiment(config_lib.load_config(str(path)))
+    # A config built in code has no layers: the message is the check's own.
+    built = config_lib.ExperimentConfig()
+    built.model.name = "nope"
+    with pytest.raises(config_lib.ConfigError, match=r"^model.name: unknown model"):
+        checks.check_experiment(built)
+
+
 def test_one_path_setter_for_overrides_and_values():
     experiment = config_lib.ExperimentConfig()
     config_lib.set_value(experiment, "trainer.epochs", "3", source="--set")

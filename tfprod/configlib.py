@@ -407,4 +407,17 @@ def load(cls: type, path: Optional[str] = None, overrides: Sequence[str] = (),
             validate(config)
         except ConfigError as error:
             raise error.at(source_of(error.key, sources)) from None
+    # Kept on the object (not a field) so checks that run later, above the schema (the model
+    # registry, the task), can name the layer too: see with_source.
+    object.__setattr__(config, _SOURCES_ATTRIBUTE, sources)
     return config
+
+
+_SOURCES_ATTRIBUTE = "_tfprod_config_sources"
+
+
+def with_source(error: ConfigError, config: Any) -> ConfigError:
+    """error with the file or ``--set`` override that set its key in front, for a config
+    that load() built and a check that runs after load (e.g. model.name against the model
+    registry); unchanged when the key or its source is unknown."""
+    return error.at(source_of(error.key, getattr(config, _SOURCES_ATTRIBUTE, {})))
