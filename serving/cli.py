@@ -51,6 +51,9 @@ def register(subparsers) -> None:
     serve.add_argument("--enable_model_config_reload", type=_bool_flag, nargs="?", const=True, default=None,
                        help="allow ModelService.HandleReloadConfigRequest, which has no authentication "
                             "(tfprod only; default: true when --host is a loopback address, else false)")
+    serve.add_argument("--allow_empty_base_path", type=_bool_flag, nargs="?", const=True, default=False,
+                       help="start although a model's base path has no version that loads, and wait for "
+                            "one (tfprod only; by default that is an error at start, exit 2)")
     serve.add_argument("--allow_empty_model_config", type=_bool_flag, nargs="?", const=True, default=False,
                        help="let a config reload remove every model (tfprod only)")
     serve.add_argument("--rest_header_timeout_seconds", type=float, default=10.0,
@@ -105,6 +108,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         max_request_tensor_bytes=args.max_request_tensor_bytes,
         enable_model_config_reload=args.enable_model_config_reload,
         allow_empty_model_config=args.allow_empty_model_config,
+        allow_empty_base_path=args.allow_empty_base_path,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism)
     server = ModelServer(options)  # a bad flag or config file: ConfigFileError, a ConfigError

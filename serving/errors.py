@@ -103,3 +103,8 @@ class InternalError(ServingError):
 
 class ConfigFileError(errors.ConfigError):
     """A server configuration file (models.config, batching or monitoring) is invalid."""
+
+
+class NoServableVersionError(errors.ConfigError):
+    """At start, a configured model has no version that loaded (its base path is missing or
+    empty, or every version failed): serving it would only answer NOT_FOUND."""

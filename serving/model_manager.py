@@ -424,6 +424,27 @@ class ModelManager:
                 statuses.append(status)
             return statuses
 
+    def unavailable_models(self) -> List[str]:
+        """One line per configured model with no available version: its name, base path and why
+        (the path is missing, it holds no version directory, or each version's load error)."""
+        with self._lock:
+            configs = list(self._config.model_config_list.config)
+            records = {name: dict(versions) for name, versions in self._models.items()}
+        lines = []
+        for model in configs:
+            versions = records.get(model.name, {})
+            if any(record.state == State.AVAILABLE for record in versions.values()):
+                continue
+            if not os.path.isdir(model.base_path):
+                why = "the directory does not exist"
+            elif not versions:
+                why = "it holds no version directory (named by a number, e.g. 1/saved_model.pb)"
+            else:
+                why = "; ".join(f"version {number} failed: {record.error or 'not loaded'}"
+                                for number, record in sorted(versions.items()))
+            lines.append(f"model {model.name!r} at {model.base_path}: {why}")
+        return lines
+
     def is_ready(self) -> bool:
         """True once every configured model has at least one available version."""
         with self._lock:

@@ -12,7 +12,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tfprod.serving import config as config_lib
 from tfprod.serving import grpc_server, http11, rest
-from tfprod.serving.errors import ConfigFileError
+from tfprod.serving.errors import ConfigFileError, NoServableVersionError
 from tfprod.serving.model_manager import ModelManager, freeze_long_lived_objects
 from tfprod.serving.service import ServingService
 
@@ -44,6 +44,7 @@ class ServerOptions:
     max_request_tensor_bytes: Optional[int] = None  # None: twice max_request_bytes
     enable_model_config_reload: Optional[bool] = None  # None: only when host is a loopback address
     allow_empty_model_config: bool = False
+    allow_empty_base_path: bool = False  # start although a model has no loadable version yet
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
 
@@ -197,6 +198,15 @@ class ModelServer:
                     body_timeout_seconds=options.rest_body_timeout_seconds,
                     max_connections=options.rest_max_connections, start_serving=False))
             self.manager.start()
+            missing = self.manager.unavailable_models()
+            if missing and not options.allow_empty_base_path:
+                raise NoServableVersionError(
+                    "nothing to serve: " + "; ".join(missing) + ". Export a model there (tfprod run "
+                    "pushes to <output_dir>/serving/<model_name>/<version>), fix --model_base_path / "
+                    "the models.config, or start anyway with --allow_empty_base_path to wait for a "
+                    "version to appear")
+            for line in missing:
+                LOG.warning("no version to serve yet: %s (waiting for one: --allow_empty_base_path)", line)
         except BaseException:
             self._close_ports()
             raise

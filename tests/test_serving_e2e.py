@@ -596,3 +596,43 @@ def test_rest_and_model_polling_survive_a_flood_past_the_open_file_limit(tmp_pat
         for sock in flood:
             sock.close()
         assert process.stop() == 0, process.log()[-3000:]
+
+
+def test_a_base_path_with_nothing_to_serve_is_an_error_at_start_unless_allowed(tmp_path, examples_model_dir):
+    """`tfprod serve` on a base path that does not exist, or holds no version that loads, exits 2 at
+    start naming the model, the path and why (TF Serving would wait silently); with
+    --allow_empty_base_path it starts, says it waits, and serves a version pushed later."""
+    missing = tmp_path / "does" / "not" / "exist"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    for base_path, why in ((missing, "the directory does not exist"),
+                           (empty, "it holds no version directory"),
+                           (broken, "version 1 failed")):
+        result = subprocess.run(
+            [TFPROD, "serve", "--port", "0", "--rest_api_port", "0", "--model_name", "examples",
+             "--model_base_path", str(base_path)],
+            cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"model 'examples' at {base_path}: {why}" in result.stderr, result.stderr[-2000:]
+        assert "--allow_empty_base_path" in result.stderr and "Traceback" not in result.stderr
+        assert result.stdout == ""  # never announced its ports as serving
+
+    process = ServerProcess(["--model_name", "examples", "--model_base_path", str(empty),
+                             "--allow_empty_base_path", "--file_system_poll_wait_seconds", "0.3"],
+                            tmp_path / "server.log")
+    try:
+        assert "no version to serve yet" in process.log()
+        copy_version(examples_model_dir, str(empty), 3)
+        deadline = time.monotonic() + 60
+        while True:
+            status, body = process.http("GET", "/v1/models/examples")
+            available = status == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+            if available or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert available, body
+    finally:
+        assert process.stop() == 0, process.log()[-3000:]
