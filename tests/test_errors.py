@@ -36,6 +36,7 @@ EXPECTED = {
     ("tfprod.mobile.data", "DataError"): (CONFIG, (ValueError,)),
     ("tfprod.mobile.export", "ExportError"): (CONFIG, (RuntimeError,)),
     ("tfprod.serving.errors", "ConfigFileError"): (CONFIG, (ValueError,)),
+    ("tfprod.serving.errors", "NoServableVersionError"): (CONFIG, ()),
     ("tfprod.kubeflow.errors", "CompileError"): (CONFIG, ()),
     ("tfprod.kubeflow.errors", "ParameterError"): (CONFIG, ()),
     ("tfprod.kubeflow.errors", "ManifestError"): (CONFIG, ()),
