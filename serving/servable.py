@@ -274,13 +274,33 @@ class Servable:
                 raise InvalidArgumentError(
                     f"Expects arg '{key}' to be {signature.input_tf_dtypes[key].name} but "
                     f"{tf.dtypes.as_dtype(value.dtype).name} is provided")
-            value = coerce_input(key, np.asarray(value) if not isinstance(value, np.ndarray) else value,
-                                 signature.input_dtypes[key])
+            value = np.asarray(value) if not isinstance(value, np.ndarray) else value
+            try:
+                value = coerce_input(key, value, signature.input_dtypes[key])
+            except InvalidArgumentError as error:
+                hint = self._signature_hint(signature, value)
+                if hint:
+                    raise InvalidArgumentError(f"{error.message}; {hint}") from None
+                raise
             check_shape(key, value, signature.input_shapes[key])
             checked[key] = value
         if max_bytes is not None:
             check_total_size(checked, max_bytes)
         return checked
+
+    def _signature_hint(self, signature: SignatureInfo, value: np.ndarray) -> Optional[str]:
+        """For values of the wrong kind (numbers sent to serving_default's serialized tf.Examples,
+        say): the other signatures whose inputs all take that kind, as a hint for the request."""
+        is_text = value.dtype.kind in "OSU"
+        fits = [name for name, other in sorted(self.signatures.items())
+                if name != signature.name and other.input_dtypes
+                and all((np.dtype(dtype).kind in "OSU") == is_text
+                        for dtype in other.input_dtypes.values())]
+        if not fits:
+            return None
+        names = " or ".join(f"'{name}'" for name in fits)
+        return (f"signature {names} takes {'strings' if is_text else 'numbers'}: name it in the request "
+                f"(REST: \"signature_name\": \"{fits[0]}\"; gRPC: model_spec.signature_name)")
 
     def _prepare_predict(self, signature_name: str, inputs: Arrays, output_filter: Sequence[str],
                          strict_dtypes: bool, max_bytes: Optional[int]):

@@ -505,6 +505,25 @@ def test_unload_waits_for_in_flight_requests(tmp_path, examples_model):
     manager.stop()
 
 
+def test_values_of_the_wrong_kind_get_a_hint_naming_the_signature_that_takes_them(examples_model):
+    """JSON numbers sent to a signature of serialized tf.Examples (the pipeline's serving_default)
+    are refused with the signature that takes numbers named, and the other way round (issue 18)."""
+    from tfprod.serving.servable import Servable
+
+    servable = Servable("ex", 1, examples_model)
+    with pytest.raises(InvalidArgumentError) as raised:
+        servable.predict("regress_x", {"inputs": np.array([1.0, 2.0])})
+    assert "input 'inputs' expects string values but got float64" in raised.value.message
+    assert ("signature 'serving_default' takes numbers: name it in the request "
+            '(REST: "signature_name": "serving_default"') in raised.value.message
+    with pytest.raises(InvalidArgumentError) as raised:
+        servable.predict("", {"x": np.array([[b"a", b"b"]], object)})
+    assert "signature 'classify_x' or 'regress_x' takes strings" in raised.value.message
+    # gRPC's typed tensors keep TF Serving's own message.
+    with pytest.raises(InvalidArgumentError, match=r"^Expects arg 'inputs' to be string but float64 is provided$"):
+        servable.predict("regress_x", {"inputs": np.array([1.0, 2.0])}, strict_dtypes=True)
+
+
 def test_servable_checks_dtypes_shapes_and_inputs(examples_model):
     from tfprod.serving.servable import Servable
 
