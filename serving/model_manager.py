@@ -30,6 +30,7 @@ LOG = logging.getLogger(__name__)
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
+POLL_ERROR_LOG_SECONDS = 60.0  # a polling error that repeats is logged at most this often
 VERSION_NAME = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() refuses
 MAX_VERSION = 2 ** 63 - 1  # versions are int64 in TF Serving's protos
 MAX_RETRY_BACKOFF_SECONDS = 60.0
@@ -193,11 +194,28 @@ class ModelManager:
                 self._unload(name, record, drain_seconds)
 
     def _poll_loop(self) -> None:
+        """Polls until stopped. A pass that fails (e.g. "Too many open files" under a connection
+        flood) never stops the loop; its traceback is logged once, then repeats of the same error
+        at most one line a minute with a count, and the recovery in one line."""
+        failures, last_logged, last_error = 0, 0.0, None
         while not self._stop.wait(self._poll_seconds):
             try:
                 self.poll_once()
-            except Exception:  # keep polling: one bad pass must not stop hot reloads
-                LOG.exception("polling the model base paths failed")
+            except Exception as error:  # keep polling: one bad pass must not stop hot reloads
+                failures += 1
+                now = time.monotonic()
+                summary = f"{type(error).__name__}: {_first_line(error)}"
+                if summary != last_error:
+                    LOG.exception("polling the model base paths failed (polling goes on)")
+                    last_error, last_logged = summary, now
+                elif now - last_logged >= POLL_ERROR_LOG_SECONDS:
+                    LOG.error("polling the model base paths still fails (%d failed passes so far): %s",
+                              failures, summary)
+                    last_logged = now
+                continue
+            if failures:
+                LOG.warning("polling the model base paths works again after %d failed passes", failures)
+                failures, last_error = 0, None
 
     @property
     def config(self) -> model_server_config_pb2.ModelServerConfig:

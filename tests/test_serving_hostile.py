@@ -218,6 +218,45 @@ def test_only_ascii_decimal_directories_are_versions_and_others_are_reported_onc
     manager.stop()
 
 
+def test_polling_survives_failing_passes_and_logs_them_once_then_the_recovery(
+        tmp_path, examples_model, caplog, monkeypatch):
+    """Passes that fail with "Too many open files" (a connection flood) do not stop polling nor log a
+    traceback each; when they work again, one line says so and a new version loads."""
+    base = tmp_path / "ex"
+    copy_version(examples_model, str(base), 1)
+    manager = ModelManager(config_lib.model_config_from_flags("ex", str(base)), poll_seconds=0.02,
+                           warm_up=False)
+    manager.start()
+    real_poll = manager.poll_once
+    failing = {"passes": 0}
+
+    def poll_once():
+        if failing["passes"] < 25:
+            failing["passes"] += 1
+            raise OSError(24, "Too many open files")
+        real_poll()
+
+    monkeypatch.setattr(manager, "poll_once", poll_once)
+    try:
+        with caplog.at_level(logging.WARNING, logger=model_manager.__name__):
+            deadline = time.monotonic() + 30
+            while failing["passes"] < 25 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            copy_version(examples_model, str(base), 2)
+            recovered = "polling the model base paths works again after 25 failed passes"
+            while time.monotonic() < deadline and not (
+                    manager.resolve_version("ex") == 2
+                    and any(record.getMessage() == recovered for record in caplog.records)):
+                time.sleep(0.05)
+        assert manager.resolve_version("ex") == 2  # polling went on after 25 failed passes
+        messages = [record.getMessage() for record in caplog.records]
+        assert sum("polling the model base paths failed" in message for message in messages) == 1, messages
+        assert sum(record.exc_info is not None for record in caplog.records) == 1
+        assert recovered in messages
+    finally:
+        manager.stop()
+
+
 # ----- item 4: a failed version is retried when any of its files changes --------------------------
 class _Weighted(tf.Module):
     def __init__(self):
