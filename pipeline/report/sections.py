@@ -753,7 +753,8 @@ def serving_section(run: RunData) -> Section:
              else None)
     predict_url = f"http://127.0.0.1:8501/v1/models/{model_name}:predict"
     curl = f"curl -s -X POST -H 'Content-Type: application/json' -d @request.json {predict_url}"
-    predict_rest = f".venv/bin/tfprod predict --model_name {model_name} --request @request.json"
+    predict_rest = (f".venv/bin/tfprod predict --model_name {model_name} --request @request.json"
+                    " --server 127.0.0.1:8501")
     raw_body = None
     if photo and features.SERVING_RAW_SIGNATURE in signatures:
         raw_body = {"signature_name": features.SERVING_RAW_SIGNATURE, "instances": [
@@ -783,8 +784,9 @@ def serving_section(run: RunData) -> Section:
     if raw_body is not None:
         parts.append(pre(f"cat > request.json <<'JSON'\n"
                          f"{json.dumps(raw_body, separators=(',', ':'))}\nJSON\n"
-                         f"{curl}\n{predict_rest}\n{predict_rest} --protocol grpc "
-                         "--server 127.0.0.1:8500", "rest-request"))
+                         f"{curl}\n{predict_rest}\n"
+                         f"{predict_rest.replace(':8501', ':8500')} --protocol grpc",
+                         "rest-request"))
         parts.append('<p class="note">The same request.json works over gRPC with '
                      "<code>tfprod predict --protocol grpc</code> (last line above): it sends "
                      "the same tensors as a PredictRequest.</p>")
