@@ -264,7 +264,7 @@ def test_top_of_the_report_shows_the_verdict_headline_and_tensorboard(good, page
     assert "label" not in {row["feature"] for row in statistics}
     assert "label-statistics" not in page.tables
     captions = " ".join(image.get("alt", "") for image in page.images.values())
-    assert "'label' values" not in captions and "'image' values" in captions
+    assert "of 'label'" not in captions and "of 'image'" in captions
     facts = dict(page.tables["run-facts"][1:])
     speed = facts.get("training examples/s (after epoch 1)")
     if speed:
