@@ -18,7 +18,8 @@ tf.Example parsing and the Transform graph's string handling stay out:
     folded in: a gray image given as three equal channels gives back its own
     pixels. ``input_channels=1`` keeps a [1, height, width, 1] input instead, for
     apps that call the interpreter themselves;
-  * text models (planned) take int32 token ids [1, sequence_length]; the
+  * text models are not converted by any pipeline run; TokenIdsInput describes what one
+    would take: int32 token ids [1, sequence_length]; the
     vocabulary that maps words to ids ships in the metadata, and Keras LSTMs
     convert to TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM op.
 

@@ -154,6 +154,8 @@ def _predict_command(args: argparse.Namespace) -> int:
                                     label=args.version_label)
         else:
             answer = _grpc_predict(args, body, signature_name)
+    except client_lib.ServerUnreachable as error:  # one line naming the address (1)
+        raise errors.RunFailure(error.message) from error
     except client_lib.ClientError as error:  # a RunFailure (1)
         raise errors.RunFailure(f"the server answered {error}") from error
     except errors.TfprodError:
@@ -165,13 +167,17 @@ def _predict_command(args: argparse.Namespace) -> int:
 
 
 def _grpc_predict(args: argparse.Namespace, body: dict, signature_name):
-    """Sends the REST-shaped body over gRPC; answers in REST's columnar shape {"outputs": {...}}."""
-    import tensorflow as tf
+    """Sends the REST-shaped body over gRPC; answers in REST's columnar shape {"outputs": {...}}.
 
-    from tfprod.serving import client as client_lib
-    from tfprod.serving import json_codec
+    TensorFlow is not imported (seconds to a minute of start-up): the protos load without
+    it (serving.api_protos) and tensors are packed with numpy (serving.tensor_codec).
+    """
+    from tfprod.serving import api_protos
 
-    client = client_lib.GrpcClient(args.server or "127.0.0.1:8500", timeout=args.timeout)
+    api_protos.load_without_tensorflow()  # before the modules below import the protos
+    from tfprod.serving import grpc_client, json_codec, tensor_codec
+
+    client = grpc_client.GrpcClient(args.server or "127.0.0.1:8500", timeout=args.timeout)
     try:
         _, _, inputs = json_codec.decode_predict_request(json.dumps(body).encode())
         signature_map = client.metadata(args.model_name, args.model_version, args.version_label)
@@ -184,8 +190,9 @@ def _grpc_predict(args: argparse.Namespace, body: dict, signature_name):
         # JSON numbers decode as int64/float64; gRPC needs the signature's dtypes, as TF Serving does.
         for name in inputs:
             if name in signature.inputs:
-                inputs[name] = inputs[name].astype(
-                    tf.dtypes.as_dtype(signature.inputs[name].dtype).as_numpy_dtype)
+                dtype = tensor_codec.numpy_dtype(signature.inputs[name].dtype)
+                if dtype != object:  # strings stay bytes
+                    inputs[name] = inputs[name].astype(dtype)
         outputs = client.predict(args.model_name, inputs, signature_name, args.model_version, args.version_label)
     except json_codec.InvalidArgumentError as error:  # a ServingError: the body, not a request
         raise errors.ConfigError(str(error)) from error

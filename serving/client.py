@@ -23,6 +23,15 @@ class ClientError(errors.RunFailure):
         self.message = message
 
 
+class ServerUnreachable(ClientError):
+    """No server answered at the address (refused, unresolvable, timed out): one line names it."""
+
+    def __init__(self, protocol: str, address: str, reason: str):
+        super().__init__("UNAVAILABLE", f"no {protocol} server answered at {address}: {reason} "
+                         "(is `tfprod serve` running there? --server picks another address)")
+        self.address = address
+
+
 def _split_address(address: str, default_port: int):
     host, _, port = address.rpartition(":")
     if not host:
@@ -70,10 +79,16 @@ class RestClient:
                 if response.getheader("Connection", "").lower() == "close":
                     self.close()
                 break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as error:
                 self.close()
                 if attempt:
-                    raise
+                    raise ServerUnreachable("REST", f"{self.host}:{self.port}",
+                                            f"the connection closed ({error})") from error
+            except OSError as error:  # refused, unknown host, no answer in time
+                self.close()
+                reason = (f"no answer in {self.timeout:g}s" if isinstance(error, TimeoutError)
+                          else (error.strerror or str(error)))
+                raise ServerUnreachable("REST", f"{self.host}:{self.port}", reason) from error
         content_type = response.getheader("Content-Type", "")
         value = json.loads(payload) if content_type.startswith("application/json") else payload.decode()
         return response.status, value
@@ -128,7 +143,7 @@ class RestClient:
 
 
 def __getattr__(name: str):
-    # GrpcClient lives in serving.grpc_client, which imports TensorFlow; REST users skip that import.
+    # GrpcClient lives in serving.grpc_client (grpc and the generated protos); REST users skip it.
     if name == "GrpcClient":
         from tfprod.serving.grpc_client import GrpcClient
         return GrpcClient

@@ -15,7 +15,6 @@ import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-import tensorflow as tf
 
 from tfprod.serving.errors import InvalidArgumentError
 
@@ -321,7 +320,11 @@ def encode_predict_response(outputs: Dict[str, np.ndarray], request_format: str)
     return {"predictions": [{name: columns[name][row] for name in names} for row in range(count)]}
 
 
-def _feature(name: str, value: Any) -> tf.train.Feature:
+def _feature(name: str, value: Any):
+    """A tf.train.Feature. TensorFlow is imported here, not at the top: `tfprod predict`
+    decodes predict bodies with this module in a process without TensorFlow."""
+    import tensorflow as tf
+
     values = value if isinstance(value, list) else [value]
     if not values:
         return tf.train.Feature()
@@ -342,7 +345,10 @@ def _feature(name: str, value: Any) -> tf.train.Feature:
     raise InvalidArgumentError(f"feature '{name}': values mix numbers and strings")
 
 
-def example_from_json(value: Any, where: str) -> tf.train.Example:
+def example_from_json(value: Any, where: str):
+    """A tf.train.Example from its JSON form (an object of features)."""
+    import tensorflow as tf
+
     if not isinstance(value, dict):
         raise InvalidArgumentError(f"{where} must be a JSON object of features")
     example = tf.train.Example()
@@ -372,7 +378,7 @@ def decode_examples_request(body: bytes) -> Tuple[str, List[bytes]]:
     for index, item in enumerate(examples):
         example = example_from_json(item, f"example {index}")
         if context is not None:
-            merged = tf.train.Example()
+            merged = type(context)()
             merged.CopyFrom(context)
             for name, feature in example.features.feature.items():
                 merged.features.feature[name].CopyFrom(feature)

@@ -230,3 +230,18 @@ def _beam_copy(original):
             raise type(error)(f"{error} [while running 'ParseIdx']")
         except type(error) as copy:
             return copy
+
+
+def test_version_prints_tfprods_version_without_tensorflow():
+    import subprocess
+    import sys
+
+    import tfprod
+
+    code = ("import sys\nfrom tfprod import cli\ntry:\n    cli.main(['--version'])\n"
+            "except SystemExit as done:\n    print('exit', done.code)\n"
+            "print('tensorflow' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:3] == [f"tfprod {tfprod.__version__}", "exit 0", "False"]

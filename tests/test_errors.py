@@ -55,6 +55,7 @@ EXPECTED = {
     ("tfprod.mobile.verify", "VerificationError"): (RUN, (RuntimeError,)),
     ("tfprod.mobile.metadata", "MetadataError"): (RUN, (ValueError,)),
     ("tfprod.serving.client", "ClientError"): (RUN, ()),
+    ("tfprod.serving.client", "ServerUnreachable"): (RUN, ()),
 }
 # Roots of a package's errors: TfprodErrors of no kind, never raised themselves.
 ROOTS = {("tfprod.kubeflow.errors", "KubeflowError")}

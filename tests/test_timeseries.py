@@ -285,3 +285,23 @@ def test_etth1_config_is_valid_and_needs_an_mae_threshold():
         config_lib.load_config(str(ETTH1_CONFIG), ["data.time_series.seasonal_period=200"])
     with pytest.raises(config_lib.ConfigError, match=r"fits forecasting, not image"):
         checks.load_experiment(None, ["model.name=lstm_forecaster"])
+
+
+def test_the_shipped_airline_sample_runs_the_forecasting_config_without_shared_data():
+    """configs/airline_lstm.yaml reads data/airline_passengers (no ../shared): the config
+    loads, the task's preflight reads the CSV, and the series makes windows in every split."""
+    from tfprod.pipeline import tasks
+    from tfprod.pipeline.tasks import forecasting
+
+    experiment = config_lib.load_config(str(REPO_ROOT / "configs" / "airline_lstm.yaml"))
+    sample = REPO_ROOT / "data" / "airline_passengers"
+    assert pathlib.Path(experiment.data.data_dir).resolve() == sample.resolve()
+    task = tasks.get_task(experiment)
+    task.preflight(experiment)
+    path = timeseries.find_csv(experiment.data.data_dir, experiment.data.time_series.file)
+    series_spec = forecasting.series_spec(experiment)
+    series = timeseries.read_series(path, series_spec)
+    assert len(series) == 144 and series.step == "MS"
+    examples = timeseries.split_examples(path, series_spec)
+    assert {name: len(value) for name, value in examples.items()} == {
+        "train": 86 - 18 + 1, "eval": 29 - 18 + 1, "test": 29 - 18 + 1}

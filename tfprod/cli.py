@@ -16,7 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Google Cloud client libraries (pulled in by TFX) warn about Python 3.10 on import.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 
-from tfprod import errors  # noqa: E402  (after the environment is set)
+import tfprod  # noqa: E402  (after the environment is set)
+from tfprod import errors  # noqa: E402
 from tfprod.kubeflow import cli as kubeflow_cli  # noqa: E402
 from tfprod.mobile import cli as mobile_cli  # noqa: E402
 from tfprod.pipeline import cli as pipeline_cli  # noqa: E402
@@ -28,6 +29,8 @@ from tfprod.serving import cli as serving_cli  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfprod", description="tfprod: a production ML pipeline on TFX and Keras.")
+    parser.add_argument("--version", action="version", version=f"tfprod {tfprod.__version__}",
+                        help="print tfprod's version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     pipeline_cli.register(subparsers)

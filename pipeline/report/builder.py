@@ -13,8 +13,10 @@ from tfprod.pipeline.report.run_data import ReportError, RunData, load_run
 logger = logging.getLogger(__name__)
 
 
-def _build_section(builder: Callable[[RunData], html.Section], run: RunData) -> html.Section:
-    """A section; a builder that fails shows its error in the report instead of losing it all."""
+def _build_section(builder: Callable[[RunData], Optional[html.Section]],
+                   run: RunData) -> Optional[html.Section]:
+    """A section (None: not one for this run's task); a builder that fails shows its error
+    in the report instead of losing it all."""
     try:
         return builder(run)
     except Exception as error:  # One broken section must not cost the whole report.
@@ -27,13 +29,15 @@ def _build_section(builder: Callable[[RunData], html.Section], run: RunData) -> 
 
 def render(run: RunData) -> str:
     """The report's HTML for a loaded run."""
-    built = [_build_section(builder, run) for builder in sections.SECTION_BUILDERS]
+    built = [section for section in (_build_section(builder, run)
+                                     for builder in sections.SECTION_BUILDERS) if section]
     experiment = run.summary.get("experiment") or run.config.get("name") or "run"
     status = run.summary.get("status", "unknown")
     blessed = ("blessed" if run.summary.get("blessed") else "not blessed") \
         if status == "succeeded" else f"failed at {run.summary.get('failed_component') or '?'}"
-    return html.page(f"tfprod run report: {experiment}",
-                     f"{run.output_dir} · {status} · {blessed}", built)
+    headline = sections.headline_metric(run)
+    verdict = f"{status} · {blessed}" + (f" · {headline[0]} {headline[1]}" if headline else "")
+    return html.page(f"tfprod run report: {experiment}", f"{run.output_dir} · {verdict}", built)
 
 
 def build_report(output_dir: str, summary: Optional[Dict[str, Any]] = None,

@@ -6,7 +6,7 @@ a file or the network. matplotlib runs on the Agg backend (no display needed).
 
 import base64
 import io
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,9 +41,28 @@ def figure_to_uri(figure, mime: str = SVG) -> str:
     return _data_uri(buffer.getvalue(), mime)
 
 
+def fitted_limits(values: Sequence[Optional[float]], margin: float = 0.15
+                  ) -> Optional[Tuple[float, float]]:
+    """Axis limits around the values' range with a margin (a 0.92-0.99 spread stays visible,
+    where an axis from 0 would flatten it); None without a finite value."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return None
+    low, high = min(finite), max(finite)
+    span = high - low
+    if span <= 0:  # all equal: a small window around the value
+        span = max(abs(high) * 0.05, 1e-3)
+    return low - margin * span, high + margin * span
+
+
 def bar_chart(labels: Sequence[str], series: Dict[str, Sequence[float]], title: str,
-              ylabel: str, horizontal: bool = False, value_format: Optional[str] = None) -> str:
-    """Grouped bars: one group per label, one bar per series."""
+              ylabel: str, horizontal: bool = False, value_format: Optional[str] = None,
+              fit_range: bool = False) -> str:
+    """Grouped bars: one group per label, one bar per series.
+
+    fit_range: the value axis spans the data's range (with a margin) instead of starting at
+    zero, for values that differ little (per-slice accuracies).
+    """
     pyplot = _pyplot()
     count = max(len(labels), 1)
     size = (7, max(2.0, 0.32 * count + 1)) if horizontal else (max(5.0, 0.5 * count + 2), 3.2)
@@ -67,6 +86,10 @@ def bar_chart(labels: Sequence[str], series: Dict[str, Sequence[float]], title: 
         axes.set_xticks(positions, labels, rotation=45 if crowded else 0,
                         ha="right" if crowded else "center")
         axes.set_ylabel(ylabel)
+    limits = fitted_limits([value for values in series.values() for value in values]) \
+        if fit_range else None
+    if limits:
+        (axes.set_xlim if horizontal else axes.set_ylim)(*limits)
     axes.set_title(title)
     if len(series) > 1:
         axes.legend(fontsize=8)

@@ -2,7 +2,10 @@
 
 import dataclasses
 import html
+import math
 from typing import Any, Iterable, List, Optional, Sequence
+
+import numpy as np
 
 
 @dataclasses.dataclass
@@ -26,17 +29,44 @@ def escape(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def format_number(value: float, significant: int = 4) -> str:
+    """A float for people: at least `significant` significant digits, no trailing zeros.
+
+    50.61 -> "50.61" (not "50.6100"), 3.2 -> "3.2", 0.000123456 -> "0.0001235",
+    1234.56 -> "1,234.6", 2.0 -> "2", 1.5e-09 -> "1.5e-09".
+    """
+    if value != value or value in (float("inf"), float("-inf")):  # NaN, infinities
+        return str(value)
+    magnitude = abs(value)
+    if magnitude == 0:
+        return "0"
+    if magnitude < 1e-6:
+        mantissa, exponent = f"{value:.{significant - 1}e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+    if magnitude >= 100:
+        text = f"{value:,.1f}"
+    else:
+        # Four decimals at least (metrics near 1 keep their precision), more for small values.
+        leading_zeros = -math.floor(math.log10(magnitude)) - 1 if magnitude < 1 else 0
+        text = f"{value:,.{max(4, leading_zeros + significant)}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
 def number(value: Any, digits: int = 4) -> str:
-    """A table cell for a number: ints as ints, floats rounded, None as an en dash."""
+    """A table cell for a number: ints as ints, floats by format_number, None as an en dash."""
     if value is None:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, np.generic):
+        value = value.item()
     whole_float = isinstance(value, float) and value.is_integer() and abs(value) >= 1
     if isinstance(value, int) or whole_float:
         return f"{int(value):,}"
     if isinstance(value, float):
-        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.{digits}f}"
+        return format_number(value, digits)
     return escape(value)
 
 
@@ -50,7 +80,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], table_id: Optio
         for index, cell in enumerate(row):
             if index in raw_columns:
                 cells.append(f"<td>{cell}</td>")
-            elif isinstance(cell, (int, float)) or cell is None:
+            elif isinstance(cell, (int, float, np.generic)) or cell is None:
                 cells.append(f'<td class="num">{number(cell)}</td>')
             else:
                 cells.append(f"<td>{escape(cell)}</td>")

@@ -14,6 +14,7 @@ import numpy as np
 
 from tfprod.contract import features
 from tfprod.contract import layout
+from tfprod.pipeline.report.html import format_number
 from tfprod.pipeline.report.run_data import RunData
 
 # Bounds that keep the report quick on big runs; the report states them where they apply.
@@ -317,20 +318,24 @@ def _thresholds(eval_config) -> Dict[Tuple[str, str], List[Tuple[str, Any]]]:
     return result
 
 
+def _signed(value: float) -> str:
+    return ("+" if value >= 0 else "") + format_number(value)
+
+
 def _describe_threshold(kind: str, threshold) -> str:
     if kind == "value":
         parts = []
         if threshold.HasField("lower_bound"):
-            parts.append(f">= {threshold.lower_bound.value:.4f}")
+            parts.append(f">= {format_number(threshold.lower_bound.value)}")
         if threshold.HasField("upper_bound"):
-            parts.append(f"<= {threshold.upper_bound.value:.4f}")
+            parts.append(f"<= {format_number(threshold.upper_bound.value)}")
         return " and ".join(parts)
     parts = []
     if threshold.HasField("absolute"):
         parts.append(f"change vs baseline {'>=' if threshold.direction == 1 else '<='} "
-                     f"{threshold.absolute.value:+.4f}")
+                     f"{_signed(threshold.absolute.value)}")
     if threshold.HasField("relative"):
-        parts.append(f"relative change {threshold.relative.value:+.4f}")
+        parts.append(f"relative change {_signed(threshold.relative.value)}")
     return " and ".join(parts)
 
 

@@ -1,7 +1,8 @@
 """The report's sections, each built from a RunData and keyed on what the run has.
 
 Every builder returns an html.Section; one that has nothing to show for this run
-returns a section that is not present and says why. SECTION_BUILDERS is the
+returns a section that is not present and says why, and a task-specific one returns
+None for runs of other tasks (the page leaves it out). SECTION_BUILDERS is the
 order on the page. To add a section (e.g. a task's own plots), write a
 ``def my_section(run: RunData) -> Section``, add it to SECTION_BUILDERS, and list it in
 the Task.report_sections of the tasks that show it (pipeline.tasks); the task-specific
@@ -12,15 +13,15 @@ import base64
 import datetime
 import json
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from tfprod.contract import features
 from tfprod.pipeline import tasks
 from tfprod.pipeline.report import charts, readers
-from tfprod.pipeline.report.html import (Section, badge, escape, figure, not_present, number, pre,
-                                  table)
+from tfprod.pipeline.report.html import (Section, badge, escape, figure, format_number,
+                                         not_present, number, pre, table)
 from tfprod.pipeline.report.run_data import RunData
 
 SAMPLES_PER_CLASS = 8
@@ -48,16 +49,46 @@ def _metric_names(history: Dict[str, List[float]]) -> List[str]:
 
 # --- overview ---------------------------------------------------------------------------
 
+def headline_metric(run: RunData) -> Optional[Tuple[str, str]]:
+    """(metric name, value as shown) of the run's main metric: the first of its task's
+    summary metrics in run_summary.json (accuracy, mae); None without one."""
+    metrics = run.summary.get("metrics") or {}
+    task = _task(run)
+    names = list(task.summary_metrics) if task else []
+    names += [name for name in ("accuracy", "mae", "rmse") if name not in names]
+    for name in names:
+        value = metrics.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return name, number(float(value))
+    return None
+
+
+def tensorboard_command(run: RunData) -> Optional[str]:
+    """The command that opens the Trainer's TensorBoard logs of this run, or None."""
+    log_dir = run.uri("model_run")
+    if not log_dir:
+        return None
+    return f".venv/bin/tensorboard --logdir {log_dir} --port 6006"
+
+
+def _gate_text(gate: Dict[str, object]) -> str:
+    return ", ".join(f"{key} {number(value) if isinstance(value, (int, float)) else value}"
+                     for key, value in gate.items())
+
+
 def overview_section(run: RunData) -> Section:
     """The run, its status (blessed, pushed where), git commit, wall times and config."""
     summary = run.summary
     status = summary.get("status", "unknown")
     badges = [badge(f"run {status}", status == "succeeded")]
+    headline = headline_metric(run)
     if status == "succeeded":
         badges.append(badge("blessed" if summary.get("blessed") else "not blessed",
                             bool(summary.get("blessed"))))
         badges.append(badge("pushed" if summary.get("pushed_model_dir") else "not pushed",
                             bool(summary.get("pushed_model_dir"))))
+    if headline:
+        badges.append(badge(f"{headline[0]} {headline[1]}", None))
     facts = [
         ("experiment", summary.get("experiment") or run.config.get("name")),
         ("model", run.config_value("model.name")),
@@ -71,14 +102,26 @@ def overview_section(run: RunData) -> Section:
     gate = summary.get("gate") or {}
     if gate.get("kind"):
         # The gate, the bound it set and the trivial baseline it compared with (eval.gate).
-        facts.append(("blessing gate (eval.gate)", ", ".join(
-            f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
-            for key, value in gate.items())))
+        facts.append(("blessing gate (eval.gate)", _gate_text(gate)))
     if summary.get("training", {}).get("steady_examples_per_second"):
         facts.append(("training examples/s (after epoch 1)",
                       round(summary["training"]["steady_examples_per_second"], 1)))
-    parts = ['<p id="status">' + "".join(badges) + "</p>",
-             table(["", ""], facts, table_id="run-facts")]
+    command = tensorboard_command(run)
+    if command:
+        facts.append(("TensorBoard", command))
+    verdict = []
+    if status == "succeeded":
+        verdict.append(("blessed" if summary.get("blessed") else "not blessed")
+                       + (f": {headline[0]} {headline[1]}" if headline else ""))
+        if summary.get("blessed") and gate.get("kind"):
+            verdict.append(f"gate {_gate_text(gate)}")
+        elif summary.get("blessed") and summary.get("validation_failures") == []:
+            verdict.append("every threshold met")
+    parts = ['<p id="status">' + "".join(badges) + "</p>"]
+    if verdict:
+        parts.append(f'<p id="verdict"><b>{escape(verdict[0])}</b>'
+                     + "".join(f"; {escape(item)}" for item in verdict[1:]) + ".</p>")
+    parts.append(table(["", ""], facts, table_id="run-facts"))
     if status != "succeeded":
         failed_at = summary.get("failed_component") or "before the pipeline started"
         parts.append(f"<p>Failed at: <b>{escape(failed_at)}</b></p>")
@@ -109,11 +152,28 @@ def overview_section(run: RunData) -> Section:
 
 # --- data -------------------------------------------------------------------------------
 
-def _feature_rows(statistics) -> List[list]:
+def _label_keys() -> Tuple[str, ...]:
+    """The features that are labels (a class id, a forecast's next values), not inputs."""
+    from tfprod.pipeline.ingestion import timeseries
+
+    return (features.LABEL_KEY, timeseries.LABEL_KEY)
+
+
+def _is_identifier(name: str) -> bool:
+    """A timestamp or an id: its mean and histogram say nothing (window_end_timestamp)."""
+    lowered = name.lower()
+    return any(lowered == word or lowered.endswith("_" + word)
+               for word in ("timestamp", "time", "date", "id", "index"))
+
+
+def _feature_rows(statistics, only: Optional[Tuple[str, ...]] = None,
+                  skip: Tuple[str, ...] = ()) -> List[list]:
     rows = []
     for split, dataset in statistics.items():
         for feature in dataset.features:
             name = ".".join(feature.path.step) or feature.name
+            if name in skip or (only is not None and name not in only):
+                continue
             kind = feature.WhichOneof("stats")
             stats = getattr(feature, kind) if kind else None
             common = stats.common_stats if stats is not None and hasattr(stats, "common_stats") \
@@ -121,7 +181,10 @@ def _feature_rows(statistics) -> List[list]:
             present = common.num_non_missing if common else None
             row = [name, split, _type_name(feature.type), present,
                    common.avg_num_values if common else None]
-            if kind == "num_stats":
+            if kind == "num_stats" and _is_identifier(name):  # its range only
+                row += [None, None, stats.min, stats.median, stats.max, None,
+                        "a timestamp or id: no mean or histogram"]
+            elif kind == "num_stats":
                 total = common.tot_num_values if common else 0
                 row += [stats.mean, stats.std_dev, stats.min, stats.median, stats.max,
                         (100.0 * stats.num_zeros / total) if total else None, "–"]
@@ -142,12 +205,15 @@ def _type_name(value: int) -> str:
     return statistics_pb2.FeatureNameStatistics.Type.Name(value)
 
 
-def _histograms(statistics) -> Dict[str, Dict[str, list]]:
-    """{feature: {split: [(low, high, count)]}} of the numeric features' standard histograms."""
+def _histograms(statistics, skip: Tuple[str, ...] = ()) -> Dict[str, Dict[str, list]]:
+    """{feature: {split: [(low, high, count)]}} of the numeric features' standard histograms
+    (not of the features in skip, nor of timestamps and ids)."""
     result: Dict[str, Dict[str, list]] = {}
     for split, dataset in statistics.items():
         for feature in dataset.features:
-            if feature.WhichOneof("stats") != "num_stats":
+            name = ".".join(feature.path.step)
+            if (feature.WhichOneof("stats") != "num_stats" or name in skip
+                    or _is_identifier(name)):
                 continue
             for histogram in feature.num_stats.histograms:
                 if histogram.type == histogram.STANDARD and histogram.buckets:
@@ -165,6 +231,13 @@ def data_section(run: RunData) -> Section:
             "the run has no statistics (StatisticsGen did not run)"), present=False)
     parts = []
     class_counts = run.cached("class_counts", lambda: readers.read_class_counts(run))
+    labels = _label_keys()
+    task = _task(run)
+    classifier = task.is_classification if task else bool(class_counts)
+    if task is not None and tasks.TABLE_COLUMNS_SECTION in task.report_sections:
+        classifier = (run.summary.get("data") or {}).get("problem") != "regression"
+    columns = ["feature", "split", "type", "examples with it", "values per example",
+               "mean", "std", "min", "median", "max", "zeros %", "strings"]
     if statistics:
         parts.append("<h3>Examples per split</h3>")
         parts.append(table(["split", "examples"],
@@ -173,17 +246,22 @@ def data_section(run: RunData) -> Section:
         parts.append("<h3>Feature statistics</h3><p class=note>From TFDV (StatisticsGen). "
                      "For list features (e.g. an image's pixels) the value statistics are over "
                      "all values of all examples.</p>")
-        parts.append(table(["feature", "split", "type", "examples with it", "values per example",
-                            "mean", "std", "min", "median", "max", "zeros %", "strings"],
-                           _feature_rows(statistics), table_id="feature-statistics"))
+        parts.append(table(columns, _feature_rows(statistics, skip=labels),
+                           table_id="feature-statistics"))
+        label_rows = _feature_rows(statistics, only=labels)
+        if label_rows and not classifier:  # a regression's or forecast's target values
+            parts.append("<h3>Label</h3><p class=note>The values the model learns to predict "
+                         "(not an input feature).</p>")
+            parts.append(table(columns, label_rows, table_id="label-statistics"))
         for number_, (feature, per_split) in enumerate(
-                list(_histograms(statistics).items())[:MAX_FEATURE_CHARTS]):
+                list(_histograms(statistics, skip=labels).items())[:MAX_FEATURE_CHARTS]):
             parts.append(figure(charts.histogram_chart(per_split, f"'{feature}' values", feature),
                                 f"Distribution of the values of '{feature}' per split (TFDV "
                                 "histogram).", f"chart-histogram-{number_}"))
     else:
         parts.append(not_present("feature statistics (StatisticsGen did not run)"))
-    parts.append("<h3>Class balance</h3>")
+    if class_counts or classifier:
+        parts.append("<h3>Class balance</h3>")
     if class_counts:
         classes = sorted({label for counts in class_counts.values() for label in counts})
         parts.append(figure(charts.bar_chart(
@@ -197,8 +275,8 @@ def data_section(run: RunData) -> Section:
                            [[str(label)] + [counts.get(label, 0)
                                             for counts in class_counts.values()]
                             for label in classes], table_id="class-counts"))
-    else:
-        parts.append(not_present("the label is not a class id (or no examples were written)"))
+    elif classifier:
+        parts.append(not_present("no examples were written"))
     parts.append("<h3>Anomalies</h3>")
     if anomalies is None:
         parts.append(not_present("ExampleValidator did not run"))
@@ -212,9 +290,12 @@ def data_section(run: RunData) -> Section:
     return Section("data", "Data", "".join(parts))
 
 
-def samples_section(run: RunData) -> Section:
+def samples_section(run: RunData) -> Optional[Section]:
     """For image data: the first SAMPLES_PER_CLASS train images of each class."""
-    if _shows(run, tasks.SAMPLES_SECTION) is False or readers.image_shape(run) is None:
+    shows = _shows(run, tasks.SAMPLES_SECTION)
+    if shows is False or (shows is None and readers.image_shape(run) is None):
+        return None  # not an image task: no section at all
+    if readers.image_shape(run) is None:
         return Section("samples", "Sample images", not_present(
             "the run's data are not images"), present=False)
     samples = readers.read_sample_images(run, SAMPLES_PER_CLASS)
@@ -271,6 +352,10 @@ def training_section(run: RunData) -> Section:
                      f'{number(stats.get("eval_examples"))} eval examples, batch size '
                      f'{number(stats.get("batch_size"))}, {number(stats.get("epochs_run"))} '
                      "epoch(s) run.</p>")
+    command = tensorboard_command(run)
+    if command:
+        parts.append("<p>The Trainer's TensorBoard logs (per-epoch scalars of train and eval) "
+                     "open with:</p>" + pre(command, "tensorboard-command"))
     return Section("training", "Training", "".join(parts))
 
 
@@ -336,20 +421,23 @@ def evaluation_section(run: RunData) -> Section:
                 series["baseline"] = [by_key.get((s, chart_metric)).baseline
                                       if by_key.get((s, chart_metric)) else None for s in slices]
             parts.append(figure(charts.bar_chart(slices, series, f"{chart_metric} per slice",
-                                                 chart_metric),
+                                                 chart_metric, value_format=".3g",
+                                                 fit_range=True),
                                 f"TFMA {chart_metric} per slice on the "
-                                f"'{run.config_value('eval.split', 'test')}' split.",
+                                f"'{run.config_value('eval.split', 'test')}' split; the axis "
+                                "spans the values' range (it does not start at 0).",
                                 "chart-slice-metrics"))
         parts.append(table(headers, table_rows, table_id="metrics-per-slice"))
-    parts.append("<h3>Confusion matrix</h3>")
-    parts.append(_confusion_matrix_html(run))
+    confusion = _confusion_matrix_html(run)
+    if confusion is not None:  # classifiers only
+        parts.append("<h3>Confusion matrix</h3>" + confusion)
     return Section("evaluation", "Evaluation", "".join(parts))
 
 
-def _confusion_matrix_html(run: RunData) -> str:
+def _confusion_matrix_html(run: RunData) -> Optional[str]:
     shows = _shows(run, tasks.CONFUSION_MATRIX_SECTION)
     if shows is False or (shows is None and not readers.is_classifier(run)):
-        return not_present("the model is not a classifier")
+        return None
     result = run.cached("confusion", lambda: readers.confusion_matrix(run))
     if result is None:
         return not_present("no model, or no examples of the evaluation split, to compute it from")
@@ -363,18 +451,16 @@ def _confusion_matrix_html(run: RunData) -> str:
               f"(<code>{escape(result['model_dir'])}</code>, serving_default signature) on the "
               f"first {result['examples']:,} examples of the '{escape(result['split'])}' split "
               f"(at most {result['limit']:,}); TFMA's eval config has no confusion-matrix plot. "
-              f"Accuracy from this matrix: {accuracy:.4f}.</p>")
+              f"Accuracy from this matrix: {format_number(accuracy)}.</p>")
 
 
 # --- forecasting (the hook) -------------------------------------------------------------
 
-def forecast_section(run: RunData) -> Section:
+def forecast_section(run: RunData) -> Optional[Section]:
     """For forecasters: the error metrics beside the baselines, and predicted vs actual."""
     task = _task(run)
     if task is None or tasks.FORECAST_SECTION not in task.report_sections:
-        return Section("forecast", "Forecast", not_present(
-            f"the model is not a forecaster (its task is {task.name if task else 'unknown'})"),
-            present=False)
+        return None  # not a forecaster: no section at all
     metrics = run.summary.get("metrics") or {}
     error_metrics = {name: value for name, value in metrics.items()
                      if isinstance(value, (int, float))
@@ -386,7 +472,7 @@ def forecast_section(run: RunData) -> Section:
     parts = [table(["metric", "value"], sorted(error_metrics.items()), table_id="forecast-metrics")]
     parts.append(figure(charts.bar_chart(sorted(error_metrics), {"value": [
         error_metrics[name] for name in sorted(error_metrics)]}, "Model against baselines",
-        "error", horizontal=True, value_format=".4f"),
+        "error", horizontal=True, value_format=".4g"),
         "The model's errors beside the baselines' (run_summary.json metrics).",
         "chart-forecast-metrics"))
     window = readers.forecast_window(run)
@@ -404,7 +490,7 @@ def forecast_section(run: RunData) -> Section:
                             "model's forecast and the persistence and seasonal-naive "
                             "baselines, in the target's units.", "chart-forecast"))
         parts.append(table(["step ahead", "actual", "forecast", "persistence", "seasonal naive"],
-                           [[step + 1, round(a, 4), round(f, 4), round(p, 4), round(n, 4)]
+                           [[step + 1, a, f, p, n]
                             for step, (a, f, p, n) in enumerate(zip(
                                 window["actual"], window["forecast"], window["persistence"],
                                 window["seasonal_naive"]))],
@@ -460,12 +546,11 @@ def _residual_chart(actual: np.ndarray, predicted: np.ndarray, title: str) -> st
     return charts.figure_to_uri(figure_)
 
 
-def table_section(run: RunData) -> Section:
+def table_section(run: RunData) -> Optional[Section]:
     """For tables: the problem, each column's type (and why), missing rates, and for a
     regression the predicted values against the actual ones."""
     if _shows(run, tasks.TABLE_COLUMNS_SECTION) is not True:
-        return Section("table", "Table", not_present("the run's data is not a table"),
-                       present=False)
+        return None  # not a table: no section at all
     data = run.summary.get("data") or {}
     columns = data.get("columns") or []
     if not columns:
@@ -500,8 +585,9 @@ def table_section(run: RunData) -> Section:
                                                 "Predicted against actual"),
                                 f"{len(errors):,} examples of the "
                                 f"'{run.config_value('eval.split', 'test')}' split; MAE "
-                                f"{np.abs(errors).mean():.4f}, mean residual "
-                                f"{errors.mean():+.4f}.", "chart-table-residuals"))
+                                f"{format_number(float(np.abs(errors).mean()))}, mean residual "
+                                f"{format_number(float(errors.mean()))}.",
+                                "chart-table-residuals"))
     return Section("table", "Table", "".join(parts))
 
 
@@ -531,7 +617,7 @@ def mobile_section(run: RunData) -> Section:
                          round(result["latency_ms_1_thread"], 3),
                          round(result["latency_ms_2_threads"], 3)])
     parts = [f'<p>Model {escape(report["model_name"])} version {escape(report["version"])}: '
-             f'SavedModel test accuracy {report["savedmodel_accuracy"]:.4f} on '
+             f'SavedModel test accuracy {format_number(report["savedmodel_accuracy"])} on '
              f'{report["test_examples"]:,} test examples; latency is the median of '
              f'{report["latency_examples"]} single-example invokes '
              f'({escape(report["latency_note"])}). Machine: {escape(report["machine"])}.</p>',
@@ -579,6 +665,59 @@ def _example_record(run: RunData):
     return example
 
 
+def _raw_instance(run: RunData, example, signature: Dict[str, list]):
+    """One serving_raw instance (JSON) from a test tf.Example, for tasks whose raw inputs
+    are the example's own features: text (a string), a table row (one value per column),
+    a forecaster's window ([lookback, columns], columns in the model's order); else None."""
+    from tfprod.pipeline.tasks import forecasting
+
+    feature_map = example.features.feature
+    inputs = signature["inputs"]
+
+    def values(name: str) -> list:
+        feature = feature_map[name]
+        kind = feature.WhichOneof("kind")
+        found = list(getattr(feature, kind).value) if kind else []
+        return [item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+                for item in found]
+
+    if len(inputs) == 1 and inputs[0]["name"] == forecasting.WINDOW_INPUT:
+        columns = _forecast_columns(run)
+        if not columns or any(column not in feature_map for column in columns):
+            return None
+        return [list(step) for step in zip(*(values(column) for column in columns))]
+    if not all(tensor["name"] in feature_map for tensor in inputs):
+        return None
+    row = {tensor["name"]: (values(tensor["name"]) or [None])[0] for tensor in inputs}
+    if any(value is None for value in row.values()):
+        return None  # a missing cell: no JSON value says "missing" for every dtype
+    return row[inputs[0]["name"]] if len(inputs) == 1 else row
+
+
+def _forecast_columns(run: RunData) -> Optional[List[str]]:
+    """A forecaster's window columns as feature names, in the model's order (feature_columns,
+    then the target), from the run's config; the CSV's header when feature_columns is empty."""
+    from tfprod.pipeline.ingestion import timeseries
+
+    target = run.config_value("data.time_series.target_column")
+    columns = list(run.config_value("data.time_series.feature_columns") or [])
+    if not target:
+        return None
+    if not columns:
+        try:
+            path = timeseries.find_csv(run.config_value("data.data_dir"),
+                                       run.config_value("data.time_series.file"))
+            with open(path, encoding="utf-8") as handle:
+                header = [name.strip() for name in handle.readline().split(",")]
+        except Exception:  # the data moved since the run: no window request then
+            return None
+        stamp = run.config_value("data.time_series.timestamp_column")
+        columns = [name for name in header if name and name != stamp]
+    if target not in columns:
+        columns.append(target)
+    return [timeseries.feature_name(column) for column in columns]
+
+
 def serving_section(run: RunData) -> Section:
     """The model's signatures and REST and gRPC requests to copy."""
     signatures = run.cached("signatures", lambda: readers.read_signatures(run))
@@ -612,39 +751,56 @@ def serving_section(run: RunData) -> Section:
     photo = (example.features.feature[features.IMAGE_BYTES_KEY].bytes_list.value
              if example is not None and features.IMAGE_BYTES_KEY in example.features.feature
              else None)
+    predict_url = f"http://127.0.0.1:8501/v1/models/{model_name}:predict"
+    curl = f"curl -s -X POST -H 'Content-Type: application/json' -d @request.json {predict_url}"
+    predict_rest = (f".venv/bin/tfprod predict --model_name {model_name} --request @request.json"
+                    " --server 127.0.0.1:8501")
+    raw_body = None
     if photo and features.SERVING_RAW_SIGNATURE in signatures:
-        body_text = json.dumps({"signature_name": features.SERVING_RAW_SIGNATURE, "instances": [
-            {"b64": base64.b64encode(photo[0]).decode("ascii")}]}, separators=(",", ":"))
+        raw_body = {"signature_name": features.SERVING_RAW_SIGNATURE, "instances": [
+            {"b64": base64.b64encode(photo[0]).decode("ascii")}]}
         parts.append("<h3>REST (JSON, a photo file)</h3><p>One test photo, as "
                      f"{features.SERVING_RAW_SIGNATURE} takes it: the JPEG or PNG file's bytes "
                      "in base64, any size (the model decodes, resizes and crops it). From a "
                      "file: <code>{\"instances\": [{\"b64\": \"$(base64 -w0 photo.jpg)\"}]}"
                      "</code>.</p>")
-        parts.append(pre(f"cat > request.json <<'JSON'\n{body_text}\nJSON\n"
-                         f"curl -s -X POST -H 'Content-Type: application/json' -d @request.json "
-                         f"http://127.0.0.1:8501/v1/models/{model_name}:predict", "rest-request"))
     elif example is not None and shape and features.SERVING_RAW_SIGNATURE in signatures:
         pixels = np.asarray(example.features.feature[features.IMAGE_KEY].int64_list.value)
-        body = {"signature_name": features.SERVING_RAW_SIGNATURE,
-                "instances": [pixels.reshape(shape).tolist()]}
-        body_text = json.dumps(body, separators=(",", ":"))
+        raw_body = {"signature_name": features.SERVING_RAW_SIGNATURE,
+                    "instances": [pixels.reshape(shape).tolist()]}
         parts.append("<h3>REST (JSON, raw pixels)</h3><p>One test image, as "
                      f"{features.SERVING_RAW_SIGNATURE} takes it (float32 [N, {shape[0]}, "
                      f"{shape[1]}], pixel values 0..255):</p>")
-        parts.append(pre(f"cat > request.json <<'JSON'\n{body_text}\nJSON\n"
-                         f"curl -s -X POST -H 'Content-Type: application/json' -d @request.json "
-                         f"http://127.0.0.1:8501/v1/models/{model_name}:predict\n"
-                         f".venv/bin/tfprod predict --model_name {model_name} "
-                         "--request @request.json", "rest-request"))
+    elif example is not None and features.SERVING_RAW_SIGNATURE in signatures:
+        instance = _raw_instance(run, example, signatures[features.SERVING_RAW_SIGNATURE])
+        if instance is not None:
+            raw_body = {"signature_name": features.SERVING_RAW_SIGNATURE,
+                        "instances": [instance]}
+            names = ", ".join(t["name"] for t in
+                              signatures[features.SERVING_RAW_SIGNATURE]["inputs"])
+            parts.append(f"<h3>REST (JSON, raw values)</h3><p>One test example, as "
+                         f"{features.SERVING_RAW_SIGNATURE} takes it (inputs: "
+                         f"<code>{escape(names)}</code>; see the table above):</p>")
+    if raw_body is not None:
+        parts.append(pre(f"cat > request.json <<'JSON'\n"
+                         f"{json.dumps(raw_body, separators=(',', ':'))}\nJSON\n"
+                         f"{curl}\n{predict_rest}\n"
+                         f"{predict_rest.replace(':8501', ':8500')} --protocol grpc",
+                         "rest-request"))
+        parts.append('<p class="note">The same request.json works over gRPC with '
+                     "<code>tfprod predict --protocol grpc</code> (last line above): it sends "
+                     "the same tensors as a PredictRequest.</p>")
     if example is not None and features.SERVING_DEFAULT_SIGNATURE in signatures:
         encoded = base64.b64encode(example.SerializeToString()).decode("ascii")
         body_text = json.dumps({"signature_name": features.SERVING_DEFAULT_SIGNATURE,
                                 "instances": [{"b64": encoded}]}, separators=(",", ":"))
         parts.append("<h3>REST (serialized tf.Example)</h3>")
         parts.append(pre(f"curl -s -X POST -H 'Content-Type: application/json' -d '{body_text}' "
-                         f"http://127.0.0.1:8501/v1/models/{model_name}:predict",
-                         "rest-request-examples"))
-        parts.append("<h3>gRPC (port 8500)</h3>")
+                         f"{predict_url}", "rest-request-examples"))
+        outputs = [t["name"] for t in signatures[features.SERVING_DEFAULT_SIGNATURE]["outputs"]]
+        parts.append("<h3>gRPC (port 8500)</h3><p>The same tf.Example as a PredictRequest; "
+                     f"{features.SERVING_DEFAULT_SIGNATURE} answers "
+                     f"<code>{escape(', '.join(outputs))}</code>.</p>")
         parts.append(pre(
             "import base64, grpc, tensorflow as tf\n"
             "from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc\n\n"
@@ -656,10 +812,9 @@ def serving_section(run: RunData) -> Section:
             f"example = base64.b64decode('{encoded}')\n"
             "request.inputs['examples'].CopyFrom(tf.make_tensor_proto([example], tf.string))\n"
             "response = stub.Predict(request, timeout=10.0)\n"
-            "print(tf.make_ndarray(response.outputs['class_id']))\n", "grpc-request"))
-        parts.append(f'<p class="note">Or, with a request file as above: '
-                     "<code>.venv/bin/tfprod predict --protocol grpc --model_name "
-                     f"{escape(model_name)} --request @request.json</code>.</p>")
+            f"for name in {outputs!r}:\n"
+            "    print(name, tf.make_ndarray(response.outputs[name]).tolist())\n",
+            "grpc-request"))
     return Section("serving", "Serving", "".join(parts))
 
 

@@ -9,6 +9,7 @@ the quality bar is measured on the full data by bench/forecast_bench.py.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -176,3 +177,57 @@ def test_report_plots_a_test_window_against_the_actual_values(forecast_run):
     forecast = model.signatures["serving_default"](examples=tf.constant([first]))
     np.testing.assert_allclose([float(row[2]) for row in rows[1:]],
                                forecast[forecasting.FORECAST_OUTPUT].numpy()[0], atol=1e-3)
+
+
+def test_report_snippets_run_against_tfprod_serve(forecast_run, tmp_path):
+    """Every request the report's Serving section shows, run as written against `tfprod
+    serve` on the pushed model: the window over REST and gRPC, the tf.Example over REST and
+    the Python gRPC snippet, which prints the forecaster's own output (not class_id)."""
+    from tests.report.page_index import PageIndex
+    from tests.report.snippets import check_report_snippets
+
+    output_dir, summary = forecast_run
+    report = output_dir / "report.html"
+    result = check_report_snippets(report, tmp_path)
+    raw = np.array(result["rest"][0]["predictions"])
+    assert raw.shape == (1, HORIZON)
+    np.testing.assert_allclose(result["rest"][2]["outputs"][forecasting.FORECAST_OUTPUT], raw,
+                               rtol=1e-5, atol=1e-4)
+    # The tf.Example request and the gRPC snippet carry the same test window.
+    np.testing.assert_allclose(result["rest_examples"]["predictions"], raw, rtol=1e-5, atol=1e-4)
+    assert set(result["grpc"]) == {forecasting.FORECAST_OUTPUT}
+    np.testing.assert_allclose(result["grpc"][forecasting.FORECAST_OUTPUT], raw, rtol=1e-5,
+                               atol=1e-4)
+    page = PageIndex(report.read_text(encoding="utf-8"))
+    assert "class_id" not in page.pres["grpc-request"]
+
+
+def test_report_shows_only_a_forecasters_sections_and_its_headline(forecast_run):
+    from tests.report.page_index import PageIndex
+
+    output_dir, summary = forecast_run
+    text = (output_dir / "report.html").read_text(encoding="utf-8")
+    page = PageIndex(text)
+    # Task-specific sections of other tasks are left out, not shown empty.
+    assert "samples" not in page.sections and "table" not in page.sections
+    assert "Class balance" not in text and "Confusion matrix" not in text
+    # The headline metric and the verdict at the top, in the header and the Run box.
+    from tfprod.pipeline.report.html import number
+
+    headline = f"mae {number(summary['metrics']['mae'])}"
+    assert f"blessed: {headline}" in page.sections["overview"]["text"]
+    assert f"· {headline}</div>" in text
+    # The label is the target's next values, not an input; the timestamp gets no histogram.
+    statistics = page.table_dicts("feature-statistics")
+    assert {row["feature"] for row in statistics} >= {"OT", "HUFL", "window_end_timestamp"}
+    assert timeseries.LABEL_KEY not in {row["feature"] for row in statistics}
+    assert timeseries.LABEL_KEY in {row["feature"] for row in page.table_dicts("label-statistics")}
+    stamp = next(row for row in statistics if row["feature"] == "window_end_timestamp")
+    assert stamp["mean"] == "–"
+    captions = " ".join(image.get("alt", "") for image in page.images.values())
+    assert "'window_end_timestamp'" not in captions and f"'{timeseries.LABEL_KEY}'" not in captions
+    assert "'OT'" in captions
+    assert page.pres["tensorboard-command"].startswith(".venv/bin/tensorboard --logdir ")
+    assert not re.search(r"\d\.\d*0\b(?![.\d])", " ".join(
+        cell for rows in page.tables.values() for row in rows[1:] for cell in row
+        if re.fullmatch(r"-?[\d,]*\.\d+", cell)))  # no trailing zeros: 50.61, not 50.6100

@@ -102,3 +102,24 @@ def test_tfprod_serve_answers_rest_string_instances(text_run, tmp_path):
         assert status == 400, body
     finally:
         assert server.stop() == 0, server.log()[-3000:]
+
+
+def test_report_snippets_run_against_tfprod_serve(text_run, tmp_path):
+    """The report's requests, run as written against `tfprod serve`: a test sentence as a
+    string over REST and gRPC (request.json is written on the page), the tf.Example over REST
+    and the Python gRPC snippet; all give the same class."""
+    from tests.report.page_index import PageIndex
+    from tests.report.snippets import check_report_snippets
+
+    name, summary = text_run
+    report = pathlib.Path(summary["report_path"])
+    result = check_report_snippets(report, tmp_path)
+    page = PageIndex(report.read_text(encoding="utf-8"))
+    body = json.loads(page.pres["rest-request"].split("<<'JSON'\n", 1)[1].split("\nJSON\n")[0])
+    assert body["signature_name"] == "serving_raw" and isinstance(body["instances"][0], str)
+    class_id = result["rest"][0]["predictions"][0]["class_id"]
+    assert result["rest"][2]["outputs"]["class_id"] == [class_id]
+    assert result["rest_examples"]["predictions"][0]["class_id"] == class_id
+    assert result["grpc"]["class_id"] == [class_id]
+    assert "samples" not in page.sections and "forecast" not in page.sections
+    assert "Class balance" in page.sections["data"]["text"]

@@ -69,8 +69,8 @@ def test_main_sections_are_present_and_none_failed(page, rebuilt):
     for index in (page, rebuilt):
         for section_id in MAIN_SECTIONS:
             assert index.sections[section_id]["class"] == "present", section_id
-        assert index.sections["forecast"]["class"] == "absent"
-        assert "not a forecaster" in index.sections["forecast"]["text"]
+        # Sections of other tasks are left out, not shown empty.
+        assert "forecast" not in index.sections and "table" not in index.sections
         assert "could not be built" not in " ".join(s["text"] for s in index.sections.values())
     assert set(page.images) == set(rebuilt.images)
 
@@ -126,7 +126,7 @@ def test_evaluation_shows_tfma_metrics_thresholds_and_a_consistent_confusion_mat
     overall = {row["metric"]: row for row in page.table_dicts("metrics-overall")}
     assert float(overall["accuracy"]["new model"]) == pytest.approx(
         summary["metrics"]["accuracy"], abs=1e-4)
-    assert overall["accuracy"]["threshold"] == ">= 0.5000"
+    assert overall["accuracy"]["threshold"] == ">= 0.5"
     assert overall["accuracy"]["result"] == "pass"
     assert "No baseline" in page.sections["evaluation"]["text"]
     per_slice = {row["slice"]: row for row in page.table_dicts("metrics-per-slice")}
@@ -227,6 +227,45 @@ def test_forecast_hook_shows_error_metrics_beside_baselines():
         "mae", "rmse", "baseline_last_value_mae"}
     assert page.images["chart-forecast-metrics"]["src"].startswith("data:image/svg+xml;base64,")
     assert "predicted against actual" in section.body
-    # A run with no artifacts: every other section says what is missing instead of failing.
+    # A run with no artifacts: every other section says what is missing instead of failing;
+    # the image and table sections are not shown at all for a forecaster.
     html = builder.render(run)
-    assert "could not be built" not in html and html.count("Not present:") >= 6
+    assert "could not be built" not in html and html.count("Not present:") >= 5
+    assert 'id="samples"' not in html and 'id="table"' not in html
+
+
+def test_report_snippets_run_against_tfprod_serve(good, tmp_path):
+    """The report's requests, run as written against `tfprod serve` on the pushed model: the
+    raw pixels over REST and gRPC (request.json written by the page), the tf.Example over
+    REST and the Python gRPC snippet: one test image, one class, everywhere."""
+    from tests.report.snippets import check_report_snippets
+
+    result = check_report_snippets(good.report_path, tmp_path)
+    class_id = result["rest"][0]["predictions"][0]["class_id"]
+    assert result["rest"][2]["outputs"]["class_id"] == [class_id]
+    assert result["rest_examples"]["predictions"][0]["class_id"] == class_id
+    assert result["grpc"]["class_id"] == [class_id]
+
+
+def test_top_of_the_report_shows_the_verdict_headline_and_tensorboard(good, page):
+    from tfprod.pipeline.report.html import number
+
+    summary = good.summary
+    headline = f"accuracy {number(summary['metrics']['accuracy'])}"
+    overview = page.sections["overview"]["text"]
+    assert f"blessed: {headline}" in overview
+    assert f"· {headline}</div>" in good.report_path.read_text(encoding="utf-8")
+    run = load_run(str(good.output_dir))
+    command = f".venv/bin/tensorboard --logdir {run.uri('model_run')} --port 6006"
+    assert dict(page.tables["run-facts"][1:])["TensorBoard"] == command
+    assert page.pres["tensorboard-command"] == command
+    # The label is shown as classes (class balance), not as a numeric feature.
+    statistics = page.table_dicts("feature-statistics")
+    assert "label" not in {row["feature"] for row in statistics}
+    assert "label-statistics" not in page.tables
+    captions = " ".join(image.get("alt", "") for image in page.images.values())
+    assert "of 'label'" not in captions and "of 'image'" in captions
+    facts = dict(page.tables["run-facts"][1:])
+    speed = facts.get("training examples/s (after epoch 1)")
+    if speed:
+        assert not speed.endswith("000"), speed
