@@ -42,15 +42,41 @@ def register(subparsers) -> None:
     submit_parser.add_argument("--pipeline-root", help="overrides the package's pipeline root")
     submit_parser.add_argument("--run-name", help="defaults to '<pipeline> <UTC time>'")
     submit_parser.add_argument("--namespace", help="your namespace on a multi-user Kubeflow")
+    submit_parser.add_argument("--token", default=None,
+                               help="bearer token for the API (default: the standard KFP "
+                               "credentials, i.e. the service account token file at "
+                               "$KF_PIPELINES_SA_TOKEN_PATH when it exists)")
+    submit_parser.add_argument("--no-cache", action="store_true",
+                               help="run every step again (KFP's caching off for this run)")
+    submit_parser.add_argument("--wait", action="store_true",
+                               help="poll the run until it ends; print its state changes and "
+                               "link; exit 1 unless it SUCCEEDED")
+    submit_parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                               help="with --wait: give up after this long (default: no limit)")
     submit_parser.set_defaults(handler=_submit_command)
+
+    manifests_parser = commands.add_parser(
+        "manifests", help="render the Kustomize base/overlays (TFJob, KServe, TF Serving) "
+        "from a config into a directory")
+    manifests_parser.add_argument("--config", required=True, help="experiment YAML")
+    manifests_parser.add_argument("--output", required=True,
+                                  help="directory to write (kubectl apply -k DIR/overlays/kserve)")
+    manifests_parser.add_argument("--set", dest="overrides", action="append", default=[],
+                                  metavar="KEY=VALUE", help="override a config key (repeatable), "
+                                  "e.g. --set kubeflow.tfjob_examples=gs://...")
+    manifests_parser.add_argument("--mlmd", default=None, metavar="METADATA_SQLITE",
+                                  help="fill the TFJob's --examples/--transform-output from the "
+                                  "latest run in this ML Metadata SQLite file")
+    manifests_parser.set_defaults(handler=_manifests_command)
 
     validate_parser = commands.add_parser(
         "validate-manifests", help="render the Kustomize base/overlays and validate them offline "
         "(schemas and hardening; without --manifests also serving/deploy and the Dockerfiles)")
     validate_parser.add_argument("--manifests", default=None,
-                                 help="manifests directory (default: kubeflow/manifests)")
-    validate_parser.add_argument("--config", help="also check that the overlays point at this "
-                                 "config's model directory (kubeflow.output_dir) and image")
+                                 help="a directory `tfprod kubeflow manifests` wrote (default: "
+                                 "the templates in kubeflow/manifests, filled from --config)")
+    validate_parser.add_argument("--config", help="also check that the manifests point at this "
+                                 "config's model directory, image, namespace and TFJob inputs")
     validate_parser.add_argument("--set", dest="overrides", action="append", default=[],
                                  metavar="KEY=VALUE", help="override a config key (repeatable)")
     validate_parser.set_defaults(handler=_validate_command)
@@ -73,38 +99,79 @@ def _compile_command(args: argparse.Namespace) -> int:
 
 def _submit_command(args: argparse.Namespace) -> int:
     from tfprod.kubeflow import submit
+    from tfprod.kubeflow.errors import SubmitError
 
     parameters = submit.parse_parameters(args.params)  # ParameterError: a ConfigError
     # A missing --package: ConfigError; the API failing: SubmitError, a RunFailure.
     with errors.missing_file_is_config_error():
+        client = submit.make_client(args.host, namespace=args.namespace, token=args.token)
         run = submit.submit(args.package, args.host, experiment_name=args.experiment,
                             parameters=parameters, pipeline_root=args.pipeline_root,
-                            run_name=args.run_name, namespace=args.namespace)
+                            run_name=args.run_name, namespace=args.namespace,
+                            enable_caching=False if args.no_cache else None, client=client)
     print(f"submitted run {run.run_name!r}: run_id {run.run_id}, pipeline {run.pipeline_id} "
           f"version {run.pipeline_version_id}, experiment {run.experiment_id}")
+    print(f"link: {submit.run_link(client, args.host, run.run_id)}")
+    if args.wait:
+        state = submit.wait_for_run(client, run.run_id, timeout=args.timeout, report=print)
+        if state != "SUCCEEDED":
+            raise SubmitError(f"run {run.run_id} ended {state}; see "
+                                    f"{submit.run_link(client, args.host, run.run_id)}")
+    return 0
+
+
+def _manifests_command(args: argparse.Namespace) -> int:
+    from tfprod.kubeflow import manifests
+    from tfprod.pipeline import config as config_lib
+
+    with errors.missing_file_is_config_error():
+        experiment = config_lib.load_config(args.config, args.overrides)
+        outputs = manifests.transform_outputs_from_mlmd(args.mlmd) if args.mlmd else None
+        values = manifests.template_values(experiment, args.config, outputs)
+        written = manifests.write_tree(args.output, values)
+        checked, problems = manifests.check_tree(args.output, expected=values)
+    if problems:  # the templates themselves are wrong: a bug here, but say what
+        raise errors.ConfigError("the rendered manifests do not validate:\n  - "
+                                 + "\n  - ".join(problems))
+    print(f"wrote {len(written)} files to {args.output}: image {values['image_reference']}, "
+          f"namespace {values['namespace']}, model {values['serving_base_path']}")
+    for overlay in manifests.OVERLAYS:
+        print(f"  kubectl apply -k {os.path.join(args.output, 'overlays', overlay)}")
+    unset = manifests.unset_inputs(manifests.render(os.path.join(args.output, "base")))
+    if unset:
+        print("note: the TFJob's inputs are not known yet (" + ", ".join(unset) + "); set "
+              "kubeflow.tfjob_examples / kubeflow.tfjob_transform_output or pass --mlmd "
+              "(docs/kubeflow.md, section 8)")
     return 0
 
 
 def _validate_command(args: argparse.Namespace) -> int:
-    from tfprod.kubeflow import compiler, manifests
+    # No compiler import here: it loads TFX (tens of seconds); the image reference is the
+    # config's own.
+    from tfprod.kubeflow import manifests
     from tfprod.pipeline import config as config_lib
 
     with errors.missing_file_is_config_error():  # and ManifestError: a ConfigError
-        checked = manifests.validate_tree(args.manifests)
+        values = None
+        if args.config:
+            experiment = config_lib.load_config(args.config, args.overrides)
+            values = manifests.template_values(experiment, args.config)
+        # A rendered tree is compared with the config; the templates are filled with it.
+        checked, problems = manifests.check_tree(
+            args.manifests, values=None if args.manifests else values,
+            expected=values if args.manifests else None)
         if args.manifests is None:
             # The project's own tree: also serving/deploy's manifest and compose file and the
             # Dockerfiles (hardening: non-root user, read-only, no privileges).
-            checked.update(manifests.validate_deploy_files())
-        if args.config:
-            experiment = config_lib.load_config(args.config, args.overrides)
-            root = args.manifests or manifests.MANIFESTS_DIR
-            for overlay in manifests.OVERLAYS:
-                manifests.check_wiring(
-                    manifests.render(os.path.join(root, "overlays", overlay)),
-                    experiment.kubeflow.output_dir, experiment.export.model_name,
-                    compiler.image_reference(experiment.kubeflow))
+            deploy_checked, deploy_problems = manifests.check_deploy_files()
+            checked.update(deploy_checked)
+            problems.extend(deploy_problems)
     for name, kinds in checked.items():
-        print(f"{name}: {', '.join(kinds)} valid")
+        print(f"{name}: {', '.join(kinds)} checked")
+    if problems:
+        # Every problem at once, then a non-zero exit (2, a ConfigError).
+        raise manifests.ManifestError(f"{len(problems)} problem(s):\n  - "
+                                      + "\n  - ".join(problems))
     if args.config:
-        print(f"overlays point at {args.config}'s model directory and image")
+        print(f"manifests point at {args.config}'s model directory, image and namespace")
     return 0

@@ -46,16 +46,166 @@ CUSTOM_SCHEMAS = {
 _KUBERNETES_DEFINITIONS_URI = "/api/_definitions.json"
 
 
-def _load_yaml_documents(path: pathlib.Path) -> List[Dict[str, Any]]:
+# ----- templates: the tree in kubeflow/manifests is Jinja2, filled from an experiment config -----
+# Where the TFJob finds the config inside the image (compiler.PROJECT_DIR_IN_IMAGE; not imported
+# from there because importing the compiler loads TFX, which takes tens of seconds).
+PROJECT_DIR_IN_IMAGE = "/tfprod"
+# What the TFJob's inputs are set to while unknown; the TFJob refuses to start on it
+# (train_worker cannot open the path) and validate-manifests warns about it.
+UNSET_INPUT = "UNSET-set-kubeflow.{key}-or-pass---mlmd"
+TEMPLATE_KEYS = ("namespace", "image", "image_tag", "image_reference", "model_name",
+                 "resource_name", "serving_base_path", "pipeline_root", "config_in_image",
+                 "tfjob_workers", "tfjob_examples", "tfjob_transform_output", "tfjob_output_dir")
+
+
+def template_values(experiment: Any, config_path: Optional[str] = None,
+                    transform_outputs: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """The values the manifest templates are filled with, from an ExperimentConfig.
+
+    Args:
+      experiment: a pipeline.config.ExperimentConfig (its kubeflow and export sections).
+      config_path: the config file; the TFJob reads it at <PROJECT_DIR_IN_IMAGE>/<its path in the
+        project> (configs/<name> when it lies outside the project).
+      transform_outputs: {"examples": uri, "transform_graph": uri} of a finished run (e.g.
+        transform_outputs_from_mlmd); the config's tfjob_* keys win over them.
+    """
+    kubeflow = experiment.kubeflow
+    model_name = experiment.export.model_name
+    transform_outputs = transform_outputs or {}
+    relative = "configs/mnist_cnn.yaml"
+    if config_path:
+        absolute = pathlib.Path(config_path).resolve()
+        try:
+            relative = absolute.relative_to(PROJECT_ROOT).as_posix()
+        except ValueError:
+            relative = f"configs/{absolute.name}"
+    examples = kubeflow.tfjob_examples or transform_outputs.get("examples")
+    transform_graph = kubeflow.tfjob_transform_output or transform_outputs.get("transform_graph")
+    return {
+        "namespace": kubeflow.namespace,
+        "image": kubeflow.image,
+        "image_tag": kubeflow.image_tag,
+        "image_reference": kubeflow.image_reference,
+        "model_name": model_name,
+        # Kubernetes object names are DNS labels: no '_'.
+        "resource_name": model_name.lower().replace("_", "-"),
+        "serving_base_path": serving_base_path(kubeflow.output_dir, model_name),
+        "pipeline_root": kubeflow.pipeline_root,
+        "config_in_image": f"{PROJECT_DIR_IN_IMAGE}/{relative}",
+        "tfjob_workers": kubeflow.tfjob_workers,
+        "tfjob_examples": examples or UNSET_INPUT.format(key="tfjob_examples"),
+        "tfjob_transform_output": (transform_graph
+                                   or UNSET_INPUT.format(key="tfjob_transform_output")),
+        "tfjob_output_dir": (kubeflow.tfjob_output_dir
+                             or f"{kubeflow.output_dir.rstrip('/')}/multiworker"),
+    }
+
+
+def default_template_values() -> Dict[str, Any]:
+    """template_values of the default ExperimentConfig (for checking the templates alone)."""
+    from tfprod.pipeline import config as config_lib
+
+    return template_values(config_lib.ExperimentConfig())
+
+
+def is_template_tree(root: os.PathLike) -> bool:
+    """Whether a manifests tree holds Jinja2 placeholders (kubeflow/manifests, or a copy)."""
+    return any("{{" in path.read_text(encoding="utf-8")
+               for path in pathlib.Path(root).rglob("*.yaml"))
+
+
+def _fill(path: pathlib.Path, text: str, values: Optional[Dict[str, Any]]) -> str:
+    if "{{" not in text:
+        return text
+    if values is None:
+        # A template read without a config (the tree checked on its own): the default config's.
+        values = default_template_values()
+    import jinja2
+
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                     keep_trailing_newline=True)
+    try:
+        return environment.from_string(text).render(**values)
+    except jinja2.TemplateError as error:
+        raise ManifestError(f"{path}: template error ({error})") from error
+
+
+def _load_yaml_documents(path: pathlib.Path,
+                         values: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     try:
         with open(path, encoding="utf-8") as handle:
-            return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+            text = _fill(path, handle.read(), values)
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as error:
         raise ManifestError(f"{path}: not valid YAML ({error})") from error
 
 
-def render(directory: os.PathLike) -> List[Dict[str, Any]]:
+def write_tree(output: os.PathLike, values: Dict[str, Any],
+               templates: Optional[os.PathLike] = None) -> List[pathlib.Path]:
+    """Renders the template tree (default kubeflow/manifests) into a plain Kustomize tree.
+
+    `kubectl apply -k <output>/overlays/kserve` (or tf-serving) applies the result.
+
+    Returns:
+      the files written.
+    """
+    templates = pathlib.Path(templates) if templates else MANIFESTS_DIR
+    output = pathlib.Path(output)
+    written = []
+    for source in sorted(templates.rglob("*.yaml")):
+        target = output / source.relative_to(templates)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(_fill(source, source.read_text(encoding="utf-8"), values),
+                          encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def transform_outputs_from_mlmd(metadata_path: str) -> Dict[str, str]:
+    """The Transform outputs of the latest run in an ML Metadata SQLite file (a local run's
+    <output_dir>/metadata.sqlite, or a copy of a cluster's store exported to SQLite).
+
+    Returns:
+      {"examples": transformed_examples uri, "transform_graph": transform_graph uri}.
+
+    Raises:
+      ManifestError: no such file, or no Transform outputs in it.
+    """
+    if not os.path.isfile(metadata_path):
+        raise ManifestError(f"--mlmd {metadata_path}: no such file (a local run writes "
+                            "<output_dir>/metadata.sqlite)")
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    wanted = {"transformed_examples": "examples", "transform_graph": "transform_graph"}
+    found: Dict[str, tuple] = {}
+    outputs = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+    for event in store.get_events_by_artifact_ids(
+            [artifact.id for artifact in store.get_artifacts()]):
+        key = event.path.steps[0].key if event.path.steps else ""
+        if event.type in outputs and key in wanted:
+            # The latest (highest artifact id) of each wins.
+            previous = found.get(wanted[key])
+            if previous is None or event.artifact_id > previous[0]:
+                found[wanted[key]] = (event.artifact_id, None)
+    if set(found) != set(wanted.values()):
+        raise ManifestError(f"{metadata_path}: no Transform outputs (transformed_examples and "
+                            "transform_graph); did the run reach Transform?")
+    by_id = {a.id: a.uri for a in store.get_artifacts_by_id([v[0] for v in found.values()])}
+    return {role: by_id[artifact_id] for role, (artifact_id, _) in found.items()}
+
+
+def render(directory: os.PathLike,
+           values: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """Builds a Kustomization directory into its list of resources (a Kustomize subset).
+
+    Args:
+      directory: a Kustomization directory; a template one (kubeflow/manifests) needs values.
+      values: template_values to fill Jinja2 templates with; None for a rendered tree.
 
     Raises:
       ManifestError: a missing file, bad YAML or a Kustomize field this renderer lacks.
@@ -64,7 +214,7 @@ def render(directory: os.PathLike) -> List[Dict[str, Any]]:
     kustomization_path = directory / "kustomization.yaml"
     if not kustomization_path.is_file():
         raise ManifestError(f"{directory}: no kustomization.yaml")
-    (kustomization,) = _load_yaml_documents(kustomization_path)
+    (kustomization,) = _load_yaml_documents(kustomization_path, values)
     supported = {"apiVersion", "kind", "resources", "namespace", "labels", "images"}
     unsupported = sorted(set(kustomization) - supported)
     if unsupported:
@@ -74,9 +224,9 @@ def render(directory: os.PathLike) -> List[Dict[str, Any]]:
     for entry in kustomization.get("resources", []):
         path = directory / entry
         if path.is_dir():
-            resources.extend(render(path))
+            resources.extend(render(path, values))
         elif path.is_file():
-            resources.extend(_load_yaml_documents(path))
+            resources.extend(_load_yaml_documents(path, values))
         else:
             raise ManifestError(f"{kustomization_path}: resource {entry} not found")
     resources = [copy.deepcopy(resource) for resource in resources]
@@ -171,20 +321,71 @@ def validate_resource(resource: Dict[str, Any]) -> None:
     check_hardening(resource)
 
 
-def validate_tree(manifests_dir: Optional[os.PathLike] = None) -> Dict[str, List[str]]:
-    """Renders base and every overlay and validates each resource.
+def _raise_all(problems: List[str]) -> None:
+    if len(problems) == 1:
+        raise ManifestError(problems[0])
+    if problems:
+        raise ManifestError(f"{len(problems)} problems:\n  - " + "\n  - ".join(problems))
+
+
+def check_tree(manifests_dir: Optional[os.PathLike] = None,
+               values: Optional[Dict[str, Any]] = None,
+               expected: Optional[Dict[str, Any]] = None) -> tuple:
+    """Renders base and every overlay and checks each resource, collecting every problem.
+
+    Args:
+      manifests_dir: a rendered tree (`tfprod kubeflow manifests` output), or None for the
+        templates in kubeflow/manifests (filled with `values`, default the default config's).
+      values: template_values to fill a template tree with.
+      expected: template_values of a config the tree must point at (check_wiring), or None.
+
+    Returns:
+      ({"base": [kinds...], "overlays/kserve": [...], ...}, [problem, ...]): one problem per
+      resource that fails its schema or hardening (the first field of that resource), per
+      overlay that fails its network policies, and every wiring mismatch.
+    """
+    root = pathlib.Path(manifests_dir) if manifests_dir else MANIFESTS_DIR
+    if values is None and is_template_tree(root):
+        values = default_template_values()
+    checked: Dict[str, List[str]] = {}
+    problems: List[str] = []
+    for relative in ["base"] + [posixpath.join("overlays", name) for name in OVERLAYS]:
+        try:
+            resources = render(root / relative, values)
+        except ManifestError as error:
+            problems.append(f"{relative}: {error}")
+            continue
+        for resource in resources:
+            try:
+                validate_resource(resource)
+            except ManifestError as error:
+                problems.append(f"{relative}: {error}")
+        try:
+            check_network_policies(resources)
+        except ManifestError as error:
+            problems.append(f"{relative}: {error}")
+        if expected is not None:
+            # The base's resources are in every overlay: report their wiring once, from base.
+            shown = set(checked.get("base", [])) if relative != "base" else set()
+            problems.extend(f"{relative}: {problem}" for problem in wiring_problems(
+                resources, expected) if problem.split(":")[0] not in shown)
+        checked[relative] = [f"{r.get('kind')}/{r.get('metadata', {}).get('name', '?')}"
+                             for r in resources]
+    return checked, problems
+
+
+def validate_tree(manifests_dir: Optional[os.PathLike] = None,
+                  values: Optional[Dict[str, Any]] = None) -> Dict[str, List[str]]:
+    """Renders base and every overlay and validates each resource (check_tree).
 
     Returns:
       {"base": [kinds...], "overlays/kserve": [...], ...}.
+
+    Raises:
+      ManifestError: listing every problem found.
     """
-    root = pathlib.Path(manifests_dir) if manifests_dir else MANIFESTS_DIR
-    checked = {}
-    for relative in ["base"] + [posixpath.join("overlays", name) for name in OVERLAYS]:
-        resources = render(root / relative)
-        for resource in resources:
-            validate_resource(resource)
-        check_network_policies(resources)
-        checked[relative] = [f"{r['kind']}/{r['metadata']['name']}" for r in resources]
+    checked, problems = check_tree(manifests_dir, values)
+    _raise_all(problems)
     return checked
 
 
@@ -201,48 +402,108 @@ def serving_base_path(output_dir: str, model_name: str) -> str:
     return f"{output_dir.rstrip('/')}/serving/{model_name}"
 
 
+def _flag(args: List[str], name: str) -> Optional[str]:
+    values = [arg.split("=", 1)[1] for arg in args or [] if arg.startswith(f"{name}=")]
+    return values[0] if values else None
+
+
+def wiring_problems(resources: List[Dict[str, Any]], expected: Dict[str, Any]) -> List[str]:
+    """Every field where rendered manifests disagree with a config's template_values: the
+    serving base path and model name, the TFJob's image, config, inputs and output, the
+    namespace, and the TFJob's TF_CONFIG port and replica types.
+
+    Returns:
+      one line per mismatch, naming the object, the field, its value and the expected one.
+    """
+    problems: List[str] = []
+
+    def compare(where, value, wanted):
+        if value != wanted:
+            problems.append(f"{where} is {value!r}; the config says {wanted!r}")
+
+    base_path, model_name = expected["serving_base_path"], expected["model_name"]
+    for resource in resources:
+        kind = resource.get("kind")
+        name = resource.get("metadata", {}).get("name", "?")
+        where = f"{kind}/{name}"
+        if expected.get("namespace") is None:
+            pass
+        elif kind == "Namespace":
+            compare(f"{where}: metadata.name", name, expected["namespace"])
+        elif resource.get("metadata", {}).get("namespace") != expected["namespace"]:
+            compare(f"{where}: metadata.namespace", resource.get("metadata", {}).get("namespace"),
+                    expected["namespace"])
+        if kind == "InferenceService":
+            predictor = resource.get("spec", {}).get("predictor", {})
+            if "tensorflow" not in predictor:
+                problems.append(f"{where}: spec.predictor must use the tensorflow predictor "
+                                "(KServe's TF Serving runtime)")
+            else:
+                compare(f"{where}: spec.predictor.tensorflow.storageUri (the pushed model's base "
+                        "directory)", predictor["tensorflow"].get("storageUri"), base_path)
+        elif kind == "Deployment":
+            containers = resource["spec"]["template"]["spec"]["containers"]
+            args = containers[0].get("args", [])
+            compare(f"{where}: --model_base_path", _flag(args, "--model_base_path"), base_path)
+            compare(f"{where}: --model_name", _flag(args, "--model_name"), model_name)
+        elif kind == "TFJob":
+            problems.extend(_tfjob_problems(where, resource, expected, compare))
+    if "TFJob" not in {resource.get("kind") for resource in resources}:
+        problems.append("no TFJob (the base's multi-worker training job)")
+    return problems
+
+
+def _tfjob_problems(where, tfjob, expected, compare) -> List[str]:
+    problems = []
+    replica_specs = tfjob.get("spec", {}).get("tfReplicaSpecs", {})
+    replica_types = set(replica_specs)
+    if not replica_types <= {"Chief", "Worker"} or "Worker" not in replica_types:
+        problems.append(f"{where}: MultiWorkerMirroredStrategy needs Worker replicas (and at "
+                        f"most a Chief), not {sorted(replica_types)}")
+    for replica_type, replica in replica_specs.items():
+        containers = replica["template"]["spec"]["containers"]
+        tensorflow = [c for c in containers if c["name"] == "tensorflow"]
+        if not tensorflow:
+            problems.append(f"{where}: {replica_type} needs a container named tensorflow (the "
+                            "training operator sets TF_CONFIG there)")
+            continue
+        container = tensorflow[0]
+        ports = {port.get("name") for port in container.get("ports", [])}
+        if "tfjob-port" not in ports:
+            problems.append(f"{where}: {replica_type}'s tensorflow container needs a port named "
+                            "tfjob-port (the port the operator puts in TF_CONFIG)")
+        compare(f"{where}: {replica_type} image (the pipeline image)", container.get("image"),
+                expected["image_reference"])
+        args = container.get("args", [])
+        for flag, key in (("--config", "config_in_image"), ("--examples", "tfjob_examples"),
+                          ("--transform-output", "tfjob_transform_output"),
+                          ("--output-dir", "tfjob_output_dir")):
+            if expected.get(key) is None or expected[key].startswith("UNSET-"):
+                continue  # not known (e.g. the run's artifacts): any value will do
+            compare(f"{where}: {replica_type} {flag}", _flag(args, flag), expected[key])
+    return problems
+
+
+def unset_inputs(resources: List[Dict[str, Any]]) -> List[str]:
+    """The TFJob arguments still holding the UNSET placeholder (warnings, not errors)."""
+    return [f"TFJob/{resource['metadata'].get('name')}: {arg.split('=', 1)[0]}"
+            for resource in resources if resource.get("kind") == "TFJob"
+            for container in _containers(resource) for arg in container.get("args", [])
+            if "=UNSET-" in arg]
+
+
 def check_wiring(resources: List[Dict[str, Any]], output_dir: str, model_name: str,
                  image: str) -> None:
     """Checks the rendered manifests point at the config's model, image and TF_CONFIG port.
 
+    (Kept for callers that have no full config; wiring_problems checks every field.)
+
     Raises:
-      ManifestError: naming the field that disagrees and the expected value.
+      ManifestError: listing every field that disagrees and the expected value.
     """
-    expected_base = serving_base_path(output_dir, model_name)
-    kinds = {resource["kind"] for resource in resources}
-    if "InferenceService" in kinds:
-        predictor = find(resources, "InferenceService")["spec"]["predictor"]
-        if "tensorflow" not in predictor:
-            raise ManifestError("InferenceService: spec.predictor must use the tensorflow "
-                                "predictor (KServe's TF Serving runtime)")
-        storage_uri = predictor["tensorflow"].get("storageUri")
-        if storage_uri != expected_base:
-            raise ManifestError(f"InferenceService: storageUri is {storage_uri}; the pushed "
-                                f"model's base directory is {expected_base}")
-    if "Deployment" in kinds:
-        args = find(resources, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-        if f"--model_base_path={expected_base}" not in args:
-            raise ManifestError(f"Deployment: --model_base_path must be {expected_base}")
-        if f"--model_name={model_name}" not in args:
-            raise ManifestError(f"Deployment: --model_name must be {model_name}")
-    tfjob = find(resources, "TFJob")
-    replica_types = set(tfjob["spec"]["tfReplicaSpecs"])
-    if not replica_types <= {"Chief", "Worker"} or "Worker" not in replica_types:
-        raise ManifestError(f"TFJob: MultiWorkerMirroredStrategy needs Worker replicas (and at "
-                            f"most a Chief), not {sorted(replica_types)}")
-    for replica_type, replica in tfjob["spec"]["tfReplicaSpecs"].items():
-        containers = replica["template"]["spec"]["containers"]
-        tensorflow = [c for c in containers if c["name"] == "tensorflow"]
-        if not tensorflow:
-            raise ManifestError(f"TFJob: {replica_type} needs a container named tensorflow (the "
-                                "training operator sets TF_CONFIG there)")
-        ports = {port.get("name"): port for port in tensorflow[0].get("ports", [])}
-        if "tfjob-port" not in ports:
-            raise ManifestError(f"TFJob: {replica_type}'s tensorflow container needs a port named "
-                                "tfjob-port (the port the operator puts in TF_CONFIG)")
-        if tensorflow[0]["image"] != image:
-            raise ManifestError(f"TFJob: {replica_type} runs {tensorflow[0]['image']}, "
-                                f"expected the pipeline image {image}")
+    _raise_all(wiring_problems(resources, {
+        "serving_base_path": serving_base_path(output_dir, model_name),
+        "model_name": model_name, "image_reference": image}))
 
 
 # ----- hardening: the fields every workload, image and compose service must set -------------
@@ -528,21 +789,37 @@ def dockerfiles(root: Optional[os.PathLike] = None) -> List[pathlib.Path]:
     return sorted(found)
 
 
+def check_deploy_files(root: Optional[os.PathLike] = None) -> tuple:
+    """Checks the deployment files outside the Kustomize tree: serving/deploy's manifest and
+    compose file and every Dockerfile of the project, collecting every file's problem.
+
+    Returns:
+      ({relative path: [what was checked]}, [problem, ...]).
+    """
+    root = pathlib.Path(root) if root else PROJECT_ROOT
+    checked: Dict[str, List[str]] = {}
+    problems: List[str] = []
+    checks = [(relative, validate_file) for relative in DEPLOY_MANIFESTS]
+    checks += [(relative, lambda path: [f"service {name}" for name in check_compose(path)])
+               for relative in COMPOSE_FILES]
+    checks += [(str(path.relative_to(root)), lambda path: [f"USER {check_dockerfile(path)}"])
+               for path in dockerfiles(root)]
+    for relative, check in checks:
+        if not (root / relative).is_file():
+            continue
+        try:
+            checked[relative] = check(root / relative)
+        except ManifestError as error:
+            problems.append(f"{relative}: {error}")
+    return checked, problems
+
+
 def validate_deploy_files(root: Optional[os.PathLike] = None) -> Dict[str, List[str]]:
-    """Validates the deployment files outside the Kustomize tree: serving/deploy's manifest and
-    compose file and every Dockerfile of the project.
+    """check_deploy_files, raising ManifestError with every problem.
 
     Returns:
       {relative path: [what was checked]}.
     """
-    root = pathlib.Path(root) if root else PROJECT_ROOT
-    checked: Dict[str, List[str]] = {}
-    for relative in DEPLOY_MANIFESTS:
-        if (root / relative).is_file():
-            checked[relative] = validate_file(root / relative)
-    for relative in COMPOSE_FILES:
-        if (root / relative).is_file():
-            checked[relative] = [f"service {name}" for name in check_compose(root / relative)]
-    for path in dockerfiles(root):
-        checked[str(path.relative_to(root))] = [f"USER {check_dockerfile(path)}"]
+    checked, problems = check_deploy_files(root)
+    _raise_all(problems)
     return checked

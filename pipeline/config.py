@@ -15,6 +15,7 @@ against the task) live above, in tfprod.pipeline.checks, and run once where a ru
 import dataclasses
 import enum
 import os
+import re
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -847,6 +848,27 @@ class KubeflowConfig:
     # Vertex AI Pipelines runs; the open-source KFP backend rejects it. Off: the Evaluator
     # has no baseline model on Kubeflow (only the absolute accuracy threshold applies).
     baseline_resolver: bool = False
+    # Kubernetes manifests (`tfprod kubeflow manifests`, kubeflow/manifests.py): the namespace
+    # of the TFJob and the serving overlays, and the TFJob's worker count.
+    namespace: str = "tfprod"
+    tfjob_workers: int = 2
+    # The TFJob's inputs: a finished pipeline run's Transform outputs (the transformed_examples
+    # and transform_graph artifact URIs). null = not known yet: `tfprod kubeflow manifests`
+    # fills them from --mlmd, or leaves a placeholder and says how to find them.
+    tfjob_examples: Optional[str] = None
+    tfjob_transform_output: Optional[str] = None
+    # Where the TFJob's chief writes its model; null = <output_dir>/multiworker.
+    tfjob_output_dir: Optional[str] = None
+
+    @property
+    def image_reference(self) -> str:
+        """The pipeline's default image, ``image:tag`` (what the compiler writes)."""
+        return f"{self.image}:{self.image_tag}"
+
+    @property
+    def pipeline_root(self) -> str:
+        """The package's default pipeline root, <output_dir>/pipeline."""
+        return f"{self.output_dir.rstrip('/')}/pipeline"
 
     def validate(self) -> None:
         _check(bool(self.image) and ":" not in self.image.rsplit("/", 1)[-1], "kubeflow.image",
@@ -875,6 +897,17 @@ class KubeflowConfig:
         for entry in self.trainer_node_selector:
             _check("=" in entry and entry.split("=", 1)[0] != "",
                    "kubeflow.trainer_node_selector", 'a list of "key=value" strings', entry)
+        # A DNS-1123 label: what Kubernetes accepts as a namespace name.
+        _check(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.namespace or "")
+               is not None, "kubeflow.namespace",
+               "a DNS label (lower-case letters, digits and '-', at most 63)", self.namespace)
+        _check(self.tfjob_workers >= 1, "kubeflow.tfjob_workers", "an integer >= 1",
+               self.tfjob_workers)
+        for key in ("tfjob_examples", "tfjob_transform_output", "tfjob_output_dir"):
+            value = getattr(self, key)
+            _check(value is None or (isinstance(value, str) and "://" in value
+                                     or str(value).startswith("/")), f"kubeflow.{key}",
+                   "null or an absolute directory URI (e.g. gs://bucket/...)", value)
 
 
 class TuningAlgorithm(str, enum.Enum):

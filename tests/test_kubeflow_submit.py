@@ -213,3 +213,74 @@ def test_parse_parameters_reads_yaml_scalars():
 def test_golden_package_is_a_valid_spec():
     pipeline_spec, _ = compiler.read_package(str(PACKAGE))
     assert compiler.DATA_DIR_PARAMETER in pipeline_spec.root.input_definitions.parameters
+
+
+class FakeRunClient:
+    """A stand-in for kfp.Client's get_run: no KFP API server exists here, so the polling
+    of `submit --wait` is tested against these scripted run states."""
+
+    def __init__(self, states, error=None):
+        self.states = list(states)
+        self.error = error
+        self.calls = 0
+
+    def get_run(self, run_id):
+        self.calls += 1
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return type("Run", (), {"run_id": run_id, "state": state,
+                                "error": self.error if state == "FAILED" else None})()
+
+
+def test_wait_for_run_reports_each_state_once_until_it_ends():
+    client = FakeRunClient(["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"])
+    lines = []
+    state = submit.wait_for_run(client, "run-1", report=lines.append, sleep=lambda s: None)
+    assert state == "SUCCEEDED" and client.calls == 4
+    assert [line.split(": ")[-1] for line in lines] == ["PENDING", "RUNNING", "SUCCEEDED"]
+
+
+def test_wait_for_run_gives_up_after_the_timeout():
+    ticks = iter(range(100))
+    with pytest.raises(SubmitError, match="still RUNNING"):
+        submit.wait_for_run(FakeRunClient(["RUNNING"]), "run-1", timeout=3, report=print,
+                            clock=lambda: next(ticks), sleep=lambda s: None)
+
+
+def test_cli_submit_token_no_cache_and_wait(fake_api, monkeypatch, capsys):
+    made = {}
+    real_make_client = submit.make_client
+
+    def make_client(host, namespace=None, token=None):
+        made["token"] = token
+        client = real_make_client(host, namespace=namespace, token=token)
+        client.get_run = FakeRunClient(["RUNNING", "FAILED"], error="Transform: OOMKilled").get_run
+        return client
+
+    monkeypatch.setattr(submit, "make_client", make_client)
+    code = cli.main(["kubeflow", "submit", "--host", fake_api.host, "--package", str(PACKAGE),
+                     "--token", "secret-token", "--no-cache", "--wait"])
+    assert code == 1  # the run FAILED
+    assert made["token"] == "secret-token"
+    out, err = capsys.readouterr()
+    assert "#/runs/details/run-1" in out and "FAILED (Transform: OOMKilled)" in out
+    assert "ended FAILED" in err
+
+
+def test_submit_no_cache_disables_caching_in_the_run(fake_api):
+    import yaml
+
+    submit.submit(str(PACKAGE), fake_api.host, enable_caching=False)
+    # kfp 2.5 ignores enable_caching for a run of an uploaded version, so the uploaded
+    # package itself has every task's cache off.
+    [uploaded] = fake_api.uploads.values()
+    tasks = yaml.safe_load(uploaded.decode())["root"]["dag"]["tasks"]
+    assert tasks and all(task["cachingOptions"] == {"enableCache": False}
+                         for task in tasks.values())
+
+
+def test_make_client_reads_the_standard_service_account_token(fake_api, tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text("projected-token")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token_file))
+    client = submit.make_client(fake_api.host)
+    assert client._existing_config.api_key["authorization"] == "projected-token"
