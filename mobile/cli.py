@@ -101,4 +101,5 @@ def _tflite_command(args: argparse.Namespace) -> int:
     for mode, path in result.model_files.items():
         print(f"{mode}: {path}")
     print(f"report: {result.report_files['json']} and {result.report_files['markdown']}")
+    print(f"android: {result.android_dir}")
     return 0

@@ -7,6 +7,7 @@ and the Pusher's output (for the pushed version number, so the TFLite files
 carry the same version as the served model). It writes
 
     <output_dir>/tflite/<model_name>/<version>/<mode>.tflite + report.json/.md
+    <output_dir>/tflite/<model_name>/<version>/android/   (mobile.android)
 
 and lists them in ``files.json`` in its own output artifact, which
 pipeline.summary reads into run_summary.json.
@@ -84,7 +85,7 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
             latency_examples=settings["latency_examples"]),
         serving_model=serving_model)
     files = {"output_dir": destination, "version": version, "models": result.model_files,
-             "report": result.report_files}
+             "report": result.report_files, "android": result.android_dir}
     with open(os.path.join(tflite_models.uri, FILES_JSON), "w", encoding="utf-8") as handle:
         json.dump(files, handle, indent=2)
     tflite_models.set_int_custom_property(CONVERTED_PROPERTY, 1)

@@ -5,6 +5,7 @@ call :func:`export_tflite`. It writes
 
     <output_dir>/<mode>.tflite      one file per mode, metadata and labels attached
     <output_dir>/report.json/.md    the verification report (mobile.verify)
+    <output_dir>/android/           the drop-in folder for an Android app (mobile.android)
 """
 
 import dataclasses
@@ -14,7 +15,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from tfprod import errors
-from tfprod.mobile import convert, metadata, verify
+from tfprod.mobile import android, convert, metadata, verify
 from tfprod.contract import features, layout
 
 
@@ -46,6 +47,7 @@ class ExportResult:
     model_files: Dict[str, str]
     report_files: Dict[str, str]
     report: Dict
+    android_dir: Optional[str] = None
 
 
 def load_serving_model(saved_model_dir: str):
@@ -182,7 +184,7 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
 
     Raises:
       ExportError, convert.ConversionError, metadata.MetadataError,
-      verify.VerificationError: each names what to fix.
+      verify.VerificationError, android.AndroidPackageError: each names what to fix.
     """
     modes = [convert.ConversionMode(mode) for mode in options.modes]
     int8_io = convert.IoType(options.int8_io)
@@ -247,5 +249,8 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
                "metadata": {"name": spec.name, "version": spec.version,
                             "associated_files": [f.name for f in spec.associated_files()]}})
     report_files = verify.write_report(report, output_dir)
+    progress("writing the Android folder ...")
+    android_dir = android.write_android_folder(output_dir, model_files, report_files["json"],
+                                               spec.input.mean, spec.input.std)
     return ExportResult(output_dir=output_dir, model_files=model_files,
-                        report_files=report_files, report=report)
+                        report_files=report_files, report=report, android_dir=android_dir)

@@ -54,6 +54,7 @@ EXPECTED = {
     ("tfprod.mobile.convert", "UnsupportedOpError"): (RUN, ()),
     ("tfprod.mobile.verify", "VerificationError"): (RUN, (RuntimeError,)),
     ("tfprod.mobile.metadata", "MetadataError"): (RUN, (ValueError,)),
+    ("tfprod.mobile.android", "AndroidPackageError"): (RUN, (ValueError,)),
     ("tfprod.serving.client", "ClientError"): (RUN, ()),
     ("tfprod.serving.client", "ServerUnreachable"): (RUN, ()),
 }
