@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfprod.mobile import convert, metadata
 from tfprod.mobile.verify import TfliteClassifier
 from tests.conftest import MNIST_CONFIG, REPO_ROOT, write_idx_dataset
+from tests.test_mobile_android import assert_android_folder_matches_the_model
 
 TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")
 MODES = ("float32", "dynamic", "float16", "int8")
@@ -68,6 +69,9 @@ def test_pipeline_converts_the_blessed_model_in_every_mode(pipeline_run, mnist_s
     report = json.loads((expected_dir / "report.json").read_text())
     assert report["version"] == version and report["test_examples"] == 300
     assert (expected_dir / "report.md").read_text().count("| litert |") == 4
+    # The Android drop-in folder beside them, its constants those of the file it ships.
+    contract = assert_android_folder_matches_the_model(expected_dir)
+    assert contract["task_library_ok"] and contract["input"]["shape"] == [1, 28, 28, 3]
     sizes = {}
     for model in report["models"]:
         sizes[model["mode"]] = model["size_bytes"]
@@ -124,6 +128,12 @@ def test_cli_int8_with_int8_io_has_correct_quantization(pipeline_run, float32_mo
     assert report["calibration_examples"] == 200
     assert (output_dir / "report.md").is_file()
     int8_model = (output_dir / "int8.tflite").read_bytes()
+    assert f"android: {output_dir / 'android'}" in result.stdout
+    contract = assert_android_folder_matches_the_model(output_dir)
+    # The only mode: shipped, with the Kotlin warning that the Task Library refuses int8 input.
+    assert contract["mode"] == "int8" and not contract["task_library_ok"]
+    assert "the Task Library refuses\n *  int8.tflite (int8 input" in \
+        (output_dir / "android" / "TfprodClassifier.kt").read_text()
 
     classifier = TfliteClassifier(int8_model, "litert")
     input_scale, input_zero_point = classifier.input["quantization"]
