@@ -167,19 +167,8 @@ def _classify_failure(error: Exception, component: Optional[str], log_path: str)
         f"\nThe full log is in {log_path}", component)
 
 
-def preflight_check(experiment: config_lib.ExperimentConfig) -> None:
-    """Fails fast, before TFX starts, on a bad config, a missing path or unreadable data.
-
-    First, the checks of the experiment beyond its schema (pipeline.checks: the model
-    fits the task, and so do the recipes and the tuning space), once per run; then that
-    the config's paths exist and the output directory can be written in; then the task's own check of its input data
-    (Task.preflight: e.g. unreadable IDX files, a bad TSV row, a CSV with gaps, or a TFDS
-    dataset that is not prepared).
-    """
-    checks.check_experiment(experiment)
-    experiment.check_paths()
-    config_lib.check_output_dir(experiment.runtime.output_dir)
-    tasks.get_task(experiment).preflight(experiment)
+# Kept under its old name for callers of the library.
+preflight_check = checks.preflight
 
 
 def finish_run_files(paths: layout.PipelinePaths, run_summary: summary_lib.RunSummary,
@@ -200,8 +189,11 @@ def finish_run_files(paths: layout.PipelinePaths, run_summary: summary_lib.RunSu
 
 
 def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn = print,
-                 verbose: bool = False) -> summary_lib.RunSummary:
+                 verbose: bool = False, checked: bool = False) -> summary_lib.RunSummary:
     """Runs the pipeline locally and returns (and writes) the run summary.
+
+    checked: the caller ran checks.preflight on this experiment already (`tfprod run` does,
+    before TensorFlow is imported), so it is not run twice.
 
     Raises:
       tfprod.errors.ConfigError: a bad path in the config, or the output directory is
@@ -212,7 +204,8 @@ def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn =
       PipelineDataError: a component stopped on the input data (an InputDataError in the
         failure's chain); run_summary.json and the report are written all the same.
     """
-    preflight_check(experiment)
+    if not checked:
+        checks.preflight(experiment)
     paths = layout.PipelinePaths(experiment.runtime.output_dir)
     os.makedirs(paths.output_dir, exist_ok=True)
     with recovery.hold_output_dir(paths) as running_config:
