@@ -57,11 +57,15 @@ def register(subparsers) -> None:
 
 
 def _compile_command(args: argparse.Namespace) -> int:
-    from tfprod.kubeflow import compiler
+    from tfprod.pipeline import checks
     from tfprod.pipeline import config as config_lib
 
     with errors.missing_file_is_config_error():
         experiment = config_lib.load_config(args.config, args.overrides)
+        # Before the compiler (TFX, TensorFlow) is imported: a bad config is exit 2 at once.
+        checks.check_experiment(experiment)
+        from tfprod.kubeflow import compiler
+
         compiled = compiler.compile_pipeline(experiment)  # CompileError: a ConfigError
     compiler.write_package(compiled, args.output)
     tasks = compiled.pipeline_spec["root"]["dag"]["tasks"]
@@ -86,7 +90,7 @@ def _submit_command(args: argparse.Namespace) -> int:
 
 
 def _validate_command(args: argparse.Namespace) -> int:
-    from tfprod.kubeflow import compiler, manifests
+    from tfprod.kubeflow import manifests
     from tfprod.pipeline import config as config_lib
 
     with errors.missing_file_is_config_error():  # and ManifestError: a ConfigError
@@ -97,6 +101,8 @@ def _validate_command(args: argparse.Namespace) -> int:
             checked.update(manifests.validate_deploy_files())
         if args.config:
             experiment = config_lib.load_config(args.config, args.overrides)
+            from tfprod.kubeflow import compiler  # TFX: only once the config has loaded
+
             root = args.manifests or manifests.MANIFESTS_DIR
             for overlay in manifests.OVERLAYS:
                 manifests.check_wiring(
