@@ -30,6 +30,9 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+# bench.machine imports TensorFlow in this process at the end; the runs timed set it alike.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "docs" / "benchmarks"
 TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")

@@ -333,8 +333,10 @@ def _run_holding(experiment: config_lib.ExperimentConfig, paths: layout.Pipeline
     absl_logger.addHandler(tracker)
     started = time.perf_counter()
     failure: Optional[_StoppedRun] = None
+    stderr_logger = logging.getLogger("tfprod.stderr")  # INFO: run.log only
     try:
-        with Heartbeat(tracker, progress, quiet_ids=[layout.TRAINER_ID]):
+        with console.filtered_stderr(stderr_logger.info, verbose), \
+                Heartbeat(tracker, progress, quiet_ids=[layout.TRAINER_ID]):
             tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
     except Exception as error:  # Any component failure: classify, summarise, re-raise.
         failure = _classify_failure(error, tracker.running, log_path)

@@ -140,3 +140,13 @@ def test_epoch_progress_in_a_terminal_draws_a_tqdm_bar():
               callbacks=[keras_progress.EpochProgress(1, 4, stream=stream, interactive=True)])
     assert "0/4 [" in stream.getvalue() and "step/s" in stream.getvalue()  # tqdm throttles
     assert stream.getvalue().rstrip().splitlines()[-1].startswith("  epoch 1/1 done in ")
+
+
+def test_filtered_stderr_keeps_cxx_harmless_lines_for_run_log_and_shows_the_rest(capfd):
+    kept = []
+    with console.filtered_stderr(kept.append):
+        os.write(2, b"W0000 00:00:1796095903.990956   27353 tf_tfl_flatbuffer_helpers.cc:390] "
+                    b"Ignored output_format.\nINFO: Created TensorFlow Lite XNNPACK delegate "
+                    b"for CPU.\nE0000 a real C++ error\n")
+    assert capfd.readouterr().err == "E0000 a real C++ error\n"
+    assert len(kept) == 2 and kept[1] == "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."

@@ -15,7 +15,8 @@ import os
 import re
 import sys
 import tempfile
-from typing import Iterator, List, Tuple
+import threading
+from typing import Callable, Iterator, List, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,24 @@ HARMLESS: Tuple[Harmless, ...] = (
     Harmless(r"non-supported Python version .*Google will not post any further updates",
              "google.api_core (pulled in by TFX's GCP extras) warns about Python 3.10 on import; "
              "TFX 1.16 requires Python 3.10 and no Google Cloud client is used locally"),
+    Harmless(r"Support for google-cloud-storage < 3\.0\.0 will be removed",
+             "google-cloud-aiplatform (pulled in by TFX's Kubeflow extras) warns on import about "
+             "the storage client TFX 1.16 pins; nothing local uses either"),
+    Harmless(r"Examples artifact does not have payload_format custom property\. Falling back "
+             r"to FORMAT_TF_EXAMPLE",
+             "tfprod's own ExampleGens write tf.Examples without setting the property, and "
+             "tf.Example is exactly the format TFX falls back to"),
+    Harmless(r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+             "the TFLite converter's C++ (absl logging) says where its lines go; it is not "
+             "itself a warning"),
+    Harmless(r"Ignored (output_format|drop_control_dependency)\.",
+             "the TFLite converter's C++ notes flags TF 2.16's own Python converter passes and "
+             "its MLIR converter no longer uses"),
+    Harmless(r"Created TensorFlow Lite XNNPACK delegate for CPU",
+             "an INFO line: the TFLite verification runs on XNNPACK, the CPU delegate expected"),
+    Harmless(r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: ",
+             "TensorFlow's quantizer prints its settings for each integer conversion; the TFLite "
+             "report records the modes and their accuracy"),
     Harmless(r"Couldn't find python-snappy so the implementation of _TFRecordUtil\._masked_crc32c",
              "Beam falls back to a pure-Python CRC for TFRecords; only a small speed-up is lost"),
 )
@@ -135,3 +154,53 @@ def quiet_import(verbose: bool = False) -> Iterator[None]:
             for line in filter_lines(lines):
                 print(line, file=sys.stderr)
             sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def filtered_stderr(keep: Callable[[str], None], verbose: bool = False) -> Iterator[None]:
+    """While it is open, file descriptor 2 goes through a filter: HARMLESS lines (and their
+    indented continuations) are handed to keep (the run writes them to run.log) instead of
+    the console; every other line reaches the console as before.
+
+    For what C++ writes straight to the descriptor during a run (the TFLite converter's
+    absl lines, for one), which no logging filter sees. Python's own log records are
+    filtered by HarmlessFilter before they get here. With verbose, nothing is filtered.
+    """
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        console_fd = os.dup(2)
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        yield
+        return
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def pump() -> None:
+        dropping = False
+        with os.fdopen(read_fd, "rb") as reader:
+            for raw in reader:  # ends when every writer (us, and any child) has closed it
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                try:
+                    continuation = dropping and (line.startswith((" ", "\t"))
+                                                 or line.startswith("To enable the"))
+                    dropping = is_harmless(line) or continuation
+                    if dropping:
+                        keep(line)
+                        continue
+                except Exception:  # never stop draining the pipe: show the line instead
+                    dropping = False
+                os.write(console_fd, raw)
+
+    thread = threading.Thread(target=pump, name="tfprod-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(console_fd, 2)  # closes our write end of the pipe
+        thread.join(timeout=10)  # a worker still holding the pipe keeps it open: let it be
+        os.close(console_fd)
