@@ -40,7 +40,7 @@ EXPECTED = {
     ("tfprod.kubeflow.errors", "ParameterError"): (CONFIG, ()),
     ("tfprod.kubeflow.errors", "ManifestError"): (CONFIG, ()),
     ("tfprod.contract.idx", "IdxFormatError"): (DATA, (ValueError,)),
-    ("tfprod.pipeline.ingestion.tsv", "TsvFormatError"): (DATA, (ValueError,)),
+    ("tfprod.pipeline.ingestion.tsv_format", "TsvFormatError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.table", "TableFormatError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.image_folder", "ImageFolderError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.timeseries", "TimeSeriesFormatError"): (DATA, (ValueError,)),

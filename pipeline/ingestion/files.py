@@ -40,3 +40,20 @@ def open_text(path: str) -> IO[str]:
 
         return tf.io.gfile.GFile(path, "r")
     return open(path, "r", encoding="utf-8")
+
+
+def exists(path: str) -> bool:
+    if is_url(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """path opened for reading bytes."""
+    if is_url(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, "rb")
+    return open(path, "rb")
