@@ -41,7 +41,7 @@ EXPECTED = {
     ("tfprod.kubeflow.errors", "ManifestError"): (CONFIG, ()),
     ("tfprod.contract.idx", "IdxFormatError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.tsv_format", "TsvFormatError"): (DATA, (ValueError,)),
-    ("tfprod.pipeline.ingestion.table", "TableFormatError"): (DATA, (ValueError,)),
+    ("tfprod.pipeline.ingestion.table_format", "TableFormatError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.image_folder", "ImageFolderError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.timeseries", "TimeSeriesFormatError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.validation", "DataValidationError"): (DATA, (RuntimeError,)),
