@@ -311,3 +311,13 @@ def test_every_config_passes_its_checks_without_tensorflow_where_its_reader_allo
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+
+
+@pytest.mark.parametrize("extra, level", [([], "2"), (["--verbose"], None)])
+def test_tensorflow_cxx_logs_are_quieted_unless_verbose(extra, level, monkeypatch):
+    """main() sets TF_CPP_MIN_LOG_LEVEL=2 before any subcommand can import TensorFlow (its
+    worker processes inherit it); --verbose leaves TensorFlow's C++ lines alone."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    assert cli.main(["run", "--config", str(MNIST_CONFIG), "--set", "trainer.epochz=1"]
+                    + extra) == 2
+    assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level

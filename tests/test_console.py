@@ -150,3 +150,20 @@ def test_filtered_stderr_keeps_cxx_harmless_lines_for_run_log_and_shows_the_rest
                     b"for CPU.\nE0000 a real C++ error\n")
     assert capfd.readouterr().err == "E0000 a real C++ error\n"
     assert len(kept) == 2 and kept[1] == "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+def test_a_long_component_gets_elapsed_time_lines_but_the_trainer_does_not():
+    import time
+
+    from tfprod.pipeline import local_runner
+
+    lines = []
+    tracker = local_runner.ComponentProgress(["Transform", "Trainer"], lines.append)
+    for node in ("Transform", "Trainer"):
+        tracker.handle(logging.LogRecord("absl", logging.INFO, __file__, 1,
+                                         "Component %s is running.", (node,), None))
+        with local_runner.Heartbeat(tracker, lines.append, interval=0.05,
+                                    quiet_ids=["Trainer"]):
+            time.sleep(0.3)
+    assert any(line.startswith("  Transform: still running (0m00s)") for line in lines)
+    assert not any("Trainer: still running" in line for line in lines)
