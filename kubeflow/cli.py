@@ -83,11 +83,15 @@ def register(subparsers) -> None:
 
 
 def _compile_command(args: argparse.Namespace) -> int:
-    from tfprod.kubeflow import compiler
+    from tfprod.pipeline import checks
     from tfprod.pipeline import config as config_lib
 
     with errors.missing_file_is_config_error():
         experiment = config_lib.load_config(args.config, args.overrides)
+        # Before the compiler (TFX, TensorFlow) is imported: a bad config is exit 2 at once.
+        checks.check_experiment(experiment)
+        from tfprod.kubeflow import compiler
+
         compiled = compiler.compile_pipeline(experiment)  # CompileError: a ConfigError
     compiler.write_package(compiled, args.output)
     tasks = compiled.pipeline_spec["root"]["dag"]["tasks"]

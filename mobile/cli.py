@@ -69,9 +69,17 @@ def default_names(model_dir: str):
     return model_name, version, output_dir
 
 
-def _tflite_command(args: argparse.Namespace) -> int:
-    from tfprod.mobile import convert, data, export, verify
+def _check_paths(args: argparse.Namespace) -> None:
+    """The model and data directories exist, before TensorFlow is imported (exit 2 at once)."""
+    if not os.path.isfile(os.path.join(args.model_dir, "saved_model.pb")):
+        raise errors.ConfigError(
+            f"no SavedModel at {args.model_dir} (expected saved_model.pb there; pass a pushed "
+            "model version, <output-dir>/serving/<model_name>/<version>)")
+    if not os.path.isdir(args.data_dir):
+        raise errors.ConfigError(f"--data-dir {args.data_dir}: directory not found")
 
+
+def _tflite_command(args: argparse.Namespace) -> int:
     model_name, version, output_dir = default_names(args.model_dir)
     model_name = args.model_name or model_name
     output_dir = args.output_dir or output_dir
@@ -82,6 +90,9 @@ def _tflite_command(args: argparse.Namespace) -> int:
     modes = args.modes or [mode.value for mode in options.ConversionMode]
     if args.int8_io and "int8" not in modes:
         raise errors.ConfigError("--int8-io applies to --mode int8 only")
+    _check_paths(args)
+    from tfprod.mobile import convert, data, export, verify
+
     calibration = None
     if "int8" in modes:
         train_images, _ = data.read_idx_split(args.data_dir, "train")

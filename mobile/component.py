@@ -16,6 +16,8 @@ pipeline.summary reads into run_summary.json.
 import json
 import os
 
+from absl import logging
+
 from tfx import types
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
@@ -60,6 +62,8 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
 
     if model_blessing.get_int_custom_property("blessed") != 1:
         tflite_models.set_int_custom_property(CONVERTED_PROPERTY, 0)
+        # The local runner's progress reads "not blessed" as "skipped (not blessed)".
+        logging.info("TFLiteConverter: the model was not blessed; nothing converted")
         return
     settings = json.loads(mobile_config)
     version = pushed_model.get_string_custom_property("pushed_version") or str(model.id)

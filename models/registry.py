@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 from tfprod import errors
 from tfprod.contract.tasks import TaskName
+from tfprod.models import catalog
 
 _BUILDERS: Dict[str, Callable] = {}
 _TASKS: Dict[str, Tuple[TaskName, ...]] = {}
@@ -54,7 +55,9 @@ def register(name: str, tasks: Sequence[Union[TaskName, str]] = ()) -> Callable:
         e.g. "image_classification", are accepted too).
 
     Raises:
-      ValueError: the name is taken, or a task is not a TaskName (the message lists them).
+      ValueError: the name is taken, a task is not a TaskName (the message lists them), or
+        the name and tasks are not listed as such in tfprod.models.catalog.MODEL_TASKS (the
+        table the config checks read before TensorFlow is imported).
     """
     try:
         task_names = tuple(TaskName(task) for task in tasks)
@@ -67,6 +70,14 @@ def register(name: str, tasks: Sequence[Union[TaskName, str]] = ()) -> Callable:
         if name in _BUILDERS:
             raise ValueError(f"a model named '{name}' is already registered "
                              f"({_BUILDERS[name].__module__}.{_BUILDERS[name].__name__})")
+        listed = catalog.MODEL_TASKS.get(name)
+        if listed is None or set(listed) != set(task_names):
+            raise ValueError(
+                f"model '{name}' registers for tasks {[str(task) for task in task_names]}, but "
+                f"tfprod.models.catalog.MODEL_TASKS lists "
+                f"{[str(task) for task in listed] if listed is not None else 'no such model'}; "
+                "list it there as registered (the config checks read that table before "
+                "TensorFlow is imported)")
         _BUILDERS[name] = builder
         _TASKS[name] = task_names
         return builder

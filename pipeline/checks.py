@@ -2,20 +2,25 @@
 
 tfprod.pipeline.config validates the schema (each section, no TensorFlow). What needs
 other packages is checked here, from above: that model.name is registered and fits the
-task of the data (the registry imports TensorFlow), that the recipes suit the task, and
-that the tuning space names tunable keys whose every candidate gives a valid experiment.
+task of the data (models.catalog: the registry's names without its TensorFlow), that the
+recipes suit the task, and that the tuning space names tunable keys whose every candidate
+gives a valid experiment.
 
-check_experiment runs once per run, where it starts: local_runner.preflight_check (`tfprod
-run`), kubeflow.compiler.compile_pipeline and the Kubeflow train worker. The Trainer, the
-Tuner and the local multi-worker job get the checked config serialized and only parse it.
+check_experiment runs once per run, where it starts: preflight (`tfprod run`, before
+TensorFlow is imported), kubeflow.compiler.compile_pipeline and the Kubeflow train worker.
+The Trainer, the Tuner and the local multi-worker job get the checked config serialized and
+only parse it.
+
+Nothing here imports TensorFlow, TFX or Beam (tests/test_cli.py checks it through `tfprod
+run`): a bad config, path or data layout is answered in a fraction of a second.
 """
 
 from typing import Optional, Sequence
 
 from tfprod import configlib
-from tfprod.models import registry
+from tfprod.models import catalog
 from tfprod.pipeline import config as config_lib
-from tfprod.pipeline import recipes, tasks, tuning
+from tfprod.pipeline import recipe_checks, tasks, tuning
 
 ConfigError = config_lib.ConfigError
 
@@ -27,21 +32,21 @@ def check_model(experiment: config_lib.ExperimentConfig, task_name: str) -> None
       ConfigError: naming model.name, the models registered (for the task).
     """
     name = experiment.model.name
-    if name not in registry.registered_names():
+    if name not in catalog.MODEL_TASKS:
         raise ConfigError(f"model.name: unknown model '{name}'; registered models are "
-                          f"{', '.join(registry.registered_names())}", key="model.name")
-    fits = registry.model_tasks(name)
+                          f"{', '.join(catalog.registered_names())}", key="model.name")
+    fits = catalog.model_tasks(name)
     if task_name not in fits:
         raise ConfigError(
             f"model.name: model '{name}' fits {', '.join(fits) or 'no task'}, not {task_name} "
             f"(the task of data.format {experiment.data.format.value!r}); models for "
-            f"{task_name}: {', '.join(registry.registered_for_task(task_name))}",
+            f"{task_name}: {', '.join(catalog.registered_for_task(task_name))}",
             key="model.name")
 
 
 def _check_against_task(experiment: config_lib.ExperimentConfig, task_name: str) -> None:
     check_model(experiment, task_name)
-    recipes.validate_experiment(experiment, task_name)
+    recipe_checks.validate_experiment(experiment, task_name)
 
 
 def check_experiment(experiment: config_lib.ExperimentConfig) -> None:
@@ -72,3 +77,33 @@ def load_experiment(path: Optional[str] = None,
     experiment = config_lib.load_config(path, overrides)
     check_experiment(experiment)
     return experiment
+
+
+def preflight(experiment: config_lib.ExperimentConfig) -> None:
+    """Fails fast, before TFX (or TensorFlow) starts, on a bad config, a missing path or
+    unreadable data.
+
+    First, the checks of the experiment beyond its schema (check_experiment: the model
+    fits the task, and so do the recipes and the tuning space); then that the config's
+    paths exist and the output directory can be written in; then the task's own check of
+    its input data (Task.preflight: e.g. unreadable IDX files, a bad TSV row, a CSV with
+    gaps, or a TFDS dataset that is not prepared).
+
+    Raises:
+      tfprod.errors.ConfigError: a bad config or path.
+      tfprod.errors.InputDataError: input files the run could not read.
+    """
+    check_experiment(experiment)
+    check_inputs(experiment)
+
+
+def check_inputs(experiment: config_lib.ExperimentConfig) -> None:
+    """preflight's checks after check_experiment: the config's paths, the output directory
+    and the task's check of its input data (no TensorFlow either).
+
+    Raises:
+      tfprod.errors.ConfigError, tfprod.errors.InputDataError: as preflight.
+    """
+    experiment.check_paths()
+    config_lib.check_output_dir(experiment.runtime.output_dir)
+    tasks.get_task(experiment).preflight(experiment)

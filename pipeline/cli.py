@@ -6,6 +6,7 @@ Errors leave as tfprod.errors kinds; tfprod/cli.py prints them and picks the exi
 """
 
 import argparse
+import time
 from typing import List
 
 
@@ -33,7 +34,8 @@ def _output_dir_source(args: argparse.Namespace, overrides: List[str]) -> str:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from tfprod import errors
+    from tfprod import console, errors
+    from tfprod.pipeline import checks, tasks
     from tfprod.pipeline import config as config_lib
 
     overrides = []
@@ -44,17 +46,26 @@ def _run_command(args: argparse.Namespace) -> int:
     overrides += args.overrides
     with errors.missing_file_is_config_error():
         experiment = config_lib.load_config(args.config, overrides)
-    # Before TFX is imported: an output directory the run cannot write in is exit 2 at once.
+    # Everything below up to the local runner's import is TensorFlow-free: a bad config,
+    # path or data layout is exit 2 or 3 in well under a second (tests/test_cli.py).
     config_lib.check_output_dir(experiment.runtime.output_dir,
                                 _output_dir_source(args, overrides))
-    from tfprod.pipeline import local_runner
+    checks.check_experiment(experiment)
+    task = tasks.get_task(experiment)
+    print(f"tfprod run: {experiment.name} ({args.config}): model {experiment.model.name}, "
+          f"task {task.name}\n  data:    {experiment.data.describe_source()}"
+          f"\n  outputs: {experiment.runtime.output_dir}", flush=True)
+    checks.check_inputs(experiment)
+    print("  checks passed; loading TensorFlow and TFX ...", flush=True)
+    started = time.perf_counter()
+    with console.quiet_import(verbose=args.verbose):
+        from tfprod.pipeline import local_runner
+    print(f"  loaded in {time.perf_counter() - started:.1f}s", flush=True)
 
-    print(f"tfprod run: {experiment.name} (model {experiment.model.name}) on "
-          f"{experiment.data.describe_source()}\n  outputs: {experiment.runtime.output_dir}",
-          flush=True)
     try:
         summary = local_runner.run_pipeline(
-            experiment, progress=lambda line: print(line, flush=True), verbose=args.verbose)
+            experiment, progress=lambda line: print(line, flush=True), verbose=args.verbose,
+            checked=True)
     except local_runner.RUN_STOPPED as error:  # not handled here: only its report is named
         if error.report_path:
             print(f"Report: {error.report_path}", flush=True)

@@ -9,7 +9,8 @@ Validation here is the schema's own: each section's ``validate`` and the few rul
 sections that need nothing but the config. No TensorFlow is imported. The checks that need
 other packages (the model registry, the task of the data, the recipes and the tuning space
 against the task) live above, in tfprod.pipeline.checks, and run once where a run starts
-(local_runner.preflight_check, the Kubeflow compiler, the Kubeflow train worker).
+(checks.preflight, before `tfprod run` imports TensorFlow; the Kubeflow compiler; the
+Kubeflow train worker).
 """
 
 import dataclasses

@@ -17,9 +17,9 @@ import os
 import re
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
-from tfprod import errors
+from tfprod import console, errors
 from tfprod.pipeline import checks
 from tfprod.pipeline import config as config_lib
 from tfprod.contract import layout
@@ -53,10 +53,18 @@ class PipelineDataError(_StoppedRun, errors.InputDataError):
 RUN_STOPPED = (PipelineRunError, PipelineDataError)
 
 
+# A log line, while a component runs, that says it did nothing: TFX's Pusher ("Model on
+# ... was not blessed by model validation"), the TFLiteConverter ("... was not blessed;
+# nothing converted"), and the launcher when a component's inputs resolve to none.
+_SKIPPED = ((re.compile(r"\bnot blessed\b"), "not blessed"),
+            (re.compile(r"^Skipping execution for "), "no inputs"))
+
+
 class ComponentProgress(logging.Handler):
     """Follows LocalDagRunner's 'Component X is running/finished.' log lines.
 
-    Prints one line per component as it starts and ends, and times each one.
+    Prints one line per component as it starts and ends, and times each one; a component
+    that did nothing ends with `skipped (<why>)` instead of its time.
     """
 
     def __init__(self, component_ids: List[str], progress: ProgressFn):
@@ -65,26 +73,103 @@ class ComponentProgress(logging.Handler):
         self.progress = progress
         self.seconds: Dict[str, float] = {}
         self.running: Optional[str] = None
-        self._started = 0.0
+        self.started = 0.0  # when the running component started (perf_counter)
+        #: Components that did nothing -> why (see _SKIPPED).
+        self.skipped: Dict[str, str] = {}
+        #: Called on every record (the run refreshes its console filters with it).
+        self.on_record: Optional[Callable[[], None]] = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("Component ") and record.args:
+        if self.on_record is not None:
+            self.on_record()
+        message = record.getMessage()
+        if self.running is not None:
+            for pattern, why in _SKIPPED:
+                if pattern.search(message):
+                    self.skipped.setdefault(self.running, why)
+        if message.startswith("Component ") and record.args:
             node_id = record.args[0]
             position = (f"[{self.component_ids.index(node_id) + 1}/{len(self.component_ids)}]"
                         if node_id in self.component_ids else "[?]")
             if record.msg.endswith("is running."):
                 self.running = node_id
-                self._started = time.perf_counter()
+                self.started = time.perf_counter()
                 self.progress(f"{position} {node_id} ...")
             elif record.msg.endswith("is finished."):
-                elapsed = time.perf_counter() - self._started
+                elapsed = time.perf_counter() - self.started
                 self.seconds[node_id] = round(elapsed, 2)
                 self.running = None
-                self.progress(f"{position} {node_id} done in {elapsed:.1f}s")
+                if node_id in self.skipped:
+                    self.progress(f"{position} {node_id} skipped ({self.skipped[node_id]})")
+                else:
+                    self.progress(f"{position} {node_id} done in {elapsed:.1f}s")
+
+
+class Heartbeat:
+    """Every `interval` seconds while a component runs, a line with its elapsed time, so a
+    long step (ExampleGen, Transform, Evaluator, TFLite) is never silent for minutes. The
+    Trainer is left out: its epochs have their own progress (pipeline.keras_progress)."""
+
+    def __init__(self, tracker: ComponentProgress, progress: ProgressFn, interval: float = 30.0,
+                 quiet_ids: Sequence[str] = ()):
+        import threading
+
+        self.tracker = tracker
+        self.progress = progress
+        self.interval = interval
+        self.quiet_ids = set(quiet_ids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="tfprod-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            running, started = self.tracker.running, self.tracker.started
+            if running is None or running in self.quiet_ids:
+                continue
+            elapsed = time.perf_counter() - started
+            if elapsed >= self.interval:
+                minutes, seconds = divmod(int(elapsed), 60)
+                self.progress(f"  {running}: still running ({minutes}m{seconds:02d}s)")
+
+
+def _console_handlers() -> List[logging.Handler]:
+    """The handlers that write to the console: the stream handlers of the root and
+    tensorflow loggers (Beam's logging.basicConfig, TensorFlow's own) and absl's."""
+    from absl import logging as absl_logging
+
+    found: List[logging.Handler] = [absl_logging.get_absl_handler()]
+    for logger in (logging.getLogger(), logging.getLogger("tensorflow")):
+        found += [handler for handler in logger.handlers
+                  if isinstance(handler, logging.StreamHandler)
+                  and not isinstance(handler, logging.FileHandler) and handler not in found]
+    return found
+
+
+_HARMLESS_FILTER = console.HarmlessFilter()
+
+
+def _filter_console(verbose: bool) -> None:
+    """Puts console.HARMLESS's filter on every console handler (verbose: none); run again
+    as the run goes, since libraries may add a handler while it runs."""
+    if verbose:
+        return
+    for handler in _console_handlers():
+        if _HARMLESS_FILTER not in handler.filters:
+            handler.addFilter(_HARMLESS_FILTER)
 
 
 def _quiet_logs(log_path: str, verbose: bool) -> List[logging.Handler]:
-    """Sends INFO logs to a file (and stderr only when verbose). Returns added handlers."""
+    """Sends every log line to run.log; the console gets WARNING and above (verbose: INFO),
+    less the known-harmless lines of tfprod.console.HARMLESS (verbose: with them).
+    Returns the added handlers."""
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.INFO)
@@ -92,18 +177,32 @@ def _quiet_logs(log_path: str, verbose: bool) -> List[logging.Handler]:
     absl_handler.setLevel(logging.INFO if verbose else logging.WARNING)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    # Beam calls logging.basicConfig() and TensorFlow adds its own stderr handler; keep
-    # their INFO lines in the log file only.
-    for logger in (root, logging.getLogger("tensorflow")):
-        for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and handler is not absl_handler:
-                handler.setLevel(logging.INFO if verbose else logging.WARNING)
-    # A missing optional speed-up (python-snappy) is not worth a warning on every run.
-    logging.getLogger("apache_beam.io.tfrecordio").setLevel(logging.ERROR)
+    # TensorFlow adds its own stderr handler to the "tensorflow" logger when the root logger
+    # has none at its import; Beam then calls logging.basicConfig(), and each TensorFlow
+    # warning was printed twice (once by each). Its records reach the root's handlers (and
+    # run.log) by propagation, so its own handler goes.
+    tf_logger = logging.getLogger("tensorflow")
+    if root.handlers:
+        for handler in list(tf_logger.handlers):
+            if isinstance(handler, logging.StreamHandler):
+                tf_logger.removeHandler(handler)
+    # Beam calls logging.basicConfig(); keep its INFO lines in the log file only.
+    for handler in _console_handlers():
+        if handler is not absl_handler:
+            handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    _filter_console(verbose)
+    # Python warnings (google.api_core's, deprecations) become log records: in run.log,
+    # and on the console less the harmless ones.
+    logging.captureWarnings(True)
     file_handler = logging.FileHandler(log_path, encoding="utf-8")
     file_handler.setLevel(logging.INFO)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(file_handler)
+    if console.IMPORT_LINES:  # what TensorFlow's import wrote to stderr, held back then
+        file_handler.stream.write("".join(
+            f"(standard error while importing TensorFlow) {line}\n"
+            for line in console.IMPORT_LINES))
+        file_handler.flush()
     return [file_handler]
 
 
@@ -167,19 +266,8 @@ def _classify_failure(error: Exception, component: Optional[str], log_path: str)
         f"\nThe full log is in {log_path}", component)
 
 
-def preflight_check(experiment: config_lib.ExperimentConfig) -> None:
-    """Fails fast, before TFX starts, on a bad config, a missing path or unreadable data.
-
-    First, the checks of the experiment beyond its schema (pipeline.checks: the model
-    fits the task, and so do the recipes and the tuning space), once per run; then that
-    the config's paths exist and the output directory can be written in; then the task's own check of its input data
-    (Task.preflight: e.g. unreadable IDX files, a bad TSV row, a CSV with gaps, or a TFDS
-    dataset that is not prepared).
-    """
-    checks.check_experiment(experiment)
-    experiment.check_paths()
-    config_lib.check_output_dir(experiment.runtime.output_dir)
-    tasks.get_task(experiment).preflight(experiment)
+# Kept under its old name for callers of the library.
+preflight_check = checks.preflight
 
 
 def finish_run_files(paths: layout.PipelinePaths, run_summary: summary_lib.RunSummary,
@@ -191,6 +279,7 @@ def finish_run_files(paths: layout.PipelinePaths, run_summary: summary_lib.RunSu
     after the other and after report.html, so a run killed at any point leaves the three
     files of one run (the last finished one), not a new config beside an old summary.
     """
+    progress("Writing the run report ...")
     report_builder.write_after_run(run_summary, progress, config_path=paths.running_config_path)
     temporary_summary = paths.summary_path + ".tmp"
     with open(temporary_summary, "w", encoding="utf-8") as handle:
@@ -200,8 +289,11 @@ def finish_run_files(paths: layout.PipelinePaths, run_summary: summary_lib.RunSu
 
 
 def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn = print,
-                 verbose: bool = False) -> summary_lib.RunSummary:
+                 verbose: bool = False, checked: bool = False) -> summary_lib.RunSummary:
     """Runs the pipeline locally and returns (and writes) the run summary.
+
+    checked: the caller ran checks.preflight on this experiment already (`tfprod run` does,
+    before TensorFlow is imported), so it is not run twice.
 
     Raises:
       tfprod.errors.ConfigError: a bad path in the config, or the output directory is
@@ -212,7 +304,8 @@ def run_pipeline(experiment: config_lib.ExperimentConfig, progress: ProgressFn =
       PipelineDataError: a component stopped on the input data (an InputDataError in the
         failure's chain); run_summary.json and the report are written all the same.
     """
-    preflight_check(experiment)
+    if not checked:
+        checks.preflight(experiment)
     paths = layout.PipelinePaths(experiment.runtime.output_dir)
     os.makedirs(paths.output_dir, exist_ok=True)
     with recovery.hold_output_dir(paths) as running_config:
@@ -235,12 +328,16 @@ def _run_holding(experiment: config_lib.ExperimentConfig, paths: layout.Pipeline
     tfx_pipeline = pipeline_lib.create_pipeline(experiment, paths)
     component_ids = [component.id for component in tfx_pipeline.components]
     tracker = ComponentProgress(component_ids, progress)
+    tracker.on_record = lambda: _filter_console(verbose)
     absl_logger = logging.getLogger("absl")
     absl_logger.addHandler(tracker)
     started = time.perf_counter()
     failure: Optional[_StoppedRun] = None
+    stderr_logger = logging.getLogger("tfprod.stderr")  # INFO: run.log only
     try:
-        tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
+        with console.filtered_stderr(stderr_logger.info, verbose), \
+                Heartbeat(tracker, progress, quiet_ids=[layout.TRAINER_ID]):
+            tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
     except Exception as error:  # Any component failure: classify, summarise, re-raise.
         failure = _classify_failure(error, tracker.running, log_path)
     finally:

@@ -17,7 +17,7 @@ import tensorflow_transform as tft
 
 from tfprod.contract import layout
 from tfprod.models import registry
-from tfprod.pipeline import recipes, tuning
+from tfprod.pipeline import keras_progress, recipes, tuning
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import distribute
 from tfprod.pipeline import tasks
@@ -240,6 +240,9 @@ def train(fn_args: Any, experiment: config_lib.ExperimentConfig) -> None:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=dirs.model_run_dir,
                                                         update_freq="epoch"))
     callbacks += recipes.build_callbacks(trainer)
+    if worker["chief"]:  # a bar (terminal) or periodic lines (logs) inside each epoch
+        callbacks.append(keras_progress.EpochProgress(schedule["epochs"],
+                                                      schedule["steps_per_epoch"]))
     print(f"training on {replicas} replica(s) ({type(strategy).__name__}, task "
           f"{distribute.task_label(worker)}): global batch {trainer.batch_size}, "
           f"learning rate {trainer.learning_rate:g}", flush=True)
@@ -251,12 +254,17 @@ def train(fn_args: Any, experiment: config_lib.ExperimentConfig) -> None:
                 distribute.check_float32_outputs(model)
             history = model.fit(train_dataset, epochs=schedule["epochs"],
                                 steps_per_epoch=schedule["steps_per_epoch"],
-                                validation_data=eval_dataset, callbacks=callbacks, verbose=2)
+                                validation_data=eval_dataset, callbacks=callbacks, verbose=0)
         # Every worker saves (saving is collective); only the chief's copy is kept. Outside
         # the scope, with signatures traced as save() traces (distribute.export_tracing).
+        export_started = time.perf_counter()
+        if worker["chief"]:
+            print("  exporting the SavedModel (serving signatures) ...", flush=True)
         with distribute.export_tracing():
             signatures = task.serving_signatures(model, tf_transform_output, experiment)
         tf.saved_model.save(model, dirs.serving_model_dir, signatures=signatures)
+        if worker["chief"]:
+            print(f"  exported in {time.perf_counter() - export_started:.1f}s", flush=True)
     if not worker["chief"]:
         dirs.cleanup()
         return

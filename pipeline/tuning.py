@@ -53,10 +53,10 @@ def validate_tuning(experiment: config_lib.ExperimentConfig, task_name: str,
       check_candidate: further checks of each candidate experiment (e.g. the model and
         recipes against the task, tfprod.pipeline.checks).
     """
-    from tfprod.pipeline import recipes
+    from tfprod.pipeline import recipe_checks
 
     tuning = experiment.tuning
-    allowed = recipes.monitorable_metrics(task_name)
+    allowed = recipe_checks.monitorable_metrics(task_name)
     if tuning.enabled and tuning.objective not in allowed:
         raise ConfigError(f"tuning.objective: {tuning.objective!r} is not a metric of task "
                           f"{task_name}; choose one of {', '.join(allowed)}",

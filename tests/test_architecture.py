@@ -26,15 +26,16 @@ PACKAGE_FOLDERS = {
     "kubeflow": REPO_ROOT / "kubeflow",
 }
 # Modules of the root package itself, each a layer of its own at the bottom.
-ROOT_MODULES = ("errors", "configlib")
+ROOT_MODULES = ("errors", "configlib", "console")
 
 # Which packages each may import (docs/architecture.md). The CLI (tfprod.cli) sits above all
 # of them and is not listed; nothing imports it.
-BOTTOM = {"errors", "contract", "configlib"}
+BOTTOM = {"errors", "contract", "configlib", "console"}
 ALLOWED = {
     "errors": set(),
     "contract": {"errors"},
     "configlib": {"errors"},
+    "console": set(),
     "models": BOTTOM,
     "serving": BOTTOM,
     "mobile": BOTTOM,

@@ -245,3 +245,94 @@ def test_version_prints_tfprods_version_without_tensorflow():
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:3] == [f"tfprod {tfprod.__version__}", "exit 0", "False"]
+
+
+# --------------------------------------------------------------------------
+# Config, paths and data layout are answered before TensorFlow, TFX or Beam is imported.
+# --------------------------------------------------------------------------
+
+_HEAVY = ("tensorflow", "tf_keras", "tfx.orchestration", "tfx.v1", "apache_beam")
+
+
+def _run_in_a_fresh_process(argv):
+    """(exit code, heavy modules imported, stdout, stderr, seconds) of cli.main(argv) in a
+    new interpreter, timed from its start."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO_ROOT
+
+    code = ("import sys; from tfprod import cli;"
+            f"code = cli.main({list(argv)!r});"
+            f"print('RESULT', code, [m for m in {_HEAVY!r} if m in sys.modules])")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    seconds = time.perf_counter() - started
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), result.stderr
+    exit_code, heavy = last[len("RESULT "):].split(" ", 1)
+    return int(exit_code), heavy, result.stdout, result.stderr, seconds
+
+
+@pytest.mark.parametrize("extra, exit_code, message", [
+    (["--set", "trainer.epochz=1"], 2, "unknown key 'trainer.epochz'"),
+    (["--set", "model.name=nope"], 2, "unknown model 'nope'"),
+    (["--set", "model.name=lstm"], 2, "model 'lstm' fits text_classification"),
+    (["--data-dir", "/nonexistent/tfprod-data"], 2, "directory not found"),
+    (["--data-dir", "{empty}"], 2, "missing train-images-idx3-ubyte.gz"),
+])
+def test_config_and_data_errors_come_before_tensorflow_is_imported(tmp_path, extra, exit_code,
+                                                                   message):
+    """A bad key, model, data dir or data layout: the error, with none of TensorFlow, TFX or
+    Beam imported, in seconds (a loose bound for a loaded CI machine; the figure on a quiet
+    one is bench/cli_bench.py's)."""
+    (tmp_path / "empty").mkdir()
+    extra = [value.replace("{empty}", str(tmp_path / "empty")) for value in extra]
+    code, heavy, _, stderr, seconds = _run_in_a_fresh_process(
+        ["run", "--config", str(MNIST_CONFIG), "--output-dir", str(tmp_path / "out")] + extra)
+    assert (code, heavy) == (exit_code, "[]"), stderr
+    assert message in stderr
+    assert seconds < 15
+
+
+def test_the_first_line_says_what_the_run_will_do_before_tensorflow(tmp_path):
+    """The config, model, task, data and output dir are printed before the heavy imports
+    (here the data's layout is wrong, so the run stops right after that line)."""
+    (tmp_path / "empty").mkdir()
+    code, heavy, stdout, _, _ = _run_in_a_fresh_process(
+        ["run", "--config", str(MNIST_CONFIG), "--output-dir", str(tmp_path / "out"),
+         "--data-dir", str(tmp_path / "empty")])
+    assert (code, heavy) == (2, "[]")
+    first = stdout.splitlines()[:3]
+    assert first[0] == (f"tfprod run: mnist_cnn ({MNIST_CONFIG}): model cnn, "
+                        "task image_classification")
+    assert first[1].split() == ["data:", str(tmp_path / "empty")]
+    assert first[2].split() == ["outputs:", str(tmp_path / "out")]
+
+
+def test_every_config_passes_its_checks_without_tensorflow_where_its_reader_allows():
+    """checks.check_experiment never imports TensorFlow (models.catalog, recipe_checks)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    code = ("import glob, sys; from tfprod.pipeline import checks, config;"
+            "[checks.check_experiment(config.load_config(path)) "
+            " for path in sorted(glob.glob('configs/*.yaml'))];"
+            f"print([m for m in {_HEAVY!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+
+
+@pytest.mark.parametrize("extra, level", [([], "2"), (["--verbose"], None)])
+def test_tensorflow_cxx_logs_are_quieted_unless_verbose(extra, level, monkeypatch):
+    """main() sets TF_CPP_MIN_LOG_LEVEL=2 before any subcommand can import TensorFlow (its
+    worker processes inherit it); --verbose leaves TensorFlow's C++ lines alone."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    assert cli.main(["run", "--config", str(MNIST_CONFIG), "--set", "trainer.epochz=1"]
+                    + extra) == 2
+    assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level

@@ -124,10 +124,9 @@ def test_saved_config_loads_back_identically(tmp_path):
 
 
 def test_a_model_that_does_not_fit_the_task_is_rejected(monkeypatch):
-    from tfprod.models import registry
+    from tfprod.models import catalog
 
-    monkeypatch.setitem(registry._BUILDERS, "toy_forecaster", lambda config, inputs: None)
-    monkeypatch.setitem(registry._TASKS, "toy_forecaster", ("forecasting",))
+    monkeypatch.setitem(catalog.MODEL_TASKS, "toy_forecaster", ("forecasting",))
     experiment = config_lib.ExperimentConfig()
     experiment.model.name = "toy_forecaster"
     experiment.validate()  # the schema has no registry: the check is above it

@@ -104,6 +104,28 @@ def test_each_data_format_and_source_picks_one_task():
         tasks.task_name_for_data("files", "parquet")
 
 
+def test_the_catalog_lists_every_registered_model_with_its_tasks():
+    """models.catalog (read by the config checks before TensorFlow) is the registry's table."""
+    from tfprod.models import catalog
+
+    assert catalog.registered_names() == registry.registered_names()
+    for name in registry.registered_names():
+        assert set(catalog.model_tasks(name)) == set(registry.model_tasks(name)), name
+    for task in TaskName:
+        assert catalog.registered_for_task(task) == registry.registered_for_task(task)
+
+
+def test_a_model_missing_from_the_catalog_cannot_register(monkeypatch):
+    from tfprod.models import catalog
+
+    with pytest.raises(ValueError, match=r"catalog.MODEL_TASKS lists no such model"):
+        registry.register("toy", tasks=(TaskName.FORECASTING,))(lambda config, inputs: None)
+    monkeypatch.setitem(catalog.MODEL_TASKS, "toy", (TaskName.IMAGE_CLASSIFICATION,))
+    with pytest.raises(ValueError, match=r"lists \['image_classification'\]"):
+        registry.register("toy", tasks=(TaskName.FORECASTING,))(lambda config, inputs: None)
+    assert "toy" not in registry._BUILDERS
+
+
 def test_registering_a_model_for_an_unknown_task_raises():
     with pytest.raises(ValueError, match=r"must be TaskName members \(image_classification"):
         registry.register("toy", tasks=("segmentation",))

@@ -3,27 +3,25 @@
 This is the top of the import graph: it gathers each package's subcommands. The
 packages themselves never import it. Subcommands raise tfprod.errors' kinds; main() turns
 them into `error: <message>` and the exit code of tfprod.errors.EXIT_CODES.
+
+Nothing imported here loads TensorFlow, TFX or Beam: each subcommand checks its config,
+paths and data first and imports the heavy libraries inside its handler (tests/test_cli.py
+checks that a bad config is answered with none of them loaded).
 """
 
 import argparse
-import os
 import sys
 import warnings
 from typing import List, Optional
 
-# Quiet TensorFlow's C++ start-up chatter unless the user asked otherwise.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Google Cloud client libraries (pulled in by TFX) warn about Python 3.10 on import.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
-
-import tfprod  # noqa: E402  (after the environment is set)
-from tfprod import errors  # noqa: E402
-from tfprod.kubeflow import cli as kubeflow_cli  # noqa: E402
-from tfprod.mobile import cli as mobile_cli  # noqa: E402
-from tfprod.pipeline import cli as pipeline_cli  # noqa: E402
-from tfprod.pipeline.report import cli as report_cli  # noqa: E402
-from tfprod.pipeline.ingestion.tfds import cli as tfds_cli  # noqa: E402
-from tfprod.serving import cli as serving_cli  # noqa: E402
+import tfprod
+from tfprod import console, errors
+from tfprod.kubeflow import cli as kubeflow_cli
+from tfprod.mobile import cli as mobile_cli
+from tfprod.pipeline import cli as pipeline_cli
+from tfprod.pipeline.report import cli as report_cli
+from tfprod.pipeline.ingestion.tfds import cli as tfds_cli
+from tfprod.serving import cli as serving_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +44,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Runs one subcommand; any TfprodError ends it with `error: <message>` and the exit
     code of its kind (tfprod.errors.EXIT_CODES: 2 config, 3 input data, 1 run failure)."""
     args = build_parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    # Before any subcommand imports TensorFlow: its C++ INFO/WARNING lines off, unless set.
+    console.quiet_tensorflow_env(verbose)
+    if not verbose and args.command != "run":
+        # google.api_core's Python 3.10 FutureWarning (console.HARMLESS). `tfprod run` drops
+        # it from the console with the rest of that list and keeps it in run.log.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
     try:
         return args.handler(args)
     except errors.TfprodError as error:

@@ -1,7 +1,7 @@
 """Time series CSVs: reading, checking, chronological splits and (lookback -> horizon) windows.
 
-Pure Python (pandas and NumPy; TensorFlow only to open files), so it is unit-tested without
-Beam; the ExampleGen (pipeline.ingestion.timeseries_example_gen), the forecasting task's
+Pure Python (pandas and NumPy; TensorFlow only for files behind a URL), so it is unit-tested
+without Beam; the ExampleGen (pipeline.ingestion.timeseries_example_gen), the forecasting task's
 preflight check and the run report call it.
 
 A CSV has a header, one timestamp column and numeric columns. The rows must be in
@@ -101,10 +101,10 @@ def find_csv(input_base: str, pattern: Optional[str]) -> str:
         and the directory holds no CSV, or several (the message lists them and the
         --set that picks one).
     """
-    import tensorflow as tf
+    from tfprod.pipeline.ingestion import files
 
     if pattern:
-        matched = sorted(tf.io.gfile.glob(os.path.join(input_base, pattern)))
+        matched = sorted(files.glob(os.path.join(input_base, pattern)))
         if len(matched) == 1:
             return matched[0]
         if len(matched) > 1:
@@ -112,8 +112,8 @@ def find_csv(input_base: str, pattern: Optional[str]) -> str:
                 f"data.time_series.file {pattern!r} matches {len(matched)} files in "
                 f"{input_base}: {', '.join(os.path.basename(m) for m in matched)}; name one "
                 f"with --set data.time_series.file=NAME")
-    csvs = sorted(path for path in tf.io.gfile.glob(os.path.join(input_base, "*"))
-                  if path.lower().endswith(".csv") and not tf.io.gfile.isdir(path))
+    csvs = sorted(path for path in files.glob(os.path.join(input_base, "*"))
+                  if path.lower().endswith(".csv") and not files.isdir(path))
     named = f"data.time_series.file {pattern!r} matched nothing in {input_base}" if pattern \
         else f"data.time_series.file is null (the one CSV in {input_base})"
     if len(csvs) == 1:
@@ -269,10 +269,11 @@ def read_series(path: str, spec: SeriesSpec) -> Series:
         off-step timestamp, or a missing or non-numeric value (naming the lines).
     """
     import pandas as pd
-    import tensorflow as tf
+
+    from tfprod.pipeline.ingestion import files
 
     try:
-        with tf.io.gfile.GFile(path, "r") as handle:
+        with files.open_text(path) as handle:
             frame = pd.read_csv(handle, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise TimeSeriesFormatError(f"{path}: not a readable CSV ({error})") from None

@@ -19,7 +19,7 @@ training) and a wrong header stop the run with TsvFormatError naming the file an
 """
 
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -32,125 +32,27 @@ from tfprod import errors
 from tfprod.contract import features
 from tfprod.pipeline import ingestion
 from tfprod.pipeline.ingestion import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
+from tfprod.pipeline.ingestion import tsv_format
 
-TEXT_KEY = "text"
-LABEL_NAME_KEY = "label_name"
-TRAIN_FILE = "train.tsv"
-TEST_FILE = "test.tsv"
-
-# One parsed row: (file path, 1-based line number, text, label as written).
-Row = Tuple[str, int, str, str]
-
-
-class TsvFormatError(errors.InputDataError):
-    """A TSV file does not have the expected layout; the message names the file and line."""
-
-
-def read_rows(path: str, text_column: str, label_column: str) -> Iterator[Row]:
-    """Yields the data rows of a TSV file after checking its header.
-
-    Raises:
-      TsvFormatError: a missing file, a wrong header, a row without exactly two
-        tab-separated fields, or an empty text or label.
-    """
-    if not tf.io.gfile.exists(path):
-        raise TsvFormatError(f"{path}: file not found (a text directory needs {TRAIN_FILE} "
-                             f"and {TEST_FILE})")
-    expected_header = [text_column, label_column]
-    line_number = 0
-    with tf.io.gfile.GFile(path, "rb") as handle:
-        for line_number, raw_line in enumerate(handle, start=1):
-            try:
-                line = raw_line.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                raise TsvFormatError(f"{path}:{line_number}: not valid UTF-8 ({error})") from None
-            fields = line.split("\t")
-            if line_number == 1:
-                if fields != expected_header:
-                    raise TsvFormatError(
-                        f"{path}:1: header is {fields!r}; expected {expected_header!r} "
-                        "(set data.text.text_column and data.text.label_column to the "
-                        "file's column names)")
-                continue
-            if len(fields) != 2:
-                raise TsvFormatError(f"{path}:{line_number}: expected 2 tab-separated fields "
-                                     f"({text_column}, {label_column}), found {len(fields)}")
-            text, label = fields[0], fields[1].strip()
-            if not text.strip():
-                raise TsvFormatError(f"{path}:{line_number}: the {text_column} is empty")
-            if not label:
-                raise TsvFormatError(f"{path}:{line_number}: the {label_column} is empty")
-            yield path, line_number, text, label
-    if line_number == 0:
-        raise TsvFormatError(f"{path}: the file is empty; expected the header "
-                             f"{text_column!r} TAB {label_column!r}")
-
-
-def sort_labels(labels: List[str]) -> List[str]:
-    """The label vocabulary: integers in numeric order if every label is one, else sorted strings."""
-    unique = sorted(set(labels))
-    try:
-        return sorted(unique, key=int)
-    except ValueError:
-        return unique
-
-
-def check_label_vocabulary(labels: List[str], num_classes: Optional[int], path: str
-                           ) -> List[str]:
-    """Sorted label vocabulary of the training file, checked against data.num_classes.
-
-    Args:
-      labels: the training labels as written (repeats allowed).
-      num_classes: data.num_classes; None takes the count from the labels.
-      path: the training file, for the message.
-    """
-    vocabulary = sort_labels(labels)
-    if len(vocabulary) < 2:
-        raise TsvFormatError(f"{path}: needs at least 2 distinct labels, found {vocabulary}")
-    if num_classes is not None and len(vocabulary) != num_classes:
-        raise TsvFormatError(
-            f"{path}: has {len(vocabulary)} distinct labels {vocabulary[:20]}, but "
-            f"data.num_classes is {num_classes} (pass --set data.num_classes={len(vocabulary)}, "
-            "or --set data.num_classes=null to take the count from the labels)")
-    return vocabulary
-
-
-def read_labels(data, path: str) -> List[str]:
-    """Every label of a TSV file as written, in file order (the file checked as read_rows does)."""
-    return [row[3] for row in read_rows(path, data.text.text_column, data.text.label_column)]
-
-
-def check_tsv_dir(data) -> List[str]:
-    """Reads a text directory as the ExampleGen will (before the run starts); returns the labels.
-
-    Args:
-      data: the experiment's DataConfig (data_dir, num_classes, text.*). A null
-        num_classes is not checked: the caller takes len(vocabulary).
-
-    Raises:
-      TsvFormatError: a missing file, a bad header or row, a label count other than
-        data.num_classes, or a test label that train.tsv does not have.
-    """
-    train_path = os.path.join(data.data_dir, TRAIN_FILE)
-    test_path = os.path.join(data.data_dir, TEST_FILE)
-    vocabulary = check_label_vocabulary(read_labels(data, train_path), data.num_classes,
-                                        train_path)
-    known = set(vocabulary)
-    for row in read_rows(test_path, data.text.text_column, data.text.label_column):
-        if row[3] not in known:
-            make_example(row, vocabulary)  # raises, naming the file and line
-    return vocabulary
+# The reading and checking of the files is TensorFlow-free (tsv_format: the preflight runs
+# it before TensorFlow is imported); these names stay importable from here.
+TEXT_KEY = tsv_format.TEXT_KEY
+LABEL_NAME_KEY = tsv_format.LABEL_NAME_KEY
+TRAIN_FILE = tsv_format.TRAIN_FILE
+TEST_FILE = tsv_format.TEST_FILE
+Row = tsv_format.Row
+TsvFormatError = tsv_format.TsvFormatError
+read_rows = tsv_format.read_rows
+sort_labels = tsv_format.sort_labels
+check_label_vocabulary = tsv_format.check_label_vocabulary
+read_labels = tsv_format.read_labels
+check_tsv_dir = tsv_format.check_tsv_dir
 
 
 def make_example(row: Row, label_vocabulary: List[str]) -> Tuple[bytes, bytes]:
     """(content key, serialized tf.Example) for a row; unknown labels raise TsvFormatError."""
-    path, line_number, text, label = row
-    try:
-        label_id = label_vocabulary.index(label)
-    except ValueError:
-        raise TsvFormatError(
-            f"{path}:{line_number}: label {label!r} never occurs in {TRAIN_FILE} (its labels "
-            f"are {label_vocabulary[:20]})") from None
+    _, _, text, label = row
+    label_id = tsv_format.label_id(row, label_vocabulary)
     example = tf.train.Example(features=tf.train.Features(feature={
         TEXT_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode("utf-8")])),
         features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label_id])),

@@ -81,6 +81,27 @@ def test_first_run_is_blessed_and_pushed_in_tf_serving_layout(first_run):
     assert f"Blessed: yes. Pushed to {versions[0]}" in result.stdout
 
 
+def test_the_console_is_quiet_and_shows_progress_and_run_log_keeps_everything(first_run):
+    """No line of console.HARMLESS on the console (stdout or stderr, TF_CPP_MIN_LOG_LEVEL=2
+    as `make demo` sets it), no TensorFlow warning twice; the first line before the heavy
+    imports, progress inside each epoch (plain lines: stdout is a pipe, no carriage
+    returns) and the export timed; run.log keeps the filtered lines."""
+    from tfprod import console
+
+    output_dir, result = first_run
+    shown = result.stdout.splitlines() + result.stderr.splitlines()
+    assert [line for line in shown if console.is_harmless(line)] == []
+    warnings = [line for line in shown if line.startswith("WARNING:tensorflow:")]
+    assert len(warnings) == len(set(warnings))
+    assert result.stdout.startswith(f"tfprod run: mnist_cnn ({MNIST_CONFIG}): model cnn")
+    assert "\r" not in result.stdout
+    for epoch in (1, 2, 3):
+        assert f"  epoch {epoch}/3 done in " in result.stdout
+    assert "  exported in " in result.stdout
+    log = (pathlib.Path(output_dir) / "run.log").read_text()
+    assert any(console.is_harmless(line) for line in log.splitlines())
+
+
 def test_test_split_accuracy_is_high_and_matches_the_model(first_run, pushed_model, mnist_sample):
     summary = read_summary(first_run[0])
     assert summary["metrics"]["example_count"] == 2000
@@ -138,6 +159,8 @@ def test_worse_model_is_not_blessed_and_the_served_version_stays(first_run):
     assert summary["pushed_model_dir"] is None
     assert summary["metrics"]["accuracy"] < 0.9
     assert "Blessed: NO" in result.stdout
+    assert "Pusher skipped (not blessed)" in result.stdout
+    assert "TFLiteConverter skipped (not blessed)" in result.stdout
     assert tree_digest(serving_base) == before
     assert len([p for p in serving_base.iterdir() if p.is_dir()]) == 1
 

@@ -52,7 +52,7 @@ MOBILE_SKIP_REASON = (
 
 @functools.lru_cache(maxsize=8)
 def _cached_spec(data_dir: str, table_key: str, eval_fraction: float, stamp: Tuple):
-    from tfprod.pipeline.ingestion import table
+    from tfprod.pipeline.ingestion import table_format as table
 
     del stamp  # part of the cache key only: a changed file is read again
     table_config = config_lib.TableDataConfig(**_table_values(table_key))
@@ -75,7 +75,7 @@ def table_spec(experiment: config_lib.ExperimentConfig):
 
     data = experiment.data
     if data.table.decided:
-        from tfprod.pipeline.ingestion import table
+        from tfprod.pipeline.ingestion import table_format as table
 
         return table.TableSpec.from_dict(json.loads(data.table.decided))
     path = os.path.join(data.data_dir, "train.csv")
@@ -119,7 +119,7 @@ class TableTask(ClassificationTask):
         writes what the data decided into the config: data.table.problem, and for
         classification data.num_classes (null = the number of training labels; a number
         is checked against them)."""
-        from tfprod.pipeline.ingestion import table
+        from tfprod.pipeline.ingestion import table_format as table
 
         import json
 

@@ -50,9 +50,9 @@ class TextClassificationTask(ClassificationTask):
         the ExampleGen, the model, the signatures and the saved config.yaml agree; a number
         set in the config is checked against the labels instead.
         """
-        from tfprod.pipeline.ingestion import tsv
+        from tfprod.pipeline.ingestion import tsv_format
 
-        vocabulary = tsv.check_tsv_dir(experiment.data)
+        vocabulary = tsv_format.check_tsv_dir(experiment.data)
         if experiment.data.num_classes is None:
             experiment.data.num_classes = len(vocabulary)
 
@@ -60,7 +60,7 @@ class TextClassificationTask(ClassificationTask):
         """The label column of train.tsv and test.tsv, counted by label as written."""
         import os
 
-        from tfprod.pipeline.ingestion import tsv
+        from tfprod.pipeline.ingestion import tsv_format as tsv
         from tfprod.pipeline.tasks import baselines
         from tfprod.pipeline.tasks.classification import counts_for_eval_split
 
