@@ -12,7 +12,8 @@ the images themselves are not built.
 """
 
 import os
-import pathlib
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -81,32 +82,66 @@ def test_the_wheel_carries_every_module_and_the_data_the_code_reads(wheel):
                 assert f"tfprod/kubeflow/{relative}" in names, relative
 
 
+def dockerfile_smoke_check(dockerfile):
+    """The arguments of the Dockerfile's `python -m tfprod.kubeflow.image_check` RUN line."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines()
+               if line.startswith("RUN ") and "tfprod.kubeflow.image_check" in line]
+    arguments = shlex.split(line[len("RUN "):].split("--expect-under")[0])
+    assert arguments[:3] == ["python", "-m", "tfprod.kubeflow.image_check"], line
+    return arguments[3:]
+
+
 def test_the_wheel_alone_imports_everything_the_compiled_pipeline_names(wheel, tmp_path):
+    """The Dockerfile's smoke check, run as in the image: the wheel on the path, the
+    working directory a copy of the image's /tfprod (configs/ only)."""
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    package = tmp_path / "pipeline.yaml"
     compiled = compiler.compile_pipeline(config_lib.load_config(str(MNIST_CONFIG), []))
-    compiler.write_package(compiled, str(package))
     names = image_check.named_imports(compiled.pipeline_spec)
     # What the names cover (read from the spec, not listed by hand).
     assert "tfprod.pipeline.trainer.run_fn" in names
+    assert "tfprod.pipeline.tasks.image.preprocessing.preprocessing_fn" in names
     assert "tfprod.mobile.component.TFLiteConverter_Executor" in names
     assert "tfprod.TFLiteModels" in names
     assert "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver" in names
     workers = worker_modules()
     assert workers == ["tfprod.kubeflow.train_worker"]
+    arguments = dockerfile_smoke_check(REPO_ROOT / "kubeflow" / "Dockerfile")
+    assert [arguments[i + 1] for i, arg in enumerate(arguments) if arg == "--module"] == workers
 
-    elsewhere = tmp_path / "cwd"
-    elsewhere.mkdir()
+    image_workdir = tmp_path / "tfprod"
+    shutil.copytree(REPO_ROOT / "configs", image_workdir / "configs")
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
     env.update(PYTHONPATH=str(site), TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    command = [sys.executable, "-m", "tfprod.kubeflow.image_check", "--package", str(package),
+    command = [sys.executable, "-m", "tfprod.kubeflow.image_check", *arguments,
                "--expect-under", str(site)]
-    for module in workers:
-        command += ["--module", module]
-    result = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(command, cwd=image_workdir, env=env, capture_output=True,
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"from {site}/tfprod" in result.stdout
     for name in names + workers:
         assert f"imported {name}" in result.stdout
+
+
+def test_the_serving_image_smoke_check_passes_from_the_wheel(wheel, tmp_path):
+    """serving/deploy/Dockerfile's check (`python -c "import ..."` and `tfprod serve --help`)
+    against the unpacked wheel; compose builds that Dockerfile for its tfprod service."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    dockerfile = (REPO_ROOT / "serving" / "deploy" / "Dockerfile").read_text()
+    (imports,) = re.findall(r'python -c "(import [^"]+)"', dockerfile)
+    assert "tfprod serve --help" in dockerfile
+    compose = yaml.safe_load((REPO_ROOT / "serving" / "deploy" / "docker-compose.yml").read_text())
+    build = compose["services"]["tfprod"]["build"]
+    assert (REPO_ROOT / "serving" / "deploy" / build["context"] / build["dockerfile"]).resolve() \
+        == (REPO_ROOT / "serving" / "deploy" / "Dockerfile")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    env.update(PYTHONPATH=str(site), TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    code = (f"{imports}; import tfprod, sys; from tfprod import cli; "
+            f"assert tfprod.__file__.startswith({str(site)!r}), tfprod.__file__; "
+            "sys.argv = ['tfprod', 'serve', '--help']; cli.main(['serve', '--help'])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--rest_api_port" in result.stdout
