@@ -374,11 +374,14 @@ def run_package(package_path: str, pipeline_root: Optional[str] = None,
 
     Raises:
       CompileError: the file is not a KFP v2 package.
-      ParameterError: a parameter is unknown or missing.
+      ParameterError: a parameter is unknown or missing, or project_dir is not a directory.
       LocalRunError: a task uses what run-local does not support, or a task failed (the
         message names it, its log file and the log's last lines).
     """
     project_dir = os.path.abspath(project_dir or os.getcwd())
+    if not os.path.isdir(project_dir):
+        raise ParameterError(f"--project-dir {project_dir}: not a directory; it stands in for "
+                             f"the image's {compiler.PROJECT_DIR_IN_IMAGE} (the checkout)")
     spec = map_project_paths(load_spec(package_path), project_dir)
     root = pipeline_root or spec.get("defaultPipelineRoot")
     if not root:
