@@ -204,6 +204,11 @@ class _Runner:
         executor_input = self.executor_input(name, task, component, task_dir)
         context = {"task": name, "task_uuid": task_uuid, "executor_input": executor_input}
         _make_dirs(task_dir)
+        # On gs:// (what the pods use) a file can be written below any URI; on a local
+        # filesystem its directory must exist first, so each output artifact gets one.
+        if "://" not in task_dir:
+            for artifacts in executor_input["outputs"]["artifacts"].values():
+                os.makedirs(artifacts["artifacts"][0]["uri"], exist_ok=True)
         log_path = os.path.join(task_dir, LOG_FILE) if "://" not in task_dir else None
         started = time.monotonic()
         self.log(f"[{name}] running {container['command'][-1]}")
