@@ -41,6 +41,12 @@ for folder in SUBPACKAGE_FOLDERS:
     PACKAGES.append(f"tfprod.{folder}")
     PACKAGES.extend(f"tfprod.{folder}.{name}" for name in find_packages(where=folder))
 
+# Files the installed code reads at run time (the wheel carries them; see
+# tests/test_kubeflow_wheel.py): the offline validator's CRD schemas and the Kustomize tree
+# (kubeflow/manifests.py's SCHEMAS_DIR and MANIFESTS_DIR). configs/ and data/ are not part of
+# the package; kubeflow/Dockerfile copies configs/ to /tfprod/configs.
+PACKAGE_DATA = {"tfprod.kubeflow": ["schemas/*.json", "manifests/**/*"]}
+
 setup(
     name="tfprod",
     version="0.1.0",
@@ -48,6 +54,7 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
+    package_data=PACKAGE_DATA,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["tfprod = tfprod.cli:main"]},

@@ -1,8 +1,8 @@
-"""`tfprod kubeflow compile|submit|validate-manifests`: argument parsing over the library.
+"""`tfprod kubeflow compile|submit|validate-manifests|run-local`: argument parsing over the library.
 
 Errors leave as tfprod.errors kinds (kubeflow/errors.py); tfprod/cli.py prints them and
 exits: 2 a bad config, --param, package path or manifest (ConfigError); 1 the Kubeflow
-Pipelines API failed (SubmitError, a RunFailure).
+Pipelines API failed (SubmitError, a RunFailure) or a run-local task failed (LocalRunError).
 """
 
 import argparse
@@ -80,6 +80,8 @@ def register(subparsers) -> None:
     validate_parser.add_argument("--set", dest="overrides", action="append", default=[],
                                  metavar="KEY=VALUE", help="override a config key (repeatable)")
     validate_parser.set_defaults(handler=_validate_command)
+
+    _register_run_local(commands)
 
 
 def _compile_command(args: argparse.Namespace) -> int:
@@ -178,4 +180,38 @@ def _validate_command(args: argparse.Namespace) -> int:
                                       + "\n  - ".join(problems))
     if args.config:
         print(f"manifests point at {args.config}'s model directory, image and namespace")
+    return 0
+
+
+# -- run-local: the compiled package executed on this machine (kubeflow/local_run.py) -------
+
+def _register_run_local(commands) -> None:
+    parser = commands.add_parser(
+        "run-local", help="run a compiled package here, task by task, as the KFP v2 launcher "
+        "would (no cluster, no containers, no caching)")
+    parser.add_argument("--package", default="pipeline.yaml",
+                        help="the compiled package (default: pipeline.yaml)")
+    parser.add_argument("--pipeline-root", help="where the artifacts go (default: the "
+                        "package's defaultPipelineRoot); a run writes <root>/<run id>/<task>/")
+    parser.add_argument("--param", dest="params", action="append", default=[],
+                        metavar="KEY=VALUE", help="a pipeline parameter (repeatable), e.g. "
+                        "--param data_dir=data/mnist_sample")
+    parser.add_argument("--project-dir", default=None, help="stands in for /tfprod, the "
+                        "image's project directory with configs/ (default: the current "
+                        "directory)")
+    parser.add_argument("--run-id", help="the run's directory under the pipeline root "
+                        "(default: run-<UTC time>)")
+    parser.set_defaults(handler=_run_local_command)
+
+
+def _run_local_command(args: argparse.Namespace) -> int:
+    from tfprod.kubeflow import local_run, submit
+
+    parameters = submit.parse_parameters(args.params)  # ParameterError: a ConfigError
+    with errors.missing_file_is_config_error():  # LocalRunError: a RunFailure
+        run = local_run.run_package(args.package, pipeline_root=args.pipeline_root,
+                                    parameters=parameters, project_dir=args.project_dir,
+                                    run_id=args.run_id)
+    total = sum(task.seconds for task in run.tasks)
+    print(f"ran {len(run.tasks)} tasks in {total:.0f} s: {run.run_root}")
     return 0

@@ -37,6 +37,9 @@ from tfprod.pipeline import tasks
 
 # Where kubeflow/Dockerfile puts the project inside the image.
 PROJECT_DIR_IN_IMAGE = "/tfprod"
+# The checkout this module lives in (setup.py beside the package folders). Installed from
+# the wheel there is no checkout: the project is the current directory (in the image, the
+# WORKDIR /tfprod that holds configs/), see find_project_root().
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 DATA_DIR_PARAMETER = "data_dir"
@@ -91,8 +94,16 @@ def beam_args(experiment: config_lib.ExperimentConfig) -> List[str]:
     return args + list(kubeflow.beam_args)
 
 
-def path_in_image(local_path: str, project_root: pathlib.Path = PROJECT_ROOT) -> str:
+def find_project_root() -> pathlib.Path:
+    """The project directory: the checkout, or the current directory for an installed wheel."""
+    if (PROJECT_ROOT / "setup.py").is_file():
+        return PROJECT_ROOT
+    return pathlib.Path.cwd().resolve()
+
+
+def path_in_image(local_path: str, project_root: Optional[pathlib.Path] = None) -> str:
     """Maps a file of this project (e.g. the curated schema) to its path in the image."""
+    project_root = project_root or find_project_root()
     resolved = pathlib.Path(local_path).resolve()
     try:
         relative = resolved.relative_to(project_root)

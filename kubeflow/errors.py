@@ -3,7 +3,8 @@
 Each is a tfprod.errors kind, which sets the exit code of `tfprod kubeflow ...`:
 CompileError, ParameterError and ManifestError are ConfigErrors (2: the config, a --param
 or a manifest is wrong); SubmitError is a RunFailure (1: the Kubeflow Pipelines API
-refused a request or could not be reached).
+refused a request or could not be reached); LocalRunError is a RunFailure (1: a task of
+`run-local` failed or uses what it does not support).
 """
 
 from tfprod import errors
@@ -27,3 +28,7 @@ class ManifestError(KubeflowError, errors.ConfigError):
 
 class ParameterError(KubeflowError, errors.ConfigError):
     """A --param is malformed or not a parameter of the pipeline."""
+
+
+class LocalRunError(KubeflowError, errors.RunFailure):
+    """`run-local` cannot run a task of the package, or a task failed."""

@@ -230,6 +230,7 @@ def test_compose_user_must_be_numeric_non_root(tmp_path, user):
 def test_the_dockerfiles_run_as_a_numeric_non_root_user():
     found = manifests.dockerfiles()
     assert REPO_ROOT / "kubeflow" / "Dockerfile" in found
+    assert REPO_ROOT / "serving" / "deploy" / "Dockerfile" in found
     for path in found:
         assert manifests.check_dockerfile(path) > 0
 
@@ -255,7 +256,7 @@ def test_a_dockerfile_running_as_root_is_rejected(tmp_path, edit, message):
 def test_validate_deploy_files_covers_serving_deploy_and_the_dockerfiles(tmp_path):
     checked = manifests.validate_deploy_files()
     assert set(checked) == {"serving/deploy/kubernetes.yaml", "serving/deploy/docker-compose.yml",
-                            "kubeflow/Dockerfile"}
+                            "kubeflow/Dockerfile", "serving/deploy/Dockerfile"}
     assert "NetworkPolicy/mnist-serving" in checked["serving/deploy/kubernetes.yaml"]
     # A copy of the project whose serving manifest lost its CPU limit fails.
     root = tmp_path / "project"

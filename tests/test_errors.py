@@ -50,6 +50,7 @@ EXPECTED = {
     ("tfprod.pipeline.local_runner", "PipelineRunError"): (RUN, (RuntimeError,)),
     ("tfprod.pipeline.multiworker", "MultiWorkerError"): (RUN, (RuntimeError,)),
     ("tfprod.kubeflow.errors", "SubmitError"): (RUN, ()),
+    ("tfprod.kubeflow.errors", "LocalRunError"): (RUN, ()),
     ("tfprod.mobile.convert", "ConversionError"): (RUN, (RuntimeError,)),
     ("tfprod.mobile.convert", "UnsupportedOpError"): (RUN, ()),
     ("tfprod.mobile.verify", "VerificationError"): (RUN, (RuntimeError,)),

@@ -15,3 +15,18 @@ __version__ = "0.1.0"
 # switch must be set before TensorFlow is first imported; every tfprod module is imported
 # through this package, so this is the one place that sets it.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def __getattr__(name: str):
+    """``tfprod.TFLiteModels``: the custom artifact type, by the path KFP v2 stores for it.
+
+    TFX's Kubeflow V2 compiler writes a custom artifact type as its TYPE_NAME
+    (``<namespace>.<Name>``, one dot) and the v2 executor entry point imports that name as a
+    class path to rebuild the artifact: ``tfprod.TFLiteModels``. Resolved lazily here so
+    that importing tfprod stays light (no TensorFlow).
+    """
+    if name == "TFLiteModels":
+        from tfprod.mobile.component import TFLiteModels
+
+        return TFLiteModels
+    raise AttributeError(f"module 'tfprod' has no attribute {name!r}")
