@@ -22,7 +22,7 @@ import zipfile
 import pytest
 import yaml
 
-from tfprod.kubeflow import compiler, image_check
+from tfprod.kubeflow import compiler, image_check, manifests
 from tfprod.pipeline import config as config_lib
 from tests.conftest import MNIST_CONFIG, REPO_ROOT
 
@@ -58,7 +58,8 @@ def wheel(tmp_path_factory):
 def worker_modules():
     """The modules the TFJob manifest runs with `python -m` (the train worker)."""
     modules = []
-    for document in yaml.safe_load_all(TFJOB_MANIFEST.read_text()):
+    # The manifest is a Jinja2 template: read it as rendered from the default config.
+    for document in manifests._load_yaml_documents(TFJOB_MANIFEST):
         for spec in (document or {}).get("spec", {}).get("tfReplicaSpecs", {}).values():
             for container in spec["template"]["spec"]["containers"]:
                 command = container.get("command", []) + container.get("args", [])
