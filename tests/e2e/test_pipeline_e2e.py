@@ -196,9 +196,16 @@ def test_labels_out_of_range_stop_the_run_at_validation(tmp_path, mnist_sample):
     assert "split 'test'" in result.stderr
 
 
-def test_images_of_another_size_stop_the_run_at_validation(tmp_path, mnist_sample):
+def test_images_of_another_size_stop_the_run_before_it_starts(tmp_path, mnist_sample):
+    """32x32 IDX images under a 28x28 config: the preflight reads the IDX header and stops at once
+    (exit 3) naming the file and the --set values that would match, before any component runs
+    (ExampleValidator caught this only after five components)."""
     train_images, _, _, test_labels = mnist_sample
     padded = np.pad(train_images[:500], ((0, 0), (2, 2), (2, 2)))  # 32x32 images
     output_dir, result = _corrupt_run(tmp_path, mnist_sample, padded, padded[:100],
                                       test_labels[:100])
-    _assert_stopped_at_validation(output_dir, result, "image")
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ("train-images-idx3-ubyte.gz: images are 32x32 (rows x cols) but data.image_height x "
+            "data.image_width is 28x28") in result.stderr
+    assert "--set data.image_height=32 --set data.image_width=32" in result.stderr
+    assert not (output_dir / "pipeline").exists() and not (output_dir / "serving").exists()
