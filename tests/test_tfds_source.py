@@ -343,7 +343,8 @@ def test_tfprod_run_from_tfds_trains_blesses_and_pushes(tfds_data_dir, tmp_path,
          "--set", "trainer.batch_size=32", "--set", "eval.accuracy_threshold=0.7"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"on TFDS {SMALL_NAME} in {tfds_data_dir}" in result.stdout
+    # The run's first lines name its data source.
+    assert f"  data:    TFDS {SMALL_NAME} in {tfds_data_dir}\n" in result.stdout
     assert "TfdsExampleGen done in" in result.stdout
 
     summary = json.loads((output_dir / "run_summary.json").read_text())
