@@ -53,3 +53,44 @@ def tiny_idx_dir(tmp_path_factory, mnist_sample):
     train_images, train_labels, test_images, test_labels = mnist_sample
     return write_idx_dataset(tmp_path_factory.mktemp("tiny_mnist"), train_images[:500],
                              train_labels[:500], test_images[:100], test_labels[:100])
+
+
+# One small real MNIST run with every TFLite mode, shared by the session: the report's tests
+# (tests/report) and the TFLite tests (tests/test_mobile.py) read the same finished run rather
+# than each training their own (a pipeline run is about 1.5 minutes of CI on 2 cores).
+MOBILE_RUN_TRAIN_IMAGES = 2000
+MOBILE_RUN_TEST_IMAGES = 300
+MOBILE_RUN_TIMEOUT_SECONDS = 1200
+
+
+@pytest.fixture(scope="session")
+def mnist_mobile_run(tmp_path_factory, mnist_sample):
+    """A `tfprod run` of the MNIST CNN (2,000 train / 300 test images, 2 epochs, batch 32,
+    accuracy gate 0.5): blessed, pushed, converted in all four TFLite modes and verified on
+    both runtimes, with its report.html. A dict: data_dir, output_dir, summary, returncode,
+    stdout, stderr."""
+    import json
+    import subprocess
+    import sys
+
+    train_images, train_labels, test_images, test_labels = mnist_sample
+    root = tmp_path_factory.mktemp("mnist_mobile_run")
+    data_dir = write_idx_dataset(
+        root / "data", train_images[:MOBILE_RUN_TRAIN_IMAGES],
+        train_labels[:MOBILE_RUN_TRAIN_IMAGES], test_images[:MOBILE_RUN_TEST_IMAGES],
+        test_labels[:MOBILE_RUN_TEST_IMAGES])
+    output_dir = root / "out"
+    tfprod_command = os.path.join(os.path.dirname(sys.executable), "tfprod")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [tfprod_command, "run", "--config", str(MNIST_CONFIG), "--data-dir", str(data_dir),
+         "--output-dir", str(output_dir), "--set", "trainer.epochs=2",
+         "--set", "trainer.batch_size=32", "--set", "eval.accuracy_threshold=0.5",
+         "--set", "mobile.latency_examples=20"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=MOBILE_RUN_TIMEOUT_SECONDS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((output_dir / "run_summary.json").read_text())
+    assert summary["blessed"] is True, summary
+    return {"data_dir": data_dir, "output_dir": output_dir, "summary": summary,
+            "returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}

@@ -1,7 +1,7 @@
 """TFLite conversion, Android metadata and LiteRT verification (mobile/).
 
-One small real pipeline run (`tfprod run`, 2,000 MNIST training images) is shared
-by the tests: its TFLiteConverter step converts the blessed CNN in all four
+One small real pipeline run (`tfprod run`, 2,000 MNIST training images; tests/conftest.py's
+`mnist_mobile_run`, shared with the report's tests) is shared by the tests: its TFLiteConverter step converts the blessed CNN in all four
 modes and verifies each on LiteRT and tflite-runtime. `tfprod tflite` is then
 run on the pushed model for the int8 model with int8 input and output.
 Everything runs for real: TFX, the TFLite converter, both runtimes.
@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfprod.mobile import convert, metadata
 from tfprod.mobile.verify import TfliteClassifier
-from tests.conftest import MNIST_CONFIG, REPO_ROOT, write_idx_dataset
+from tests.conftest import MOBILE_RUN_TEST_IMAGES, REPO_ROOT
 from tests.test_mobile_android import assert_android_folder_matches_the_model
 
 TFPROD = os.path.join(os.path.dirname(sys.executable), "tfprod")
@@ -33,23 +33,9 @@ def run_tfprod(*args):
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, mnist_sample):
-    """A blessed CNN from a real pipeline run, with its TFLite models."""
-    train_images, train_labels, test_images, test_labels = mnist_sample
-    root = tmp_path_factory.mktemp("mobile")
-    data_dir = write_idx_dataset(root / "data", train_images[:2000], train_labels[:2000],
-                                 test_images[:300], test_labels[:300])
-    output_dir = root / "out"
-    result = run_tfprod(
-        "run", "--config", str(MNIST_CONFIG), "--data-dir", str(data_dir),
-        "--output-dir", str(output_dir), "--set", "trainer.epochs=2",
-        "--set", "trainer.batch_size=32", "--set", "eval.accuracy_threshold=0.5",
-        "--set", "mobile.latency_examples=20")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((output_dir / "run_summary.json").read_text())
-    assert summary["blessed"] is True, summary
-    return {"output_dir": output_dir, "data_dir": data_dir, "summary": summary,
-            "stdout": result.stdout}
+def pipeline_run(mnist_mobile_run):
+    """The session's shared MNIST run (tests/conftest.py): a blessed CNN with its TFLite models."""
+    return mnist_mobile_run
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +53,7 @@ def test_pipeline_converts_the_blessed_model_in_every_mode(pipeline_run, mnist_s
     assert summary["tflite_report"]["json"] == str(expected_dir / "report.json")
     assert "TFLiteConverter done in" in pipeline_run["stdout"]
     report = json.loads((expected_dir / "report.json").read_text())
-    assert report["version"] == version and report["test_examples"] == 300
+    assert report["version"] == version and report["test_examples"] == MOBILE_RUN_TEST_IMAGES
     assert (expected_dir / "report.md").read_text().count("| litert |") == 4
     # The Android drop-in folder beside them, its constants those of the file it ships.
     contract = assert_android_folder_matches_the_model(expected_dir)

@@ -1,8 +1,8 @@
-"""Two real `tfprod run`s for the report's tests, started together and shared by the session.
+"""Two real `tfprod run`s for the report's tests, shared by the session.
 
-- ``good``: 2,000 MNIST train / 500 test images, 2 epochs: blessed, pushed, TFLite made
-  (float32 and int8);
-  its report.html is written by the run itself.
+- ``good``: the session's shared MNIST run (tests/conftest.py's ``mnist_mobile_run``, also
+  read by tests/test_mobile.py): 2,000 train / 300 test images, 2 epochs, blessed, pushed,
+  TFLite made in every mode; its report.html is written by the run itself.
 - ``bad_data``: 300 / 100 images with some labels out of the schema's range: the run stops
   at AnomaliesGate (exit 3) and still writes a report.
 """
@@ -52,23 +52,15 @@ def _start(data_dir, output_dir, *overrides):
 
 
 @pytest.fixture(scope="session")
-def report_runs(tmp_path_factory):
+def report_runs(tmp_path_factory, mnist_mobile_run):
     """{"good": FinishedRun, "bad_data": FinishedRun}."""
     train_images, train_labels, test_images, test_labels = load_sample()
     root = tmp_path_factory.mktemp("report_runs")
-    good_data = write_idx_dataset(root / "good_data", train_images[:2000], train_labels[:2000],
-                                  test_images[:500], test_labels[:500])
     bad_labels = np.array(train_labels[:300])
     bad_labels[:5] = BAD_LABEL
     bad_data = write_idx_dataset(root / "bad_data", train_images[:300], bad_labels,
                                  test_images[:100], test_labels[:100])
-    started = {
-        "good": (good_data, root / "good_out", _start(
-            good_data, root / "good_out", "trainer.epochs=2", "trainer.batch_size=32",
-            "eval.accuracy_threshold=0.5", "mobile.modes=[float32,int8]",
-            "mobile.latency_examples=20", "mobile.calibration_samples=100")),
-        "bad_data": (bad_data, root / "bad_out", _start(bad_data, root / "bad_out")),
-    }
+    started = {"bad_data": (bad_data, root / "bad_out", _start(bad_data, root / "bad_out"))}
     runs = {}
     for name, (data_dir, output_dir, process) in started.items():
         try:
@@ -77,6 +69,9 @@ def report_runs(tmp_path_factory):
             process.kill()
             stdout, stderr = process.communicate()
         runs[name] = FinishedRun(data_dir, output_dir, process.returncode, stdout, stderr)
+    runs["good"] = FinishedRun(mnist_mobile_run["data_dir"], mnist_mobile_run["output_dir"],
+                               mnist_mobile_run["returncode"], mnist_mobile_run["stdout"],
+                               mnist_mobile_run["stderr"])
     good = runs["good"]
     assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
     return runs

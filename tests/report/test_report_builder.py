@@ -20,7 +20,7 @@ from tfprod.contract import features
 from tfprod import cli
 from tfprod.pipeline.report import builder, readers, sections
 from tfprod.pipeline.report.run_data import RunData, load_run
-from tests.conftest import REPO_ROOT, load_sample
+from tests.conftest import MOBILE_RUN_TEST_IMAGES, MOBILE_RUN_TRAIN_IMAGES, REPO_ROOT, load_sample
 from tests.report.conftest import BAD_LABEL
 from tests.report.page_index import PageIndex
 
@@ -92,15 +92,15 @@ def test_class_balance_counts_every_example_of_each_split(good, page):
     rows = page.table_dicts("class-counts")
     counted = {int(row["class"]): {split: int(row[split].replace(",", ""))
                                    for split in ("train", "eval", "test")} for row in rows}
-    expected_train = np.bincount(train_labels[:2000], minlength=10)
-    expected_test = np.bincount(test_labels[:500], minlength=10)
+    expected_train = np.bincount(train_labels[:MOBILE_RUN_TRAIN_IMAGES], minlength=10)
+    expected_test = np.bincount(test_labels[:MOBILE_RUN_TEST_IMAGES], minlength=10)
     for label in range(10):
         # ExampleGen splits the train files into train and eval by a hash of each example.
         assert counted[label]["train"] + counted[label]["eval"] == expected_train[label]
         assert counted[label]["test"] == expected_test[label]
     split_counts = dict(page.tables["split-counts"][1:])
-    assert int(split_counts["test"]) == 500
-    assert int(split_counts["train"].replace(",", "")) + int(split_counts["eval"]) == 2000
+    assert int(split_counts["test"]) == MOBILE_RUN_TEST_IMAGES
+    assert int(split_counts["train"].replace(",", "")) + int(split_counts["eval"]) == MOBILE_RUN_TRAIN_IMAGES
     assert "found no anomalies" in page.sections["data"]["text"]
     statistics = page.table_dicts("feature-statistics")
     image_train = next(r for r in statistics if r["feature"] == "image" and r["split"] == "train")
@@ -137,12 +137,12 @@ def test_evaluation_shows_tfma_metrics_thresholds_and_a_consistent_confusion_mat
     run = load_run(str(good.output_dir))
     result = readers.confusion_matrix(run)
     matrix = result["matrix"]
-    assert matrix.shape == (10, 10) and matrix.sum() == 500
+    assert matrix.shape == (10, 10) and matrix.sum() == MOBILE_RUN_TEST_IMAGES
     # Computed from the model here, it agrees with TFMA on the same split.
     assert np.trace(matrix) / matrix.sum() == pytest.approx(summary["metrics"]["accuracy"],
                                                             abs=1e-3)
     _, _, _, test_labels = load_sample()
-    np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(test_labels[:500], minlength=10))
+    np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(test_labels[:MOBILE_RUN_TEST_IMAGES], minlength=10))
     assert "chart-confusion-matrix" in page.images
 
 
