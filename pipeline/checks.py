@@ -47,6 +47,7 @@ def check_model(experiment: config_lib.ExperimentConfig, task_name: str) -> None
 def _check_against_task(experiment: config_lib.ExperimentConfig, task_name: str) -> None:
     check_model(experiment, task_name)
     recipe_checks.validate_experiment(experiment, task_name)
+    tasks.task_for(task_name).check_eval_slices(experiment)
 
 
 def check_experiment(experiment: config_lib.ExperimentConfig) -> None:

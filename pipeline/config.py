@@ -680,6 +680,15 @@ class EvalConfig:
     # gate baseline: accuracy points above the majority class (classifiers), or the
     # fraction of the mean predictor's MAE a regressor must cut (0.05 = 5% lower).
     baseline_margin: float = _added_key(0.05)
+    # Raw features to slice the evaluation by, besides the overall slice (and the label, for
+    # classifiers): one TFMA slice per value. Tables: names of categorical columns (strings
+    # or integers), e.g. [island]. Reported per slice in run_summary.json and the report.
+    slices: List[str] = _added_key([])
+    # Per-slice gates: every slice of the label (classifiers) and of eval.slices must reach
+    # this accuracy (null: no per-slice gate) ...
+    min_slice_accuracy: Optional[float] = _added_key(None)
+    # ... and (regressors) have at most this MAE, in the label's units.
+    max_slice_mae: Optional[float] = _added_key(None)
 
     def validate(self) -> None:
         _check(0.0 <= self.accuracy_threshold <= 1.0, "eval.accuracy_threshold",
@@ -694,6 +703,13 @@ class EvalConfig:
                self.split)
         _check(0.0 <= self.baseline_margin < 1.0, "eval.baseline_margin", "a number in [0, 1)",
                self.baseline_margin)
+        _check(all(isinstance(name, str) and name.strip() for name in self.slices)
+               and len(set(self.slices)) == len(self.slices), "eval.slices",
+               "a list of distinct feature names", self.slices)
+        _check(self.min_slice_accuracy is None or 0.0 <= self.min_slice_accuracy <= 1.0,
+               "eval.min_slice_accuracy", "null or a number in [0, 1]", self.min_slice_accuracy)
+        _check(self.max_slice_mae is None or self.max_slice_mae > 0, "eval.max_slice_mae",
+               "null or a positive number", self.max_slice_mae)
 
 
 @dataclasses.dataclass

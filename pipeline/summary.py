@@ -142,6 +142,21 @@ def _custom_str(artifact, name: str) -> Optional[str]:
     return None
 
 
+OVERALL_SLICE = "overall"
+
+
+def slice_name(slice_key) -> str:
+    """A TFMA slice key as run_summary.json and the report name it: "overall", "label=3",
+    "island=Biscoe" (string values decoded, not b'Biscoe')."""
+    parts = []
+    for part in slice_key.single_slice_keys:
+        value = getattr(part, part.WhichOneof("kind"))
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        parts.append(f"{part.column}={value}")
+    return ",".join(parts) or OVERALL_SLICE
+
+
 def read_eval_metrics(evaluation_uri: str):
     """(overall metrics, per-slice metrics) from a TFMA evaluation artifact."""
     import tensorflow_model_analysis as tfma
@@ -156,10 +171,9 @@ def read_eval_metrics(evaluation_uri: str):
                 continue
             if item.value.HasField("double_value"):
                 values[item.key.name] = item.value.double_value.value
-        slice_parts = [f"{part.column}={getattr(part, part.WhichOneof('kind'))}"
-                       for part in metrics_for_slice.slice_key.single_slice_keys]
-        if slice_parts:
-            per_slice[",".join(slice_parts)] = values
+        name = slice_name(metrics_for_slice.slice_key)
+        if name != OVERALL_SLICE:
+            per_slice[name] = values
         else:
             overall = values
     return overall, dict(sorted(per_slice.items()))
@@ -183,9 +197,7 @@ def read_missed_thresholds(evaluation_uri: str) -> List[MissedThreshold]:
     result = tfma.load_validation_result(evaluation_uri)
     missed = []
     for per_slice in result.metric_validations_per_slice:
-        slice_name = ",".join(
-            f"{part.column}={getattr(part, part.WhichOneof('kind'))}"
-            for part in per_slice.slice_key.single_slice_keys) or "overall"
+        where = slice_name(per_slice.slice_key)
         for failure in per_slice.failures:
             if failure.metric_key.is_diff:
                 bound = failure.metric_threshold.change_threshold.absolute.value
@@ -193,7 +205,7 @@ def read_missed_thresholds(evaluation_uri: str) -> List[MissedThreshold]:
                 value_bound = failure.metric_threshold.value_threshold
                 bound = (value_bound.upper_bound.value if value_bound.HasField("upper_bound")
                          else value_bound.lower_bound.value)
-            missed.append(MissedThreshold(failure.metric_key.name, slice_name,
+            missed.append(MissedThreshold(failure.metric_key.name, where,
                                           failure.metric_value.double_value.value,
                                           failure.metric_key.is_diff, bound))
     return missed
@@ -206,9 +218,7 @@ def read_validation_failures(evaluation_uri: str) -> List[str]:
     result = tfma.load_validation_result(evaluation_uri)
     failures = []
     for per_slice in result.metric_validations_per_slice:
-        slice_name = ",".join(
-            f"{part.column}={getattr(part, part.WhichOneof('kind'))}"
-            for part in per_slice.slice_key.single_slice_keys) or "overall"
+        where = slice_name(per_slice.slice_key)
         for failure in per_slice.failures:
             value = failure.metric_value.double_value.value
             if failure.metric_key.is_diff:
@@ -216,14 +226,14 @@ def read_validation_failures(evaluation_uri: str) -> List[str]:
                 # Lower-is-better metrics (e.g. MAE) may rise by at most the allowance.
                 relation = ("<=" if change.direction == tfma.MetricDirection.LOWER_IS_BETTER
                             else ">=")
-                failures.append(f"{failure.metric_key.name} ({slice_name}) changed by "
+                failures.append(f"{failure.metric_key.name} ({where}) changed by "
                                 f"{value:+.4f} against the last blessed model; allowed "
                                 f"change {relation} {change.absolute.value:+.4f}")
             else:
                 bound = failure.metric_threshold.value_threshold
                 required = (f"<= {bound.upper_bound.value:.4f}" if bound.HasField("upper_bound")
                             else f">= {bound.lower_bound.value:.4f}")
-                failures.append(f"{failure.metric_key.name} ({slice_name}) = {value:.4f}; "
+                failures.append(f"{failure.metric_key.name} ({where}) = {value:.4f}; "
                                 f"required {required}")
     return failures
 

@@ -62,11 +62,14 @@ def added_field(default: Any) -> Any:
 
     For keys added to a schema after configs were serialized somewhere that must stay the
     same (e.g. a compiled pipeline spec): the compact form of an old config does not
-    change. A dataclass type as default means default_factory.
+    change. A dataclass type as default means default_factory; a list or dict is copied.
     """
     metadata = {OMIT_WHEN_DEFAULT: True}
     if dataclasses.is_dataclass(default) and isinstance(default, type):
         return dataclasses.field(default_factory=default, metadata=metadata)
+    if isinstance(default, (list, dict)):  # a fresh copy per instance
+        return dataclasses.field(default_factory=lambda: type(default)(default),
+                                 metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -276,8 +276,9 @@ def read_tensorboard_history(log_dir: str) -> Dict[str, List[float]]:
 # --- evaluation -------------------------------------------------------------------------
 
 def _slice_name(slice_key) -> str:
-    return ",".join(f"{part.column}={getattr(part, part.WhichOneof('kind'))}"
-                    for part in slice_key.single_slice_keys) or "overall"
+    from tfprod.pipeline import summary
+
+    return summary.slice_name(slice_key)
 
 
 @dataclasses.dataclass
@@ -386,22 +387,38 @@ def read_evaluation(run: RunData) -> Optional[Dict[str, Any]]:
                 failed.add((slice_name, failure.metric_key.name, failure.metric_key.is_diff))
     for failure in run.summary.get("validation_failures") or []:
         failures.append(failure)
-    for (slice_name, metric), thresholds in _thresholds(eval_config).items():
-        row = rows.get((slice_name, metric))
-        if row is None:
-            continue
-        applied = [(kind, threshold) for kind, threshold in thresholds
-                   if kind == "value" or has_baseline]
-        row.threshold = "; ".join(_describe_threshold(kind, threshold)
-                                  for kind, threshold in applied)
-        if applied and validation is not None:
-            row.passed = not any((slice_name, metric, kind == "change") in failed
-                                 for kind, _ in applied)
+    for (spec_name, metric), thresholds in _thresholds(eval_config).items():
+        for row in _rows_of_spec(rows, spec_name, metric):
+            _apply_thresholds(row, thresholds, has_baseline, validation, failed)
     ordered = sorted(rows.values(), key=lambda row: (row.slice_name != "overall",
                                                      _natural_key(row.slice_name), row.metric))
     return {"rows": ordered, "validation_ok": None if validation is None
             else bool(validation.validation_ok), "failures": failures,
             "has_baseline": has_baseline, "eval_config": eval_config}
+
+
+def _rows_of_spec(rows: Dict[Tuple[str, str], MetricRow], spec_name: str,
+                  metric: str) -> List[MetricRow]:
+    """The rows a slicing spec's threshold applies to: "overall", or every slice of the
+    spec's features ("label" -> label=0, label=1, ...)."""
+    if spec_name == "overall":
+        row = rows.get(("overall", metric))
+        return [row] if row is not None else []
+    columns = sorted(part.strip() for part in spec_name.split(","))
+    return [row for (slice_name, name), row in rows.items()
+            if name == metric and slice_name != "overall"
+            and sorted(part.split("=", 1)[0] for part in slice_name.split(",")) == columns]
+
+
+def _apply_thresholds(row: MetricRow, thresholds, has_baseline: bool, validation,
+                      failed) -> None:
+    """Sets a row's threshold text and, when TFMA validated the run, whether it passed."""
+    applied = [(kind, threshold) for kind, threshold in thresholds
+               if kind == "value" or has_baseline]
+    row.threshold = "; ".join(_describe_threshold(kind, threshold) for kind, threshold in applied)
+    if applied and validation is not None:
+        row.passed = not any((row.slice_name, row.metric, kind == "change") in failed
+                             for kind, _ in applied)
 
 
 def _natural_key(text: str):

@@ -56,6 +56,8 @@ class Task(abc.ABC):
     summary_metrics: Tuple[str, ...] = ()
     #: The task-specific report sections it shows (SAMPLES_SECTION, ...).
     report_sections: FrozenSet[str] = frozenset()
+    #: Its examples carry features worth slicing the evaluation by (eval.slices).
+    sliceable: bool = False
 
     @property
     def preprocessing_fn(self) -> str:
@@ -79,6 +81,45 @@ class Task(abc.ABC):
         saved config, the ExampleGen, Transform and the Trainer all get them.
         """
         del experiment
+
+    def check_eval_slices(self, experiment: config_lib.ExperimentConfig,
+                          classifier: Optional[bool] = None) -> None:
+        """eval.slices and the per-slice gates fit this task (no data read, no TensorFlow).
+
+        Args:
+          classifier: whether the model is a classifier, when the data decides it (tables);
+            None: this task's is_classification, or unknown yet when the data decides.
+
+        Raises:
+          ConfigError: naming the key, and what to set instead.
+        """
+        evaluation = experiment.eval
+        if evaluation.slices and not self.sliceable:
+            raise config_lib.ConfigError(
+                f"eval.slices: the {self.name.value} task's examples carry no feature to slice "
+                f"by besides the label{' (per-class metrics are reported already)' if self.is_classification else ''}; "
+                f"remove eval.slices {evaluation.slices}", key="eval.slices")
+        if classifier is None and not self.sliceable:
+            classifier = self.is_classification
+        if classifier is True and evaluation.max_slice_mae is not None:
+            raise config_lib.ConfigError(
+                "eval.max_slice_mae: gates regressors; this model is a classifier (use "
+                "eval.min_slice_accuracy)", key="eval.max_slice_mae")
+        if classifier is False and evaluation.min_slice_accuracy is not None:
+            raise config_lib.ConfigError(
+                "eval.min_slice_accuracy: gates classifiers; this model predicts a number "
+                "(use eval.max_slice_mae)", key="eval.min_slice_accuracy")
+        if classifier is False and evaluation.max_slice_mae is not None and not evaluation.slices:
+            raise config_lib.ConfigError(
+                "eval.max_slice_mae: gates the slices of eval.slices, and there are none; set "
+                "eval.slices (e.g. [island]) or remove eval.max_slice_mae",
+                key="eval.max_slice_mae")
+
+    def slice_feature_keys(self, experiment: config_lib.ExperimentConfig) -> List[str]:
+        """The raw feature keys of eval.slices, as the Evaluator's examples carry them
+        (tasks with `sliceable` map column names to keys)."""
+        self.check_eval_slices(experiment)
+        return []
 
     def schema_rewrite(self, schema_gen) -> Any:
         """A component that rewrites SchemaGen's inferred schema (its output "schema" then

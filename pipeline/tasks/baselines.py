@@ -114,6 +114,23 @@ def mae_threshold(upper_bound: float, max_increase: float):
             direction=tfma.MetricDirection.LOWER_IS_BETTER, absolute={"value": max_increase}))
 
 
+def slice_accuracy_threshold(lower_bound: float):
+    """TFMA threshold for the per-slice gate: accuracy >= lower_bound on the slice (no
+    comparison with the last blessed model: slices can be small and noisy)."""
+    import tensorflow_model_analysis as tfma
+
+    return tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": lower_bound}))
+
+
+def slice_mae_threshold(upper_bound: float):
+    """TFMA threshold for the per-slice gate of regressors: MAE <= upper_bound."""
+    import tensorflow_model_analysis as tfma
+
+    return tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(upper_bound={"value": upper_bound}))
+
+
 def gate_record(kind: str, metric: str, required: float, margin: Optional[float] = None
                 ) -> dict:
     """run_summary.json's `gate` block: which gate, on which metric, what it required."""

@@ -4,7 +4,7 @@ ClassificationTask is the base of the image and text classification tasks. No
 TensorFlow import at module level.
 """
 
-from typing import Dict, Hashable, Mapping, Optional, Tuple
+from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple
 
 from tfprod.contract import features, splits
 from tfprod.pipeline import config as config_lib
@@ -58,7 +58,8 @@ class ClassificationTask(Task):
         baseline = None
         if experiment.eval.gate == config_lib.Gate.BASELINE:
             baseline = self.baseline_metrics(experiment)[baselines.BASELINE_ACCURACY]
-        return classification_eval_config(experiment.eval, baseline)
+        return classification_eval_config(experiment.eval, baseline,
+                                          self.slice_feature_keys(experiment))
 
 
 def counts_for_eval_split(train_counts: Mapping[Hashable, int],
@@ -96,35 +97,45 @@ def compile_classifier(model, experiment: config_lib.ExperimentConfig, optimizer
 
 
 def classification_eval_config(eval_config: config_lib.EvalConfig,
-                               baseline_accuracy: Optional[float] = None):
-    """TFMA config: accuracy overall and per class, gated on the overall slice.
+                               baseline_accuracy: Optional[float] = None,
+                               slice_keys: Sequence[str] = ()):
+    """TFMA config: accuracy overall, per class and per value of each eval.slices feature,
+    gated on the overall slice (and on every other slice with eval.min_slice_accuracy).
 
     The model must reach required_accuracy (eval.accuracy_threshold, or under
     eval.gate baseline the majority class's accuracy plus eval.baseline_margin) and may
-    not fall more than eval.max_accuracy_drop below the last blessed model. Shared by
-    every classifier.
+    not fall more than eval.max_accuracy_drop below the last blessed model. With
+    eval.min_slice_accuracy, every class and every value of the slice features must reach
+    it too. Shared by every classifier.
 
     Args:
       eval_config: the experiment's eval section.
       baseline_accuracy: the majority class's accuracy (Task.baseline_metrics); needed
         when eval.gate is baseline.
+      slice_keys: the raw feature keys of eval.slices (Task.slice_feature_keys).
     """
     import tensorflow_model_analysis as tfma
 
     accuracy_threshold = baselines.accuracy_threshold(
         required_accuracy(eval_config, baseline_accuracy), eval_config.max_accuracy_drop)
+    sliced = [tfma.SlicingSpec(feature_keys=[key])
+              for key in (features.LABEL_KEY, *slice_keys)]
+    thresholds = [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()],
+                                               threshold=accuracy_threshold)]
+    if eval_config.min_slice_accuracy is not None:
+        thresholds.append(tfma.PerSliceMetricThreshold(
+            slicing_specs=sliced, threshold=baselines.slice_accuracy_threshold(
+                eval_config.min_slice_accuracy)))
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
             signature_name=features.SERVING_DEFAULT_SIGNATURE,
             label_key=features.LABEL_KEY,
             prediction_key=features.PROBABILITIES_OUTPUT)],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[features.LABEL_KEY])],
+        slicing_specs=[tfma.SlicingSpec(), *sliced],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
-            # Thresholds gate the overall slice; per-class slices are reported only.
+            # The overall slice is gated; the others only with eval.min_slice_accuracy.
             tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
                               config=f'{{"name": "{ACCURACY_METRIC}"}}',
-                              per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                                  slicing_specs=[tfma.SlicingSpec()],
-                                  threshold=accuracy_threshold)]),
+                              per_slice_thresholds=thresholds),
         ])])

@@ -91,6 +91,9 @@ def test_table_run_records_types_and_blesses(classification_run):
     # The majority class (Adelie) scores 30/68; the baseline gate asks for 0.05 more.
     assert summary["metrics"]["baseline_accuracy"] == pytest.approx(30 / 68, abs=1e-5)
     assert summary["metrics"]["accuracy"] >= 30 / 68 + 0.05
+    # The config's eval.slices: [island]; each island is scored, next to each species.
+    assert {"island=Biscoe", "island=Dream", "island=Torgersen", "label=0", "label=1",
+            "label=2"} == set(summary["slice_metrics"])
     data = summary["data"]
     assert data["problem"] == "classification" and data["label_column"] == "species"
     assert data["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
@@ -171,7 +174,8 @@ def test_regression_run_reports_mae_rmse_and_beats_the_mean(tmp_path):
             csv.writer(target).writerows([rows[0]] + [row for row in rows[1:] if row[mass]])
     output_dir = tmp_path / "run"
     result = run_tfprod(["--data-dir", str(data_dir), "--set",
-                         "data.table.label_column=body_mass_g", *SMALL_RUN], output_dir)
+                         "data.table.label_column=body_mass_g", "--set", "eval.slices=[island]",
+                         "--set", "eval.max_slice_mae=100000", *SMALL_RUN], output_dir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output_dir / "run_summary.json").read_text())
     metrics = summary["metrics"]
@@ -185,6 +189,14 @@ def test_regression_run_reports_mae_rmse_and_beats_the_mean(tmp_path):
                                                         rel=1e-4)
     assert summary["blessed"] is (metrics["mae"] <= summary["gate"]["required"])
     assert summary["blessed"], summary["validation_failures"]
+    # eval.slices: the MAE of each island, whose counts add up to the test rows; the loose
+    # per-slice bound (100 kg) passes.
+    islands = {name: values for name, values in summary["slice_metrics"].items()
+               if name.startswith("island=")}
+    assert set(islands) == {"island=Biscoe", "island=Dream", "island=Torgersen"}
+    assert sum(values["example_count"] for values in islands.values()) == \
+        metrics["example_count"]
+    assert all(0 < values["mae"] < 100000 for values in islands.values())
     model = tf.saved_model.load(summary["pushed_model_dir"])
     gentoo = {"species": tf.constant(["Gentoo"]), "island": tf.constant(["Biscoe"]),
               "bill_length_mm": tf.constant([47.5]), "bill_depth_mm": tf.constant([15.0]),
@@ -205,9 +217,12 @@ def _auc(scores, positives):
 
 def test_binary_run_reports_auc_precision_recall_of_class_1(tmp_path):
     """The penguins' sex as a two-class label (rows without one left out): the summary has
-    TFMA's auc, precision and recall of class 1 (`male`, the second sorted class), and they
-    match the same figures computed here from the pushed model's serving_raw answers on
-    test.csv (threshold 0.5 on class 1's probability)."""
+    TFMA's auc, precision, recall and calibration of class 1 (`male`, the second sorted
+    class), and they match the same figures computed here from the model's serving_raw
+    answers on test.csv (threshold 0.5 on class 1's probability). The run slices by island
+    (eval.slices) with a per-slice gate no 3-epoch model meets (every island and sex at
+    accuracy 1.0): each island's accuracy matches the answers, and each slice below 1.0 is
+    named among the validation failures, so the model is not blessed."""
     data_dir = tmp_path / "penguins_sex"
     data_dir.mkdir()
     test_rows = []
@@ -223,12 +238,13 @@ def test_binary_run_reports_auc_precision_recall_of_class_1(tmp_path):
             test_rows = kept
     output_dir = tmp_path / "run"
     result = run_tfprod(["--data-dir", str(data_dir), "--set", "data.table.label_column=sex",
+                         "--set", "eval.slices=[island]", "--set", "eval.min_slice_accuracy=1.0",
                          *SMALL_RUN], output_dir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output_dir / "run_summary.json").read_text())
     metrics = summary["metrics"]
     assert summary["data"]["problem"] == "classification"
-    assert {"accuracy", "auc", "precision", "recall"} <= set(metrics), metrics
+    assert {"accuracy", "auc", "precision", "recall", "calibration"} <= set(metrics), metrics
 
     # The pushed model when blessed, else the Trainer's (the metrics are the same model's).
     model_dir = summary["pushed_model_dir"] or os.path.join(summary["artifacts"]["model"],
@@ -252,5 +268,27 @@ def test_binary_run_reports_auc_precision_recall_of_class_1(tmp_path):
     assert metrics["recall"] == pytest.approx(true_positives / actual.sum(), abs=1e-3)
     # TFMA's AUC is a Riemann sum over 10,000 thresholds: close to the exact rank AUC.
     assert metrics["auc"] == pytest.approx(_auc(male, actual), abs=0.01)
+    # Calibration: the mean predicted probability of male over the share of males.
+    assert metrics["calibration"] == pytest.approx(male.sum() / actual.sum(), abs=1e-3)
     # Sex from bill, flipper and mass is far from a coin toss even after 3 epochs.
     assert metrics["auc"] > 0.6
+
+    # Per island: TFMA's accuracy is the answers' (argmax) accuracy on that island's rows.
+    correct = outputs["probabilities"].numpy().argmax(axis=1) == actual.astype(int)
+    islands = np.array([row["island"] for row in test_rows])
+    expected_slices = {f"island={island}": float(correct[islands == island].mean())
+                       for island in sorted(set(islands))}
+    for name, accuracy in expected_slices.items():
+        assert summary["slice_metrics"][name]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+        assert summary["slice_metrics"][name]["example_count"] == (
+            islands == name.split("=")[1]).sum()
+    # The per-slice gate: every slice under 1.0 is a named failure, and none other is.
+    below = {name for name, accuracy in expected_slices.items() if accuracy < 1.0}
+    for label, name in ((0, "label=0"), (1, "label=1")):
+        if correct[actual.astype(int) == label].mean() < 1.0:
+            below.add(name)
+    assert below, "a 3-epoch model classifies every island and sex perfectly"
+    failed = {failure.split("(")[1].split(")")[0] for failure in summary["validation_failures"]
+              if failure.startswith("accuracy (") and "required >= 1.0000" in failure}
+    assert failed == below, summary["validation_failures"]
+    assert summary["blessed"] is False and not summary["pushed_model_dir"]

@@ -42,7 +42,7 @@ EVALUATION_SIGNATURE = "evaluation"
 MAE_METRIC = "mae"
 RMSE_METRIC = "rmse"
 MEAN_BASELINE_MAE_METRIC = "mean_baseline_mae"
-BINARY_METRICS = ("auc", "precision", "recall")
+BINARY_METRICS = ("auc", "precision", "recall", "calibration")
 
 MOBILE_SKIP_REASON = (
     "table models get no TFLite file: their inputs are named columns of mixed types "
@@ -103,6 +103,7 @@ class TableTask(ClassificationTask):
     summary_metrics = (ACCURACY_METRIC, MAE_METRIC, RMSE_METRIC, MEAN_BASELINE_MAE_METRIC)
     report_sections = frozenset({CONFUSION_MATRIX_SECTION, TABLE_COLUMNS_SECTION,
                                  RESIDUALS_SECTION})
+    sliceable = True  # eval.slices: categorical columns
 
     def preprocessing_function(self) -> Callable:
         from tfprod.pipeline.tasks.table import preprocessing
@@ -143,6 +144,32 @@ class TableTask(ClassificationTask):
                 "trainer.label_smoothing: applies to classification only, and this table's "
                 f"label {spec.label_column!r} is a regression target ({spec.problem_reason}); "
                 "pass --set trainer.label_smoothing=0", key="trainer.label_smoothing")
+        self.slice_feature_keys(experiment)
+
+    def slice_feature_keys(self, experiment: config_lib.ExperimentConfig) -> List[str]:
+        """eval.slices' column names as tf.Example keys; only categorical columns (a numeric
+        one would give a slice per distinct number).
+
+        Raises:
+          ConfigError: a name that is not a categorical feature column, naming those that are.
+        """
+        self.check_eval_slices(experiment, classifier=not is_regression(experiment))
+        if not experiment.eval.slices:
+            return []
+        spec = table_spec(experiment)
+        columns = {column.name: column for column in spec.columns}
+        categorical = [column.name for column in spec.columns if column.type == "categorical"]
+        keys = []
+        for name in experiment.eval.slices:
+            column = columns.get(name)
+            if column is None or column.type != "categorical":
+                why = ("is the label" if name == spec.label_column else
+                       "is numeric" if column is not None else "is not a column of train.csv")
+                raise config_lib.ConfigError(
+                    f"eval.slices: {name!r} {why}; slice by a categorical column: "
+                    f"{', '.join(categorical) or '(this table has none)'}", key="eval.slices")
+            keys.append(column.key)
+        return keys
 
     def schema_rewrite(self, schema_gen) -> Any:
         from tfprod.pipeline.tasks.table import schema
@@ -221,7 +248,8 @@ class TableTask(ClassificationTask):
 
         if is_regression(experiment):
             baseline_mae = self.baseline_metrics(experiment)[MEAN_BASELINE_MAE_METRIC]
-            return evaluation.regression_eval_config(experiment.eval, baseline_mae)
+            return evaluation.regression_eval_config(experiment.eval, baseline_mae,
+                                                     self.slice_feature_keys(experiment))
         config = super().eval_config(experiment)
         if len(table_spec(experiment).label_names) == 2:
             evaluation.add_binary_metrics(config)
