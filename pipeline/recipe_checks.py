@@ -33,18 +33,21 @@ def validate_experiment(experiment: config_lib.ExperimentConfig, task_name: str)
     if trainer.label_smoothing > 0 and not task.is_classification:
         raise ConfigError(
             f"trainer.label_smoothing: label smoothing needs a classification head; task "
-            f"{task_name} has a regression head (set trainer.label_smoothing: 0)")
+            f"{task_name} has a regression head (set trainer.label_smoothing: 0)",
+            key="trainer.label_smoothing")
     augmentation = experiment.data.augmentation
     if augmentation.enabled and not task.takes_images:
         image_tasks = [str(name) for name, other in tasks.registered_tasks().items()
                        if other.takes_images]
         raise ConfigError(
             f"data.augmentation: image augmentation applies to image tasks "
-            f"({', '.join(image_tasks)}), not {task_name}; remove the section")
+            f"({', '.join(image_tasks)}), not {task_name}; remove the section",
+            key="data.augmentation")
     if augmentation.mixes_labels and not task.is_classification:
         raise ConfigError(
             "data.augmentation.mixup_alpha/cutmix_alpha: mixup and cutmix mix class labels, "
-            f"so they need a classification head; task {task_name} has none")
+            f"so they need a classification head; task {task_name} has none",
+            key="data.augmentation.mixup_alpha/cutmix_alpha")
     allowed = task.monitorable_metrics()
     monitors = [("trainer.early_stopping_monitor", trainer.early_stopping_monitor)]
     if trainer.lr_schedule == config_lib.LrSchedule.PLATEAU:
@@ -52,11 +55,12 @@ def validate_experiment(experiment: config_lib.ExperimentConfig, task_name: str)
     for key, monitor in monitors:
         if monitor not in allowed:
             raise ConfigError(f"{key}: {monitor!r} is not a metric of task {task_name}; "
-                              f"choose one of {', '.join(allowed)}")
+                              f"choose one of {', '.join(allowed)}", key=key)
     if experiment.model.dropout is not None and experiment.model.name not in DROPOUT_MAPPINGS:
         raise ConfigError(
             f"model.dropout: model '{experiment.model.name}' has no dropout mapping; set its "
-            f"own rates instead (models with one: {', '.join(sorted(DROPOUT_MAPPINGS))})")
+            f"own rates instead (models with one: {', '.join(sorted(DROPOUT_MAPPINGS))})",
+            key="model.dropout")
 
 
 def _cnn_dropout(model_config: config_lib.ModelConfig, dropout: float) -> None:

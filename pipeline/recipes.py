@@ -3,10 +3,13 @@
 Everything here is built from `trainer.*` (and `model.dropout`) of the experiment
 config, so a recipe is switched on from YAML or `--set`, never by editing model code:
 
-- `build_optimizer`: sgd (momentum, nesterov), adam or adamw (decoupled weight decay),
-  with gradient clipping by global norm (`trainer.clip_norm`) and weight EMA
-  (`trainer.ema_decay`: Keras keeps the moving average in the optimizer and copies it
-  into the model's weights when `fit` ends, so the exported SavedModel holds the EMA).
+- `build_optimizer`: sgd (momentum, nesterov), adam or adamw (decoupled weight decay;
+  `trainer.weight_decay` null = 0.004 for adamw), with gradient clipping by global norm
+  (`trainer.clip_norm`) and weight EMA (`trainer.ema_decay`: the moving average lives in
+  the optimizer, its decay warmed up as min(decay, (1 + step) / (10 + step)) unless
+  `trainer.ema_warmup` is false, and Keras copies it into the model's weights when `fit`
+  ends; `keep_better_weights` then puts the raw weights back if they score better on
+  the eval split).
 - `build_learning_rate`: the `trainer.lr_schedule` as a serializable
   LearningRateSchedule (plateau is a callback instead, see `build_callbacks`).
 - `classification_loss` / `classification_accuracy`: cross-entropy with label smoothing
@@ -16,7 +19,7 @@ config, so a recipe is switched on from YAML or `--set`, never by editing model 
 """
 
 import math
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import tensorflow as tf
 
@@ -165,22 +168,152 @@ def build_learning_rate(trainer: config_lib.TrainerConfig, total_steps: int
 # --------------------------------------------------------------------------
 
 
+class _RawWeights:
+    """The raw trainable weights as fit left them, before Keras copied the EMA over them
+    (a plain object, so the optimizer does not track it as checkpoint state)."""
+
+    def __init__(self, variables):
+        self.variables = list(variables)
+        self.values = [variable.numpy() for variable in self.variables]
+
+
+class _EmaWarmup:
+    """Mixed in before a Keras optimizer class: the EMA's decay at step n (from 0) is
+    min(ema_momentum, (1 + n) / (10 + n)) when ema_warmup is on, so early averages are not
+    dominated by the initial weights (with a fixed 0.999 the initial weights still hold
+    0.999**n of the average: 18% after 1,700 steps). Keeps the raw weights when fit ends
+    (raw_weights_at_end) for keep_better_weights."""
+
+    def __init__(self, *args, ema_warmup: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ema_warmup = bool(ema_warmup)
+        self.raw_weights_at_end: Optional[_RawWeights] = None
+
+    def ema_decay_at(self, step):
+        """The decay applied at optimizer step `step` (0 = the first)."""
+        decay = tf.constant(self.ema_momentum, tf.float32)
+        if not self.ema_warmup:
+            return decay
+        step = tf.cast(step, tf.float32)
+        return tf.minimum(decay, (1.0 + step) / (10.0 + step))
+
+    def _update_model_variables_moving_average(self, var_list):
+        # As tf-keras 2.16's distributed Optimizer does, with the warmed-up decay (called
+        # before self.iterations counts the step).
+        if not self.use_ema:
+            return
+        decay = self.ema_decay_at(self.iterations)
+
+        def update_average(average, var):
+            rate = tf.cast(decay, average.dtype)
+            average.assign(rate * average + (1.0 - rate) * var)
+
+        for var in var_list:
+            average = self._model_variables_moving_average[
+                self._index_dict[self._var_key(var)]]
+            self._distribution_strategy.extended.update(
+                average, update_average, args=(var,), group=False)
+
+    def finalize_variable_values(self, var_list):
+        if self.use_ema:  # fit calls this once, at its end: keep the raw weights first
+            self.raw_weights_at_end = _RawWeights(var_list)
+        super().finalize_variable_values(var_list)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config["ema_warmup"] = self.ema_warmup
+        return config
+
+
+@tf.keras.utils.register_keras_serializable(package="tfprod")
+class EmaSGD(_EmaWarmup, tf.keras.optimizers.SGD):
+    """SGD with trainer.ema_decay (see _EmaWarmup)."""
+
+
+@tf.keras.utils.register_keras_serializable(package="tfprod")
+class EmaAdam(_EmaWarmup, tf.keras.optimizers.Adam):
+    """Adam with trainer.ema_decay (see _EmaWarmup)."""
+
+
+@tf.keras.utils.register_keras_serializable(package="tfprod")
+class EmaAdamW(_EmaWarmup, tf.keras.optimizers.AdamW):
+    """AdamW with trainer.ema_decay (see _EmaWarmup)."""
+
+
 def build_optimizer(trainer: config_lib.TrainerConfig,
                     total_steps: int) -> tf.keras.optimizers.Optimizer:
     """The trainer.optimizer with its schedule, weight decay, clipping and EMA."""
     common: Dict[str, Any] = {"learning_rate": build_learning_rate(trainer, total_steps)}
-    if trainer.weight_decay > 0:
-        common["weight_decay"] = trainer.weight_decay
+    if trainer.effective_weight_decay > 0:
+        common["weight_decay"] = trainer.effective_weight_decay
     if trainer.clip_norm is not None:
         common["global_clipnorm"] = trainer.clip_norm
-    if trainer.ema_decay is not None:
-        common.update(use_ema=True, ema_momentum=trainer.ema_decay)
+    ema = trainer.ema_decay is not None
+    if ema:
+        common.update(use_ema=True, ema_momentum=trainer.ema_decay,
+                      ema_warmup=trainer.ema_warmup)
     if trainer.optimizer == config_lib.Optimizer.SGD:
-        return tf.keras.optimizers.SGD(momentum=trainer.momentum, nesterov=trainer.nesterov,
-                                       **common)
+        return (EmaSGD if ema else tf.keras.optimizers.SGD)(
+            momentum=trainer.momentum, nesterov=trainer.nesterov, **common)
     if trainer.optimizer == config_lib.Optimizer.ADAMW:
-        return tf.keras.optimizers.AdamW(**common)
-    return tf.keras.optimizers.Adam(**common)
+        return (EmaAdamW if ema else tf.keras.optimizers.AdamW)(**common)
+    return (EmaAdam if ema else tf.keras.optimizers.Adam)(**common)
+
+
+# --------------------------------------------------------------------------
+# The EMA at export: the better of the averaged and the raw weights.
+# --------------------------------------------------------------------------
+
+
+def _higher_is_better(metric: str) -> bool:
+    return any(part in metric for part in ("acc", "auc", "precision", "recall"))
+
+
+def keep_better_weights(model: tf.keras.Model, eval_data: Any,
+                        trainer: config_lib.TrainerConfig) -> Optional[Dict[str, Any]]:
+    """After fit with trainer.ema_decay: the model holds the EMA weights (Keras copied them
+    in); this scores them and the raw weights fit ended with on eval_data and leaves the
+    model holding the better, the EMA on a tie.
+
+    The score is trainer.early_stopping_monitor without its `val_` prefix (the eval loss by
+    default; accuracy, auc, precision and recall count higher as better, the rest lower),
+    or the loss when evaluate does not report that metric.
+
+    Returns:
+      None without EMA; else {"kept": "ema" | "raw", "metric": name, "eval_metric_ema",
+      "eval_metric_raw"} (what run_fn writes to training_stats.json and logs).
+    """
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    raw: Optional[_RawWeights] = getattr(optimizer, "raw_weights_at_end", None)
+    if trainer.ema_decay is None or raw is None:
+        return None
+    ema_scores = model.evaluate(eval_data, verbose=0, return_dict=True)
+    metric = trainer.early_stopping_monitor
+    metric = metric[len("val_"):] if metric.startswith("val_") else metric
+    if metric not in ema_scores:
+        metric = "loss"
+    ema_values = [variable.numpy() for variable in raw.variables]
+    for variable, value in zip(raw.variables, raw.values):
+        variable.assign(value)
+    raw_score = float(model.evaluate(eval_data, verbose=0, return_dict=True)[metric])
+    ema_score = float(ema_scores[metric])
+    if _higher_is_better(metric):
+        keep_ema = ema_score >= raw_score
+    else:
+        keep_ema = ema_score <= raw_score
+    if keep_ema:
+        for variable, value in zip(raw.variables, ema_values):
+            variable.assign(value)
+    return {"kept": "ema" if keep_ema else "raw", "metric": metric,
+            "eval_metric_ema": ema_score, "eval_metric_raw": raw_score}
+
+
+def describe_choice(choice: Dict[str, Any]) -> str:
+    """The log line of keep_better_weights' choice."""
+    kept = choice["kept"]
+    other = "raw" if kept == "ema" else "ema"
+    return (f"EMA: exporting the {kept} weights (eval {choice['metric']}: {kept} "
+            f"{choice['eval_metric_' + kept]:.4f}, {other} {choice['eval_metric_' + other]:.4f})")
 
 
 # --------------------------------------------------------------------------

@@ -432,7 +432,8 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
             with open(stats_path, encoding="utf-8") as handle:
                 stats = json.load(handle)
             result.training = {key: stats[key] for key in (
-                "train_examples", "eval_examples", "epochs_run", "steady_examples_per_second")
+                "train_examples", "eval_examples", "epochs_run", "steady_examples_per_second",
+                "ema")
                 if key in stats}
     return result
 

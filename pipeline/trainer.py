@@ -255,6 +255,11 @@ def train(fn_args: Any, experiment: config_lib.ExperimentConfig) -> None:
             history = model.fit(train_dataset, epochs=schedule["epochs"],
                                 steps_per_epoch=schedule["steps_per_epoch"],
                                 validation_data=eval_dataset, callbacks=callbacks, verbose=0)
+            # With EMA: export the better of the averaged and the raw weights (every worker
+            # evaluates, so all keep the same).
+            ema_choice = recipes.keep_better_weights(model, eval_dataset, trainer)
+        if ema_choice is not None and worker["chief"]:
+            print(f"  {recipes.describe_choice(ema_choice)}", flush=True)
         # Every worker saves (saving is collective); only the chief's copy is kept. Outside
         # the scope, with signatures traced as save() traces (distribute.export_tracing).
         export_started = time.perf_counter()
@@ -291,6 +296,8 @@ def train(fn_args: Any, experiment: config_lib.ExperimentConfig) -> None:
         "effective_config": config_lib.to_dict(user_experiment),  # per replica
         "distribution": plan.to_dict(),
     }
+    if ema_choice is not None:
+        stats["ema"] = ema_choice
     write_effective_config(user_experiment, plan, fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_STATS_FILE), "w") as out:
         json.dump(stats, out, indent=2)

@@ -59,7 +59,8 @@ def test_defaults_leave_the_compact_config_as_before():
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.optimizer=rmsprop"], r"trainer.optimizer: expected one of 'sgd', 'adam', 'adamw'"),
     (["trainer.nesterov=true"], r"trainer.nesterov: expected false unless trainer.optimizer is sgd"),
-    (["trainer.optimizer=adamw"], r"trainer.weight_decay: expected a positive number for adamw"),
+    (["trainer.optimizer=adamw", "trainer.weight_decay=0"],
+     r"trainer.weight_decay: expected a positive number for adamw, or null for its default 0.004"),
     (["trainer.label_smoothing=1.0"], r"trainer.label_smoothing: expected a number in \[0, 1\)"),
     (["trainer.clip_norm=0"], r"trainer.clip_norm: expected null or a positive number"),
     (["trainer.ema_decay=1.0"], r"trainer.ema_decay: expected null or a number in \(0, 1\)"),
@@ -189,9 +190,10 @@ def test_optimizers_from_config():
     adamw = recipes.build_optimizer(load("trainer.optimizer=adamw",
                                          "trainer.weight_decay=0.01",
                                          "trainer.ema_decay=0.99").trainer, total_steps=10)
-    assert isinstance(adamw, tf.keras.optimizers.AdamW)
+    assert isinstance(adamw, tf.keras.optimizers.AdamW) and isinstance(adamw, recipes.EmaAdamW)
     assert adamw.weight_decay == pytest.approx(0.01)
     assert adamw.use_ema is True and adamw.ema_momentum == pytest.approx(0.99)
+    assert adamw.ema_warmup is True and adamw.get_config()["ema_warmup"] is True
     adam = recipes.build_optimizer(load().trainer, total_steps=10)
     assert type(adam) is tf.keras.optimizers.Adam and adam.use_ema is False
     assert float(adam.learning_rate) == pytest.approx(0.001)
@@ -267,11 +269,14 @@ def test_plateau_and_early_stopping_callbacks():
 
 
 class ShadowAverage(tf.keras.callbacks.Callback):
-    """Keeps its own EMA of the trainable weights after every step, and the raw weights."""
+    """Keeps its own EMA of the trainable weights after every step, and the raw weights; with
+    warmup, step n (from 0) uses min(decay, (1 + n) / (10 + n))."""
 
-    def __init__(self, decay):
+    def __init__(self, decay, warmup=True):
         super().__init__()
         self.decay = decay
+        self.warmup = warmup
+        self.step = 0
         self.average = None
         self.raw = None
 
@@ -279,9 +284,12 @@ class ShadowAverage(tf.keras.callbacks.Callback):
         self.average = [v.numpy().copy() for v in self.model.trainable_variables]
 
     def on_train_batch_end(self, batch, logs=None):
+        decay = self.decay
+        if self.warmup:
+            decay = min(decay, (1 + self.step) / (10 + self.step))
+        self.step += 1
         current = [v.numpy() for v in self.model.trainable_variables]
-        self.average = [self.decay * a + (1 - self.decay) * c
-                        for a, c in zip(self.average, current)]
+        self.average = [decay * a + (1 - decay) * c for a, c in zip(self.average, current)]
         self.raw = current
 
 
@@ -350,3 +358,137 @@ def test_mixing_gives_soft_labels_that_the_loss_takes(mnist_sample, key):
                         validation_data=dataset)
     assert np.isfinite(history.history["loss"][0])
     assert 0.0 <= history.history["val_accuracy"][0] <= 1.0  # integer labels on eval
+
+
+# --------------------------------------------------------------------------
+# AdamW's default weight decay, and where a bad value came from (issue 22).
+# --------------------------------------------------------------------------
+
+
+def test_adamw_alone_validates_with_its_documented_default_weight_decay():
+    settings = load("trainer.optimizer=adamw").trainer
+    assert settings.weight_decay is None
+    assert settings.effective_weight_decay == config_lib.ADAMW_DEFAULT_WEIGHT_DECAY == 0.004
+    optimizer = recipes.build_optimizer(settings, total_steps=10)
+    assert isinstance(optimizer, tf.keras.optimizers.AdamW)
+    assert optimizer.weight_decay == pytest.approx(0.004)
+    # sgd and adam stay without decay unless it is set; the compact config is unchanged.
+    assert load().trainer.effective_weight_decay == 0.0
+    assert load("trainer.optimizer=sgd").trainer.effective_weight_decay == 0.0
+    assert "weight_decay" not in config_lib.to_dict(load("trainer.optimizer=adamw"),
+                                                    compact=True)["trainer"]
+
+
+def test_a_bad_weight_decay_names_the_layer_it_came_from(tmp_path):
+    message = r"trainer.weight_decay: expected a positive number for adamw"
+    with pytest.raises(config_lib.ConfigError,
+                       match=rf"^--set trainer.weight_decay=0: {message}"):
+        load("trainer.optimizer=adamw", "trainer.weight_decay=0")
+    # A file's 0 (fine for its sgd) is charged to the file, though --set chose adamw.
+    path = tmp_path / "exp.yaml"
+    path.write_text("trainer:\n  optimizer: sgd\n  weight_decay: 0\n")
+    with pytest.raises(config_lib.ConfigError, match=rf"^{path}: {message}"):
+        checks.load_experiment(str(path), ["trainer.optimizer=adamw"])
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"^--set trainer.weight_decay=-1: trainer.weight_decay: expected "
+                             r"null or a number in \[0, 1\)"):
+        checks.load_experiment(str(path), ["trainer.weight_decay=-1"])
+    # A value no layer set is named as the default (here the empty step boundaries that
+    # --set trainer.lr_schedule=step needs).
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"^default value: trainer.schedule.step_boundaries: expected at "
+                             r"least one step"):
+        load("trainer.lr_schedule=step")
+
+
+# --------------------------------------------------------------------------
+# EMA warm-up, and the export's choice of EMA or raw weights (issue 22).
+# --------------------------------------------------------------------------
+
+
+def test_the_ema_decay_warms_up_then_holds():
+    optimizer = recipes.build_optimizer(load("trainer.ema_decay=0.999").trainer, 10)
+    decays = [float(optimizer.ema_decay_at(step)) for step in (0, 1, 90, 10000)]
+    assert decays == pytest.approx([0.1, 2 / 11, 0.91, 0.999])
+    fixed = recipes.build_optimizer(load("trainer.ema_decay=0.999",
+                                         "trainer.ema_warmup=false").trainer, 10)
+    assert float(fixed.ema_decay_at(0)) == pytest.approx(0.999)
+
+
+def tiny_run(mnist_sample, *overrides, epochs=3):
+    """A small CNN fitted on 1,024 sample images for `epochs` (16 steps each), seeded; returns
+    the model (EMA already copied in when on) and the 512-image eval split."""
+    images, labels = mnist_sample[0], mnist_sample[1].astype(np.int64)
+    features = (images.reshape(-1, 784) / 255.0).astype(np.float32)
+    train = (features[:1024], labels[:1024])
+    evaluation = tf.data.Dataset.from_tensor_slices((features[1024:1536],
+                                                     labels[1024:1536])).batch(256)
+    experiment = load("model.cnn.filters=[8]", "model.cnn.dense_units=32",
+                      "trainer.early_stopping_patience=0", "trainer.learning_rate=0.003",
+                      *overrides)
+    tf.keras.utils.set_random_seed(7)
+    model = trainer.build_and_compile(experiment, total_steps=16 * epochs)
+    model.fit(*train, batch_size=64, epochs=epochs, shuffle=False, verbose=0)
+    return model, evaluation, experiment
+
+
+def eval_accuracy(model, evaluation):
+    return model.evaluate(evaluation, verbose=0, return_dict=True)["accuracy"]
+
+
+def test_ema_with_warmup_is_no_worse_than_no_ema_on_a_short_run(mnist_sample):
+    """48 steps with ema_decay 0.999: without warm-up the average still holds 0.999**48 = 95%
+    of the initial weights; with it, it follows the last few steps, and the export's choice
+    makes the exported weights at least as good as the raw ones on the eval loss."""
+    plain, evaluation, _ = tiny_run(mnist_sample)
+    baseline = plain.evaluate(evaluation, verbose=0, return_dict=True)
+    assert baseline["accuracy"] > 0.6  # it learned something, or the comparison means nothing
+    lagging, _, _ = tiny_run(mnist_sample, "trainer.ema_decay=0.999", "trainer.ema_warmup=false")
+    assert eval_accuracy(lagging, evaluation) < baseline["accuracy"] - 0.2
+    warmed, _, experiment = tiny_run(mnist_sample, "trainer.ema_decay=0.999")
+    # The EMA weights themselves (before the export's choice; measured 0.848 vs 0.861).
+    assert eval_accuracy(warmed, evaluation) >= baseline["accuracy"] - 0.05
+    # As exported: the better of EMA and raw on the default monitor, the eval loss.
+    choice = recipes.keep_better_weights(warmed, evaluation, experiment.trainer)
+    assert choice["metric"] == "loss" and choice["kept"] in ("ema", "raw")
+    exported = warmed.evaluate(evaluation, verbose=0, return_dict=True)
+    assert exported["loss"] == pytest.approx(
+        min(choice["eval_metric_ema"], choice["eval_metric_raw"]), rel=1e-5)
+    assert exported["loss"] <= baseline["loss"] * (1 + 1e-4)
+    assert exported["accuracy"] >= baseline["accuracy"] - 0.02
+
+
+def test_the_export_keeps_the_raw_weights_when_the_ema_lags(mnist_sample):
+    model, evaluation, experiment = tiny_run(mnist_sample, "trainer.ema_decay=0.999",
+                                             "trainer.ema_warmup=false",
+                                             "trainer.early_stopping_monitor=val_accuracy")
+    raw = model.optimizer.raw_weights_at_end
+    ema_values = [v.numpy() for v in model.trainable_variables]
+    assert max(np.max(np.abs(a - r)) for a, r in zip(ema_values, raw.values)) > 1e-3
+    choice = recipes.keep_better_weights(model, evaluation, experiment.trainer)
+    assert choice["kept"] == "raw" and choice["metric"] == "accuracy"
+    assert choice["eval_metric_raw"] > choice["eval_metric_ema"] + 0.2
+    for variable, value in zip(model.trainable_variables, raw.values):
+        np.testing.assert_array_equal(variable.numpy(), value)  # the model holds the raw ones
+    assert eval_accuracy(model, evaluation) == pytest.approx(choice["eval_metric_raw"])
+    assert recipes.describe_choice(choice).startswith(
+        "EMA: exporting the raw weights (eval accuracy: raw ")
+    # Without EMA there is nothing to choose.
+    plain, _, experiment = tiny_run(mnist_sample, epochs=1)
+    assert recipes.keep_better_weights(plain, evaluation, experiment.trainer) is None
+
+
+def test_recipe_checks_against_the_task_name_the_layer_too():
+    """The checks of recipes against the task run after loading; they name the --set
+    override or the file that set the key (a section's key: the layer that set a key in it)."""
+    from tests.conftest import REPO_ROOT
+
+    sst2 = str(REPO_ROOT / "configs" / "sst2_lstm.yaml")
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"^--set data.augmentation.translate=0.1: data.augmentation: image "
+                             r"augmentation applies to image tasks"):
+        checks.load_experiment(sst2, ["data.augmentation.translate=0.1"])
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"^--set trainer.early_stopping_monitor=val_mae: "
+                             r"trainer.early_stopping_monitor: 'val_mae' is not a metric"):
+        checks.load_experiment(sst2, ["trainer.early_stopping_monitor=val_mae"])

@@ -11,7 +11,8 @@ layers and checks the type of every value against the field that holds it:
 ``set_value`` is the one public way to set a value at a dotted path: the command line's
 ``--set`` and the Tuner's hyperparameters both go through it. ``load`` runs the layers and
 then the schema's ``validate`` once; an error names the key, where the value came from
-(the YAML file or the ``--set`` override) and what is expected.
+(the YAML file, the ``--set`` override, or ``default value`` when neither set it) and what
+is expected.
 
 No TensorFlow here, and no tfprod import but tfprod.errors: the schemas (e.g.
 tfprod.pipeline.config) stand on this module, never the other way round.
@@ -358,8 +359,9 @@ def source_of(key: Optional[str], sources: Dict[str, str]) -> Optional[str]:
     """Which layer set key (or the section holding it), from {dotted key: source} in the
     order the layers set them (a later layer's keys come later).
 
-    A key naming two keys of a section (``data.image_height/image_width``) is charged to
-    the later layer that set either: that value made the pair invalid (e.g. ``--set
+    A section's key (``data.augmentation``) is charged to the latest layer that set a key
+    inside it. A key naming two keys of a section (``data.image_height/image_width``) is
+    charged to the later layer that set either: that value made the pair invalid (e.g. ``--set
     data.image_width=-1`` over a file that sets both).
     """
     if not key:
@@ -372,7 +374,22 @@ def source_of(key: Optional[str], sources: Dict[str, str]) -> Optional[str]:
             if name in sources:
                 found.append((order[name], sources[name]))
                 break
+        else:  # a section's key (data.augmentation): the latest layer that set a key in it
+            prefix = ".".join(path) + "."
+            found += [(order[name], source) for name, source in sources.items()
+                      if name.startswith(prefix)]
     return max(found)[1] if found else None
+
+
+#: Named in front of an error whose key no layer set: the value is the dataclass default.
+DEFAULT_SOURCE = "default value"
+
+
+def _source_or_default(key: Optional[str], sources: Dict[str, str]) -> Optional[str]:
+    """source_of, or DEFAULT_SOURCE for a known key that neither the file nor --set set."""
+    if not key:
+        return None
+    return source_of(key, sources) or DEFAULT_SOURCE
 
 
 def load(cls: type, path: Optional[str] = None, overrides: Sequence[str] = (),
@@ -409,7 +426,7 @@ def load(cls: type, path: Optional[str] = None, overrides: Sequence[str] = (),
         try:
             validate(config)
         except ConfigError as error:
-            raise error.at(source_of(error.key, sources)) from None
+            raise error.at(_source_or_default(error.key, sources)) from None
     # Kept on the object (not a field) so checks that run later, above the schema (the model
     # registry, the task), can name the layer too: see with_source.
     object.__setattr__(config, _SOURCES_ATTRIBUTE, sources)
@@ -422,5 +439,8 @@ _SOURCES_ATTRIBUTE = "_tfprod_config_sources"
 def with_source(error: ConfigError, config: Any) -> ConfigError:
     """error with the file or ``--set`` override that set its key in front, for a config
     that load() built and a check that runs after load (e.g. model.name against the model
-    registry); unchanged when the key or its source is unknown."""
-    return error.at(source_of(error.key, getattr(config, _SOURCES_ATTRIBUTE, {})))
+    registry); ``default value`` when no layer set the key; unchanged when the error names
+    no key or the config was built in code."""
+    if not hasattr(config, _SOURCES_ATTRIBUTE):  # built in code: no layers to name
+        return error
+    return error.at(_source_or_default(error.key, getattr(config, _SOURCES_ATTRIBUTE)))
