@@ -32,10 +32,8 @@ import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import apache_beam as beam
-
 from tfprod import errors
-from tfprod.contract import features, layout
+from tfprod.contract import features
 
 OUTPUT_FORMATS = (".jsonl", ".csv")
 SPLITS = ("train", "eval", "test")
@@ -212,23 +210,17 @@ class Scorer:
             yield row
 
 
-class _ScoreBatches(beam.DoFn):
-    """Batches of (split, serialized tf.Example) -> output lines; the model loads once per worker."""
+_SCORERS: Dict[str, Scorer] = {}  # one loaded model per worker process and model directory
 
-    def __init__(self, saved_model_dir: str, suffix: str, columns):
-        super().__init__()
-        self.saved_model_dir = saved_model_dir
-        self.suffix = suffix
-        self.columns = [tuple(column) for column in columns]
-        self._scorer = None
 
-    def setup(self):
-        self._scorer = Scorer(self.saved_model_dir)
-        self._scorer.load()
-
-    def process(self, batch):
-        for row in self._scorer.score(batch):
-            yield format_row(row, self.suffix, self.columns)
+def _score_lines(batch, saved_model_dir: str, suffix: str, columns) -> Iterable[str]:
+    """A batch of (split, serialized tf.Example) -> output lines (a Beam FlatMap; the model loads once)."""
+    scorer = _SCORERS.get(saved_model_dir)
+    if scorer is None:
+        scorer = _SCORERS[saved_model_dir] = Scorer(saved_model_dir)
+        scorer.load()
+    for row in scorer.score(batch):
+        yield format_row(row, suffix, columns)
 
 
 def _example_gen_splits(pipeline, experiment, data_dir: str) -> Dict[str, Any]:
@@ -247,8 +239,9 @@ def _example_gen_splits(pipeline, experiment, data_dir: str) -> Dict[str, Any]:
     return executor.GenerateExamplesByBeam(pipeline, exec_properties)
 
 
-def _serialized(example) -> bytes:
-    return example if isinstance(example, bytes) else example.SerializeToString()
+def _tagged(example, split: str) -> Tuple[str, bytes]:
+    """(split, serialized tf.Example): an executor may yield tf.Example protos or their bytes."""
+    return split, example if isinstance(example, bytes) else example.SerializeToString()
 
 
 def predict_batch(experiment, model_dir: str, output: str, splits: Sequence[str] = SPLITS,
@@ -266,6 +259,7 @@ def predict_batch(experiment, model_dir: str, output: str, splits: Sequence[str]
     Raises:
         ConfigError: a missing model, a model without tfprod's serving_default, a bad output name.
     """
+    import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from tfprod.pipeline.pipeline import beam_pipeline_args
@@ -283,19 +277,13 @@ def predict_batch(experiment, model_dir: str, output: str, splits: Sequence[str]
     output = os.path.abspath(output)
     with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
         by_split = _example_gen_splits(pipeline, experiment, experiment.data.data_dir)
-        tagged = [by_split[split] | f"Tag{split}" >> beam.Map(lambda example, split=split: (split, _serialized(example)))
-                  for split in splits]
+        tagged = [by_split[split] | f"Tag{split}" >> beam.Map(_tagged, split) for split in splits]
         (tagged
          | "AllSplits" >> beam.Flatten()
          | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)
-         | "Score" >> beam.ParDo(_ScoreBatches(saved_model_dir, suffix, columns))
+         | "Score" >> beam.FlatMap(_score_lines, saved_model_dir, suffix, [tuple(column) for column in columns])
          | "Write" >> beam.io.WriteToText(output, shard_name_template="", num_shards=1,
                                           header=",".join(csv_header(columns)) if suffix == ".csv" else None))
     with open(output, encoding="utf-8") as handle:
         rows = sum(1 for _ in handle) - (1 if suffix == ".csv" else 0)
     return {"output": output, "rows": rows, "model": saved_model_dir, "splits": list(splits)}
-
-
-def run_summary_model_dir(output_dir: str, model_name: str) -> str:
-    """A run's pushed model base: <output_dir>/serving/<model_name>."""
-    return layout.PipelinePaths(output_dir).serving_model_dir(model_name)

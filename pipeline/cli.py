@@ -124,12 +124,15 @@ def _predict_batch_command(args: argparse.Namespace) -> int:
         raise errors.ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     checks.check_experiment(experiment)
     experiment.check_paths()
-    from tfprod.pipeline import tasks
+    from tfprod.pipeline import batch_predict, tasks
+
+    batch_predict.check_output_path(args.output)
+    batch_predict.resolve_model_dir(model_dir)  # a missing model: exit 2 before TensorFlow loads
 
     tasks.get_task(experiment).preflight(experiment)  # bad data: exit 3 before TensorFlow loads
     print(f"tfprod predict-batch: {experiment.data.describe_source()} with {model_dir} -> {args.output}", flush=True)
     with console.quiet_import():
-        from tfprod.pipeline import batch_predict
+        import tensorflow  # noqa: F401  (its start-up lines held back)
     summary = batch_predict.predict_batch(experiment, model_dir, args.output,
                                           splits=tuple(args.splits or batch_predict.SPLITS),
                                           batch_size=args.batch_size)

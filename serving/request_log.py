@@ -225,8 +225,9 @@ class RequestLogger:
         if self._file is None and not self._open_file():
             return
         try:
-            self._file.write(frame)
-            self._file.flush()
+            view = memoryview(frame)
+            while view:  # unbuffered: a short write (a nearly full disk) goes on, its error comes next
+                view = view[self._file.write(view):]
         except OSError as error:
             self._drop_for(error)
             self._abandon_file()
@@ -262,7 +263,7 @@ class RequestLogger:
         path = os.path.join(self.options.directory, name)
         try:
             os.makedirs(self.options.directory, exist_ok=True)
-            self._file = open(path + TMP_SUFFIX, "wb")
+            self._file = open(path + TMP_SUFFIX, "wb", buffering=0)  # each record reaches the file at once
         except OSError as error:
             self._retry_open_at = now + _RETRY_OPEN_SECONDS
             LOG.warning("request log: cannot open %s: %s (dropping records; retrying in %.0f s)",
@@ -293,18 +294,25 @@ class RequestLogger:
         self._finished.append([path, size])
 
     def _abandon_file(self) -> None:
-        """After a failed write: the file may end in a partial record, so it is never renamed."""
-        handle, path = self._file, self._path
+        """After a failed write: the file may end in a partial record. It is cut back to its last
+        whole record and finished (the records before are kept); if even that fails, it is removed,
+        never renamed half-written."""
+        handle, good_bytes = self._file, self._file_bytes
+        try:
+            handle.truncate(good_bytes)
+            if good_bytes:
+                self._finish_file()
+                return
+        except OSError:
+            pass
+        path = self._path
         self._file = None
         self._file_bytes = 0
-        try:
-            handle.close()
-        except OSError:
-            pass
-        try:
-            os.remove(path + TMP_SUFFIX)
-        except OSError:
-            pass
+        for action in (handle.close, lambda: os.remove(path + TMP_SUFFIX)):
+            try:
+                action()
+            except OSError:
+                pass
 
     def _drop_for(self, error: OSError) -> None:
         full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

@@ -282,3 +282,28 @@ def test_the_server_finishes_its_log_file_on_stop(server):
     logs = _read_logs(directory)
     assert logs and logs[-1].log_metadata.model_spec.name == "ex"
     assert tf.make_ndarray(logs[-1].predict_log.request.inputs["x"]).tolist() == [[1.0, 2.0]]
+
+
+def test_a_full_disk_drops_and_counts_and_the_next_file_carries_on(tmp_path):
+    """The open log file's descriptor is pointed at /dev/full, so the kernel answers ENOSPC to the next write."""
+    metrics = ServerMetrics()
+    logger = request_log.RequestLogger(request_log.RequestLogOptions(str(tmp_path), sampling_rate=1.0),
+                                       drops=metrics.record_log_drop, written=metrics.record_log_written)
+
+    def build(name, timestamp):
+        log = prediction_log_pb2.PredictionLog()
+        log.log_metadata.model_spec.name = name
+        return log
+
+    logger.submit(build, "before")
+    assert logger.flush()
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, logger._file.fileno())  # the disk is full from now on, for this file
+    os.close(full)
+    logger.submit(build, "lost")
+    logger.submit(build, "after")
+    assert logger.flush()
+    logger.close()
+    assert metrics.request_log_drops.value(reason="disk_full") == 1
+    assert [log.log_metadata.model_spec.name for log in _read_logs(str(tmp_path))] == ["after"]
+    assert not glob.glob(str(tmp_path / "*.tmp"))
