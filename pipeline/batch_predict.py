@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tfprod import errors
 from tfprod.contract import features
+from tfprod.pipeline.ingestion import timeseries
 
 OUTPUT_FORMATS = (".jsonl", ".csv")
 SPLITS = ("train", "eval", "test")
@@ -140,21 +141,23 @@ def example_key_and_label(serialized: bytes) -> Tuple[str, Any]:
     key: the first 16 hex digits of the SHA-1 of the tf.Example serialized deterministically
     (a proto's map, as Features is, serializes in no fixed order otherwise: the same example
     may come out as different bytes in two processes). label: the example's label feature (a
-    number or a string), or None when it carries none.
+    number or a string; a list for a multi-valued label such as a forecast window), or None when it
+    carries none.
     """
     import tensorflow as tf
 
     example = tf.train.Example.FromString(serialized)
     key = hashlib.sha1(example.SerializeToString(deterministic=True)).hexdigest()[:16]
-    feature = example.features.feature.get(features.LABEL_KEY)
+    found = example.features.feature
+    feature = found.get(features.LABEL_KEY) or found.get(timeseries.LABEL_KEY)
     if feature is None:
         return key, None
     kind = feature.WhichOneof("kind")
-    values = list(getattr(feature, kind).value) if kind else []
-    if len(values) != 1:
+    values = [value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+              for value in (getattr(feature, kind).value if kind else [])]
+    if not values:
         return key, None
-    value = values[0]
-    return key, value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return key, values[0] if len(values) == 1 else values  # a forecast window's targets: a list
 
 
 def example_key(serialized: bytes) -> str:
@@ -166,7 +169,9 @@ def format_row(row: Dict[str, Any], suffix: str, columns: Sequence[Tuple[str, Op
     """One output line (without its newline)."""
     if suffix == ".jsonl":
         return json.dumps(row, sort_keys=False)
-    cells: List[Any] = [row["split"], row["key"], "" if row["label"] is None else row["label"]]
+    label = row["label"]
+    cells: List[Any] = [row["split"], row["key"],
+                        "" if label is None else json.dumps(label) if isinstance(label, list) else label]
     for name, width in columns:
         value = row.get(name)
         if width:
@@ -275,7 +280,36 @@ def predict_batch(experiment, model_dir: str, output: str, splits: Sequence[str]
         beam_args = beam_pipeline_args(experiment.runtime)
 
     output = os.path.abspath(output)
-    with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+    try:
+        _run(beam, PipelineOptions(list(beam_args)), experiment, splits, batch_size, saved_model_dir, suffix,
+             columns, output)
+    except errors.TfprodError:
+        raise
+    except Exception as error:  # Beam wraps a step's error: its own kind, if any, is in the cause chain
+        cause = error
+        while cause is not None:
+            if isinstance(cause, errors.TfprodError):
+                raise cause from error
+            cause = cause.__cause__ or cause.__context__
+        raise errors.RunFailure(
+            f"predict-batch failed while scoring {experiment.data.describe_source()} with {saved_model_dir}: "
+            f"{_gist(error)} (is it a model of this task, trained on data of this format?)") from error
+    with open(output, encoding="utf-8") as handle:
+        rows = sum(1 for _ in handle) - (1 if suffix == ".csv" else 0)
+    return {"output": output, "rows": rows, "model": saved_model_dir, "splits": list(splits)}
+
+
+def _gist(error: BaseException) -> str:
+    """The telling line of a (TensorFlow) error: its last line that is not blank or a graph node."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("[[") and not line.startswith("Detected at")]
+    return lines[-1][:400] if lines else type(error).__name__
+
+
+def _run(beam, options, experiment, splits, batch_size: int, saved_model_dir: str, suffix: str, columns,
+         output: str) -> None:
+    """The Beam pipeline: the task's ExampleGen splits -> batches -> serving_default -> one text file."""
+    with beam.Pipeline(options=options) as pipeline:
         by_split = _example_gen_splits(pipeline, experiment, experiment.data.data_dir)
         tagged = [by_split[split] | f"Tag{split}" >> beam.Map(_tagged, split) for split in splits]
         (tagged
@@ -284,6 +318,3 @@ def predict_batch(experiment, model_dir: str, output: str, splits: Sequence[str]
          | "Score" >> beam.FlatMap(_score_lines, saved_model_dir, suffix, [tuple(column) for column in columns])
          | "Write" >> beam.io.WriteToText(output, shard_name_template="", num_shards=1,
                                           header=",".join(csv_header(columns)) if suffix == ".csv" else None))
-    with open(output, encoding="utf-8") as handle:
-        rows = sum(1 for _ in handle) - (1 if suffix == ".csv" else 0)
-    return {"output": output, "rows": rows, "model": saved_model_dir, "splits": list(splits)}

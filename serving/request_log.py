@@ -212,7 +212,11 @@ class RequestLogger:
                 LOG.exception("request log: building a PredictionLog failed")
                 self._drop(DROP_BUILD_ERROR)
                 continue
-            self._write(tfrecord_frame(record))
+            try:
+                self._write(tfrecord_frame(record))
+            except Exception:  # the writer thread must outlive any surprise
+                LOG.exception("request log: writing a record failed")
+                self._drop(DROP_WRITE_ERROR)
 
     def _write(self, frame: bytes) -> None:
         options = self.options

@@ -307,3 +307,28 @@ def test_a_full_disk_drops_and_counts_and_the_next_file_carries_on(tmp_path):
     assert metrics.request_log_drops.value(reason="disk_full") == 1
     assert [log.log_metadata.model_spec.name for log in _read_logs(str(tmp_path))] == ["after"]
     assert not glob.glob(str(tmp_path / "*.tmp"))
+
+
+def test_the_serve_flags_reach_the_server_options(monkeypatch, tmp_path):
+    """`tfprod serve --request_log_*` (the parser and _serve_command) hands every flag to ServerOptions."""
+    from tfprod import cli
+    from tfprod.serving import server as server_module
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(options):
+        seen["options"] = options
+        raise Stop
+
+    monkeypatch.setattr(server_module, "ModelServer", capture)
+    with pytest.raises(Stop):
+        cli.main(["serve", "--model_base_path", str(tmp_path), "--request_log_dir", str(tmp_path / "logs"),
+                  "--request_log_sampling_rate", "0.25", "--request_log_max_file_bytes", "1000",
+                  "--request_log_rotate_seconds", "60", "--request_log_max_total_bytes", "5000",
+                  "--request_log_queue_size", "7"])
+    log_options = seen["options"].request_log_options()
+    assert (log_options.directory, log_options.sampling_rate, log_options.max_file_bytes, log_options.rotate_seconds,
+            log_options.max_total_bytes, log_options.queue_size) == (str(tmp_path / "logs"), 0.25, 1000, 60.0, 5000, 7)
