@@ -3,8 +3,8 @@
 `tfprod serve --request_log_dir DIR --request_log_sampling_rate 0.1` keeps one request in ten
 (REST and gRPC alike) as a `tensorflow_serving.apis.prediction_log_pb2.PredictionLog`:
 predict_log, classify_log, regress_log or multi_inference_log as the call was, with
-log_metadata (the model spec with the version and signature that answered, and
-timestamp_secs). A REST JSON predict is logged as the PredictRequest gRPC would have sent.
+log_metadata (the model spec with the version and signature that answered,
+timestamp_secs, and sampling_config.sampling_rate). A REST JSON predict is logged as the PredictRequest gRPC would have sent.
 
 Logging never blocks or fails a request. The request's thread only draws the sample and
 puts a closure on a bounded queue (put_nowait); a writer thread builds the proto, serializes
@@ -207,7 +207,9 @@ class RequestLogger:
                 continue
             build, args, timestamp = item
             try:
-                record = build(*args, timestamp=timestamp).SerializeToString()
+                log = build(*args, timestamp=timestamp)
+                log.log_metadata.sampling_config.sampling_rate = self._rate  # a reader can scale counts back
+                record = log.SerializeToString()
             except Exception:  # a bug, never the request's problem
                 LOG.exception("request log: building a PredictionLog failed")
                 self._drop(DROP_BUILD_ERROR)

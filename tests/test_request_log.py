@@ -165,7 +165,9 @@ def test_sampling_rate_is_honoured(server, tmp_path):
         rest.predict("ex", instances=[[float(index), 0.0]])
     rest.close()
     logger.close()
-    logged = len(_read_logs(str(tmp_path / "server")))
+    server_logs = _read_logs(str(tmp_path / "server"))
+    assert {log.log_metadata.sampling_config.sampling_rate for log in server_logs} == {0.3}
+    logged = len(server_logs)
     assert abs(logged - 90) < 8 * math.sqrt(300 * 0.3 * 0.7), logged
 
 
