@@ -22,6 +22,7 @@ def register(subparsers) -> None:
                         help="override a config key, e.g. --set trainer.epochs=2 (repeatable)")
     parser.add_argument("--verbose", action="store_true", help="show the full TFX/Beam logs")
     parser.set_defaults(handler=_run_command)
+    _register_predict_batch(subparsers)
 
 
 def _output_dir_source(args: argparse.Namespace, overrides: List[str]) -> str:
@@ -71,4 +72,70 @@ def _run_command(args: argparse.Namespace) -> int:
             print(f"Report: {error.report_path}", flush=True)
         raise
     print(summary.format(), flush=True)
+    return 0
+
+
+def _register_predict_batch(subparsers) -> None:
+    """Adds `tfprod predict-batch` (pipeline/batch_predict.py)."""
+    parser = subparsers.add_parser(
+        "predict-batch", help="score a whole data directory with a pushed model, on Beam",
+        description="Reads the data as the run's ExampleGen does, runs the model's serving_default "
+                    "signature on every example and writes one row per example (split, key, label, "
+                    "the model's outputs) to a .jsonl or .csv file. Give --run OUTPUT_DIR (its "
+                    "config.yaml and pushed model) or --config as for `tfprod run`.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="OUTPUT_DIR", help="a finished run's output directory")
+    source.add_argument("--config", help="experiment YAML, as for tfprod run")
+    parser.add_argument("--model-dir", help="a SavedModel version directory or a base of numbered versions "
+                                            "(default with --run: OUTPUT_DIR/serving/<export.model_name>)")
+    parser.add_argument("--data-dir", help="raw data directory (overrides data.data_dir)")
+    parser.add_argument("--output", required=True, help="OUT.jsonl or OUT.csv")
+    parser.add_argument("--split", dest="splits", action="append", choices=("train", "eval", "test"),
+                        help="score only this split (repeatable; default all three)")
+    parser.add_argument("--batch-size", type=int, default=256, help="examples per call of the model")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), e.g. --set runtime.beam_mode=multi_process")
+    parser.set_defaults(handler=_predict_batch_command)
+
+
+def _predict_batch_command(args: argparse.Namespace) -> int:
+    import os
+
+    from tfprod import console, errors
+    from tfprod.contract import layout
+    from tfprod.pipeline import checks
+    from tfprod.pipeline import config as config_lib
+
+    config_path = args.config
+    if args.run:
+        config_path = layout.PipelinePaths(args.run).config_path
+        if not os.path.isfile(config_path):
+            raise errors.ConfigError(f"--run {args.run}: no {layout.CONFIG_FILE} there (give a tfprod run "
+                                     "output directory, or --config)")
+    overrides = ([f"data.data_dir={args.data_dir}"] if args.data_dir else []) + args.overrides
+    with errors.missing_file_is_config_error():
+        experiment = config_lib.load_config(config_path, overrides)
+    model_dir = args.model_dir
+    if model_dir is None:
+        if not args.run:
+            raise errors.ConfigError("--model-dir is required with --config (or give --run OUTPUT_DIR)")
+        model_dir = layout.PipelinePaths(args.run).serving_model_dir(experiment.export.model_name)
+    if args.batch_size <= 0:
+        raise errors.ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    checks.check_experiment(experiment)
+    experiment.check_paths()
+    from tfprod.pipeline import batch_predict, tasks
+
+    batch_predict.check_output_path(args.output)
+    batch_predict.resolve_model_dir(model_dir)  # a missing model: exit 2 before TensorFlow loads
+
+    tasks.get_task(experiment).preflight(experiment)  # bad data: exit 3 before TensorFlow loads
+    print(f"tfprod predict-batch: {experiment.data.describe_source()} with {model_dir} -> {args.output}", flush=True)
+    with console.quiet_import():
+        import tensorflow  # noqa: F401  (its start-up lines held back)
+    summary = batch_predict.predict_batch(experiment, model_dir, args.output,
+                                          splits=tuple(args.splits or batch_predict.SPLITS),
+                                          batch_size=args.batch_size)
+    print(f"  {summary['rows']} rows from {', '.join(summary['splits'])} scored with {summary['model']}: "
+          f"{summary['output']}", flush=True)
     return 0

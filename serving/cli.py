@@ -71,6 +71,20 @@ def register(subparsers) -> None:
                        help="replay assets.extra/tf_serving_warmup_requests on load")
     serve.add_argument("--drain_seconds", type=float, default=30.0,
                        help="on SIGTERM, how long in-flight requests may finish (tfprod only)")
+    serve.add_argument("--request_log_dir", default=None,
+                       help="log sampled requests and answers here as TF Serving PredictionLog protos in "
+                            "TFRecord files (tfprod only; docs/serving.md, Request logging)")
+    serve.add_argument("--request_log_sampling_rate", type=float, default=0.1,
+                       help="fraction of requests logged, 0 to 1 (tfprod only)")
+    serve.add_argument("--request_log_max_file_bytes", type=int, default=64 * 1024 * 1024,
+                       help="a log file is finished and a new one started at this size (tfprod only)")
+    serve.add_argument("--request_log_rotate_seconds", type=float, default=3600.0,
+                       help="... or when it is this old (tfprod only)")
+    serve.add_argument("--request_log_max_total_bytes", type=int, default=1024 * 1024 * 1024,
+                       help="the oldest log files are deleted to keep the directory under this (tfprod only)")
+    serve.add_argument("--request_log_queue_size", type=int, default=1024,
+                       help="records waiting for the writer; beyond this they are dropped and counted "
+                            "(tfprod only)")
     serve.set_defaults(handler=_serve_command)
 
     predict = subparsers.add_parser(
@@ -110,7 +124,12 @@ def _serve_command(args: argparse.Namespace) -> int:
         allow_empty_model_config=args.allow_empty_model_config,
         allow_empty_base_path=args.allow_empty_base_path,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
-        tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism)
+        tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
+        request_log_dir=args.request_log_dir, request_log_sampling_rate=args.request_log_sampling_rate,
+        request_log_max_file_bytes=args.request_log_max_file_bytes,
+        request_log_rotate_seconds=args.request_log_rotate_seconds,
+        request_log_max_total_bytes=args.request_log_max_total_bytes,
+        request_log_queue_size=args.request_log_queue_size)
     server = ModelServer(options)  # a bad flag or config file: ConfigFileError, a ConfigError
 
     def announce():

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from tfprod.serving import protocol
+from tfprod.serving import protocol, request_log
 from tfprod.serving.errors import DeadlineExceededError, InvalidArgumentError, ServingError
 from tfprod.serving.event_loop import EventLoopThread
 from tfprod.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD
@@ -87,6 +87,16 @@ class _Base:
 class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService."""
 
+    def _log(self, build, request, response) -> None:
+        """Samples an answered call into the request log (--request_log_dir); never raises or blocks."""
+        log = self.service.request_log
+        if log is not None and log.sample():
+            log.submit(build, request, response)
+
+    def _logged(self, build, request, response):
+        self._log(build, request, response)
+        return response
+
     async def Predict(self, request: predict_pb2.PredictRequest, context):
         async def handle(record):
             name, version, label = _spec(request.model_spec)
@@ -99,6 +109,7 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
             _fill_spec(response.model_spec, name, served, signature)
             for key, value in outputs.items():
                 protocol.fill_tensor_proto(response.outputs[key], value)
+            self._log(request_log.predict_log, request, response)
             return response
         return await self._run_async("predict", context, handle)
 
@@ -126,10 +137,12 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
         return response
 
     async def Classify(self, request, context):
-        return await self._run("classify", context, lambda record: self._classify(record, request, context))
+        return await self._run("classify", context, lambda record: self._logged(
+            request_log.classify_log, request, self._classify(record, request, context)))
 
     async def Regress(self, request, context):
-        return await self._run("regress", context, lambda record: self._regress(record, request, context))
+        return await self._run("regress", context, lambda record: self._logged(
+            request_log.regress_log, request, self._regress(record, request, context)))
 
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context):
         def handle(record):
@@ -158,7 +171,7 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
                 else:
                     raise InvalidArgumentError(f"MultiInference supports methods {CLASSIFY_METHOD} and "
                                                f"{REGRESS_METHOD}, not {task.method_name!r}")
-            return response
+            return self._logged(request_log.multi_inference_log, request, response)
         return await self._run("multi_inference", context, handle)
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):

@@ -142,8 +142,15 @@ class ServerMetrics:
             "tfprod_serving_model_unload_count", "Model version unloads.", ("model", "version"))
         self.available_versions = Gauge(
             "tfprod_serving_available_versions", "Versions currently serving, by model.", ("model",))
+        self.request_log_written = Counter(
+            "tfprod_serving_request_log_record_count", "Request log records written (--request_log_dir).", ())
+        self.request_log_drops = Counter(
+            "tfprod_serving_request_log_drop_count",
+            "Sampled requests not logged, by reason (queue_full, over_cap, disk_full, write_error, build_error).",
+            ("reason",))
         self._all = (self.request_count, self.request_latency, self.batch_size, self.padded_batch_size,
-                     self.load_events, self.unload_events, self.available_versions)
+                     self.load_events, self.unload_events, self.available_versions, self.request_log_written,
+                     self.request_log_drops)
 
     def set_model_names(self, names: Iterable[str]) -> None:
         """The configured models, the only names request metrics carry (the model manager sets them)."""
@@ -157,6 +164,13 @@ class ServerMetrics:
         key = (model or "", str(version or ""), api, protocol, status)  # the label_names order
         self.request_count.inc_key(key)
         self.request_latency.observe_key(key, seconds)
+
+    def record_log_drop(self, reason: str) -> None:
+        """One sampled request the request log dropped (serving.request_log's DROP_* reasons)."""
+        self.request_log_drops.inc_key((reason,))
+
+    def record_log_written(self) -> None:
+        self.request_log_written.inc_key(())
 
     def render(self) -> str:
         return "".join(metric.render() for metric in self._all)

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 
-from tfprod.serving import json_codec
+from tfprod.serving import json_codec, request_log
 from tfprod.serving.errors import NotFoundError, ServingError
 from tfprod.serving.http11 import HttpServer, Request, json_response, response
 from tfprod.serving.service import ServingService, parse_version
@@ -104,7 +104,12 @@ class RestServer(HttpServer):
             else:
                 decoded = json_codec.decode_predict_request(body, service.max_tensor_bytes)
             signature_name, request_format, inputs = decoded
-            _, _, outputs = await service.predict_async(record, model, version, label, signature_name, inputs)
+            served, signature, outputs = await service.predict_async(record, model, version, label, signature_name,
+                                                                     inputs)
+            log = service.request_log
+            if log is not None and log.sample():
+                log.submit(request_log.predict_log_from_arrays, model, served, signature,
+                           record.signature.input_dtypes, inputs, outputs)
             if sum(value.size for value in outputs.values()) > INLINE_DECODE_BYTES // 8:
                 return 200, await self._loop.run_in_executor(
                     self._executor, json_codec.encode_predict_response, outputs, request_format)
@@ -129,14 +134,22 @@ class RestServer(HttpServer):
         service = self.service
         with service.request("classify", "rest") as record:
             signature_name, examples = json_codec.decode_examples_request(body)
-            _, _, classes, scores = service.classify(record, model, version, label, signature_name, examples)
+            served, signature, classes, scores = service.classify(record, model, version, label, signature_name,
+                                                                  examples)
+            log = service.request_log
+            if log is not None and log.sample():
+                log.submit(request_log.classify_log_from_examples, model, served, signature, examples, classes,
+                           scores)
             return 200, json_codec.encode_classify_response(classes, scores, len(examples))
 
     def _regress(self, model, version, label, body):
         service = self.service
         with service.request("regress", "rest") as record:
             signature_name, examples = json_codec.decode_examples_request(body)
-            _, _, values = service.regress(record, model, version, label, signature_name, examples)
+            served, signature, values = service.regress(record, model, version, label, signature_name, examples)
+            log = service.request_log
+            if log is not None and log.sample():
+                log.submit(request_log.regress_log_from_examples, model, served, signature, examples, values)
             return 200, json_codec.encode_regress_response(values)
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfprod.serving import config as config_lib
-from tfprod.serving import grpc_server, http11, rest
+from tfprod.serving import grpc_server, http11, request_log, rest
 from tfprod.serving.errors import ConfigFileError, NoServableVersionError
 from tfprod.serving.model_manager import ModelManager, freeze_long_lived_objects
 from tfprod.serving.service import ServingService
@@ -47,6 +47,28 @@ class ServerOptions:
     allow_empty_base_path: bool = False  # start although a model has no loadable version yet
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
+    # Request logging (tfprod only; docs/serving.md, Request logging): off without a directory.
+    request_log_dir: Optional[str] = None
+    request_log_sampling_rate: float = request_log.DEFAULT_SAMPLING_RATE
+    request_log_max_file_bytes: int = request_log.DEFAULT_MAX_FILE_BYTES
+    request_log_rotate_seconds: float = request_log.DEFAULT_ROTATE_SECONDS
+    request_log_max_total_bytes: int = request_log.DEFAULT_MAX_TOTAL_BYTES
+    request_log_queue_size: int = request_log.DEFAULT_QUEUE_SIZE
+
+    def request_log_options(self) -> Optional[request_log.RequestLogOptions]:
+        """The --request_log_* flags checked, or None when --request_log_dir is not set.
+
+        Raises:
+            ConfigFileError: a value out of range (the message names the flag).
+        """
+        if not self.request_log_dir:
+            return None
+        try:
+            return request_log.RequestLogOptions(
+                self.request_log_dir, self.request_log_sampling_rate, self.request_log_max_file_bytes,
+                self.request_log_rotate_seconds, self.request_log_max_total_bytes, self.request_log_queue_size)
+        except ValueError as error:
+            raise ConfigFileError(str(error)) from error
 
     def model_server_config(self) -> model_server_config_pb2.ModelServerConfig:
         """The models to serve, from --model_config_file or --model_name/--model_base_path.
@@ -167,6 +189,8 @@ class ModelServer:
         self.service = ServingService(
             self.manager, default_timeout_seconds=timeout, max_tensor_bytes=options.tensor_bytes_limit(),
             enable_config_reload=options.config_reload_enabled(), allow_empty_config=options.allow_empty_model_config)
+        self._log_options = options.request_log_options()
+        self.request_log = None
         self.grpc_server = None
         self.rest_server = None
         self.grpc_port = None
@@ -197,6 +221,7 @@ class ModelServer:
                     header_timeout_seconds=options.rest_header_timeout_seconds,
                     body_timeout_seconds=options.rest_body_timeout_seconds,
                     max_connections=options.rest_max_connections, start_serving=False))
+            self._start_request_log()
             self.manager.start()
             missing = self.manager.unavailable_models()
             if missing and not options.allow_empty_base_path:
@@ -215,7 +240,37 @@ class ModelServer:
         if self.rest_server is not None:
             self.rest_server.start_serving()
 
+    def _start_request_log(self) -> None:
+        """Starts the request log's writer (--request_log_dir), before any request is served.
+
+        Raises:
+            ConfigFileError: the directory cannot be created.
+        """
+        log_options = self._log_options
+        if log_options is None:
+            return
+        metrics = self.service.metrics
+        for reason in request_log.DROP_REASONS:  # every reason is exported, at 0 until it happens
+            metrics.request_log_drops.inc_key((reason,), 0.0)
+        metrics.request_log_written.inc_key((), 0.0)
+        try:
+            self.request_log = request_log.RequestLogger(log_options, drops=metrics.record_log_drop,
+                                                         written=metrics.record_log_written)
+        except OSError as error:
+            raise ConfigFileError(f"--request_log_dir {log_options.directory}: cannot create it: {error}") \
+                from error
+        self.service.request_log = self.request_log
+        LOG.info("logging %g of requests to %s (PredictionLog TFRecords)", log_options.sampling_rate,
+                 log_options.directory)
+
+    def _close_request_log(self) -> None:
+        if self.request_log is not None:
+            self.service.request_log = None
+            self.request_log.close()
+            self.request_log = None
+
     def _close_ports(self) -> None:
+        self._close_request_log()
         if self.rest_server is not None:
             self.rest_server.shutdown()
             self.rest_server.server_close()
@@ -240,6 +295,7 @@ class ModelServer:
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=5).wait(10)
         self.manager.stop(drain_seconds=self.options.drain_seconds)
+        self._close_request_log()  # the open log file is finished (renamed) last
         LOG.info("server stopped")
 
     def serve_forever(self, on_ready=None) -> None:

@@ -31,12 +31,13 @@ DEFAULT_MAX_TENSOR_BYTES = 32 * 1024 * 1024
 class RequestRecord:
     """Filled in while a request runs; recorded in the metrics when it ends."""
 
-    __slots__ = ("model", "version", "status")
+    __slots__ = ("model", "version", "status", "signature")
 
     def __init__(self):
         self.model = ""
         self.version = None
         self.status = "OK"
+        self.signature = None  # the SignatureInfo a REST predict ran (its input names and dtypes, for the log)
 
 
 class RequestScope:
@@ -99,6 +100,9 @@ class ServingService:
         self._in_flight = 0
         self._in_flight_changed = threading.Condition()
         self._draining = False
+        # A serving.request_log.RequestLogger when --request_log_dir is set; the REST and gRPC
+        # layers sample into it after answering (they hold the wire messages it logs).
+        self.request_log = None
 
     # ----- request accounting ------------------------------------------------------------------
     def request(self, api: str, protocol: str) -> "RequestScope":
@@ -147,6 +151,7 @@ class ServingService:
             signature, outputs = await servable.predict_async(signature_name, inputs, output_filter,
                                                               self.timeout(timeout), strict_dtypes,
                                                               max_bytes=self.max_tensor_bytes)
+            record.signature = signature
             return servable.version, signature.name, outputs
 
     async def predict_tensor_protos_async(self, record: RequestRecord, model: str, version: Optional[int],
