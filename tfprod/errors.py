@@ -7,6 +7,10 @@ Every error tfprod raises on purpose derives from TfprodError, through one of th
 - InputDataError: the data does not fit (a corrupt file, a ragged row, anomalies against the
   schema). Exit code 3.
 - RunFailure: the work itself failed (a component, a conversion, a request). Exit code 1.
+- DriftDetected: the work succeeded and its verdict is "drift": `tfprod monitor` found a
+  feature (or the prediction distribution) past its threshold, or the pipeline's drift check
+  under `monitor.pipeline_drift: fail`. The message names the features. Exit code 4, so a
+  cron job or CI step can tell "drift" from "the check could not run".
 
 Each package's error classes derive from one of the kinds (and keep the builtin base their
 callers catch, e.g. ValueError). The `tfprod` command (tfprod/cli.py) and the Kubeflow train
@@ -40,12 +44,18 @@ class RunFailure(TfprodError, RuntimeError):
     """The work failed while running; the message says where."""
 
 
+class DriftDetected(TfprodError):
+    """A drift or skew check crossed its threshold; the message names the features and
+    their distances (pipeline.monitor, pipeline.drift_check)."""
+
+
 # The one table from kind to (exit code, what `error:` says before the message). Order
 # matters only for a class that mixes two kinds (none should); the first match wins.
 EXIT_CODES: Tuple[Tuple[Type[TfprodError], int, str], ...] = (
     (ConfigError, 2, ""),
     (InputDataError, 3, "bad input data: "),
     (RunFailure, 1, ""),
+    (DriftDetected, 4, "drift detected: "),
 )
 # A TfprodError of no kind (a package's own root, e.g. KubeflowError) exits as a failed run.
 EXIT_OTHER = 1
@@ -59,7 +69,7 @@ def _entry(error: BaseException) -> Tuple[int, str]:
 
 
 def exit_code(error: BaseException) -> int:
-    """The process exit code for an error: 2 config, 3 input data, 1 run failure."""
+    """The process exit code for an error: 2 config, 3 input data, 1 run failure, 4 drift."""
     return _entry(error)[0]
 
 
