@@ -46,6 +46,8 @@ EXPECTED = {
     ("tfprod.pipeline.ingestion.image_folder", "ImageFolderError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.timeseries", "TimeSeriesFormatError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.validation", "DataValidationError"): (DATA, (RuntimeError,)),
+    ("tfprod.pipeline.drift_check", "DataDriftError"): (DATA, (RuntimeError,)),
+    ("tfprod.pipeline.monitor.reader", "RequestLogError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.local_runner", "PipelineDataError"): (DATA, ()),
     ("tfprod.pipeline.local_runner", "PipelineRunError"): (RUN, (RuntimeError,)),
     ("tfprod.pipeline.multiworker", "MultiWorkerError"): (RUN, (RuntimeError,)),

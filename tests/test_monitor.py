@@ -321,3 +321,39 @@ def test_monitor_thresholds_are_checked_with_the_key_named():
         config_lib.load_config(None, ["monitor.features=[{name: image, threshold: 3}]"])
     with pytest.raises(config_lib.ConfigError, match="monitor.pipeline_drift"):
         config_lib.load_config(None, ["monitor.pipeline_drift=stop"])
+
+
+def test_the_pipeline_drift_check_compares_two_runs_statistics(tmp_path, mnist_sample):
+    """pipeline/drift_check.check_drift on two StatisticsGen-layout artifacts: the same data
+    is no drift; inverted images drift on `image`, named with distance and threshold."""
+    import tensorflow_data_validation as tfdv
+    from tfprod.pipeline import drift_check
+
+    train_images, train_labels = mnist_sample[0][:1000], mnist_sample[1][:1000]
+
+    def statistics_artifact(name, images):
+        uri = tmp_path / name
+        (uri / "Split-train").mkdir(parents=True)
+        statistics = compare.statistics_of_examples(
+            [image_example(i, l) for i, l in zip(images, train_labels)])
+        (uri / "Split-train" / "FeatureStats.pb").write_bytes(
+            statistics.datasets[0].SerializeToString())
+        return str(uri), statistics
+
+    blessed_uri, statistics = statistics_artifact("blessed", train_images)
+    same_uri, _ = statistics_artifact("same", train_images[::-1])
+    inverted_uri, _ = statistics_artifact("inverted", 255 - train_images)
+    schema_dir = tmp_path / "schema"
+    schema_dir.mkdir()
+    tfdv.write_schema_text(tfdv.infer_schema(statistics), str(schema_dir / "schema.pbtxt"))
+    monitor = config_lib.MonitorConfig()
+
+    first = drift_check.check_drift(blessed_uri, str(schema_dir), None, monitor)
+    assert first["drifted"] == [] and "No earlier blessed run" in first["note"]
+    same = drift_check.check_drift(same_uri, str(schema_dir), blessed_uri, monitor)
+    assert same["drifted"] == [] and {f["feature"] for f in same["features"]} == {"image", "label"}
+    assert all(f["distance"] < 0.01 for f in same["features"])
+    moved = drift_check.check_drift(inverted_uri, str(schema_dir), blessed_uri, monitor)
+    assert len(moved["drifted"]) == 1
+    assert moved["drifted"][0].startswith("image (Jensen-Shannon divergence 0.")
+    assert moved["drifted"][0].endswith("> 0.1)")

@@ -36,7 +36,8 @@ class Reference:
 def reference_from_run(output_dir: str, overrides: List[str] = ()) -> Reference:
     """The reference of a finished `tfprod run` output directory: its config (with the
     overrides, e.g. monitor.* thresholds), the StatisticsGen statistics of the train split,
-    the SchemaGen schema and the trained model, found through ML Metadata (RunData).
+    the SchemaGen schema, found through ML Metadata (RunData), and the model it serves (the
+    highest version pushed under serving/<export.model_name>/, else the Trainer's).
 
     Raises:
       ConfigError: the directory is not a run's, or the run has no statistics or schema.
@@ -67,7 +68,18 @@ def reference_from_run(output_dir: str, overrides: List[str] = ()) -> Reference:
                      statistics=tfdv.load_stats_binary(statistics_path),
                      schema=tfdv.load_schema_text(schema_path),
                      statistics_path=statistics_path, schema_path=schema_path,
-                     model_dir=readers.model_dir(run), examples_uri=run.uri("examples"))
+                     model_dir=served_model_dir(run, experiment) or readers.model_dir(run),
+                     examples_uri=run.uri("examples"))
+
+
+def served_model_dir(run, experiment: config_lib.ExperimentConfig) -> Optional[str]:
+    """The version `tfprod serve` serves from the run's output directory: the highest
+    numbered version under serving/<export.model_name>/ (the last run may not have pushed);
+    None when nothing was pushed."""
+    base = layout.PipelinePaths(run.output_dir).serving_model_dir(experiment.export.model_name)
+    versions = [name for name in (os.listdir(base) if os.path.isdir(base) else ())
+                if name.isdigit() and os.path.isfile(os.path.join(base, name, "saved_model.pb"))]
+    return os.path.join(base, max(versions, key=int)) if versions else None
 
 
 def reference_predictions(reference: Reference, limit: int) -> Dict[str, Any]:
