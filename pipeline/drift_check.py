@@ -54,32 +54,56 @@ class LastBlessedRunStatisticsStrategy(resolver.ResolverStrategy):
 
     def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]
                           ) -> Optional[Dict[str, List[types.Artifact]]]:
-        from ml_metadata.proto import metadata_store_pb2
-
         statistics = {artifact.id: artifact for artifact in input_dict.get("statistics", [])}
         blessed_models = [
             blessing.get_int_custom_property(_CURRENT_MODEL_ID)
             for blessing in input_dict.get("model_blessing", [])
             if blessing.get_int_custom_property(_BLESSED) == 1]
         result: Dict[str, List[types.Artifact]] = {"statistics": [], "model_blessing": []}
-        if not blessed_models or not statistics:
+        run_id = producing_run(store, max(blessed_models)) if blessed_models else None
+        if run_id is None:
             return result
-        model_id = max(blessed_models)
-        producers = [event.execution_id for event in store.get_events_by_artifact_ids([model_id])
-                     if event.type == metadata_store_pb2.Event.OUTPUT]
-        if not producers:
-            return result
-        run_type = store.get_context_type("pipeline_run")
-        runs = [context for context in store.get_contexts_by_execution(producers[0])
-                if context.type_id == run_type.id]
-        if not runs:
-            return result
-        executions = [execution.id for execution in store.get_executions_by_context(runs[0].id)]
-        produced = {event.artifact_id for event in store.get_events_by_execution_ids(executions)
-                    if event.type == metadata_store_pb2.Event.OUTPUT}
-        found = [statistics[i] for i in sorted(produced) if i in statistics]
+        produced = run_outputs(store, run_id)
+        found = [statistics[a.id] for a in produced.get("statistics", []) if a.id in statistics]
         result["statistics"] = found[-1:]
         return result
+
+
+def producing_run(store, artifact_id: int) -> Optional[int]:
+    """The id of the pipeline_run context of the execution that output an artifact."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    producers = [event.execution_id for event in store.get_events_by_artifact_ids([artifact_id])
+                 if event.type == metadata_store_pb2.Event.OUTPUT]
+    if not producers:
+        return None
+    run_type = store.get_context_type("pipeline_run")
+    runs = [context.id for context in store.get_contexts_by_execution(producers[0])
+            if context.type_id == run_type.id]
+    return runs[0] if runs else None
+
+
+def run_outputs(store, run_id: int) -> Dict[str, List[Any]]:
+    """{output key: [MLMD artifacts, oldest first]} of the executions of one run context."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    executions = [execution.id for execution in store.get_executions_by_context(run_id)]
+    events = [event for event in store.get_events_by_execution_ids(executions)
+              if event.type == metadata_store_pb2.Event.OUTPUT and event.path.steps]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    result: Dict[str, List[Any]] = {}
+    for event in sorted(events, key=lambda e: e.artifact_id):
+        result.setdefault(event.path.steps[0].key, []).append(artifacts[event.artifact_id])
+    return result
+
+
+def last_blessed_run(store) -> Optional[int]:
+    """The pipeline_run context id of the run that trained the latest blessed model."""
+    blessed = [artifact.custom_properties[_CURRENT_MODEL_ID].int_value
+               for artifact in store.get_artifacts_by_type("ModelBlessing")
+               if _BLESSED in artifact.custom_properties
+               and artifact.custom_properties[_BLESSED].int_value == 1]
+    return producing_run(store, max(blessed)) if blessed else None
 
 
 def _split_statistics(uri: str, split: str):

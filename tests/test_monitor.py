@@ -337,7 +337,7 @@ def test_the_pipeline_drift_check_compares_two_runs_statistics(tmp_path, mnist_s
         statistics = compare.statistics_of_examples(
             [image_example(i, l) for i, l in zip(images, train_labels)])
         (uri / "Split-train" / "FeatureStats.pb").write_bytes(
-            statistics.datasets[0].SerializeToString())
+            statistics.SerializeToString())
         return str(uri), statistics
 
     blessed_uri, statistics = statistics_artifact("blessed", train_images)

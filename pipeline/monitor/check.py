@@ -36,8 +36,10 @@ class Reference:
 def reference_from_run(output_dir: str, overrides: List[str] = ()) -> Reference:
     """The reference of a finished `tfprod run` output directory: its config (with the
     overrides, e.g. monitor.* thresholds), the StatisticsGen statistics of the train split,
-    the SchemaGen schema, found through ML Metadata (RunData), and the model it serves (the
-    highest version pushed under serving/<export.model_name>/, else the Trainer's).
+    the SchemaGen schema and the test examples of the run that trained the latest blessed
+    model, found in its ML Metadata (else of the latest run, as the report reads it), and
+    the model it serves (the highest version pushed under serving/<export.model_name>/,
+    else that run's Trainer's).
 
     Raises:
       ConfigError: the directory is not a run's, or the run has no statistics or schema.
@@ -54,6 +56,13 @@ def reference_from_run(output_dir: str, overrides: List[str] = ()) -> Reference:
         experiment = config_lib.load_config(config_path, list(overrides))
     run = load_run(output_dir)
     statistics_uri, schema_uri = run.uri("statistics"), run.uri("schema")
+    examples_uri, model_dir = run.uri("examples"), None
+    blessed = _blessed_run_outputs(run.output_dir)
+    if blessed:  # the run that trained the served model, not a later unblessed or failed one
+        statistics_uri, schema_uri = blessed.get("statistics"), blessed.get("schema")
+        examples_uri = blessed.get("examples")
+        model_dir = (os.path.join(blessed["model"], "Format-Serving")
+                     if blessed.get("model") else None)
     statistics_path = (os.path.join(statistics_uri, f"Split-{REFERENCE_SPLIT}", "FeatureStats.pb")
                        if statistics_uri else "")
     schema_path = os.path.join(schema_uri, "schema.pbtxt") if schema_uri else ""
@@ -68,8 +77,29 @@ def reference_from_run(output_dir: str, overrides: List[str] = ()) -> Reference:
                      statistics=tfdv.load_stats_binary(statistics_path),
                      schema=tfdv.load_schema_text(schema_path),
                      statistics_path=statistics_path, schema_path=schema_path,
-                     model_dir=served_model_dir(run, experiment) or readers.model_dir(run),
-                     examples_uri=run.uri("examples"))
+                     model_dir=(served_model_dir(run, experiment) or model_dir
+                                or readers.model_dir(run)),
+                     examples_uri=examples_uri)
+
+
+def _blessed_run_outputs(output_dir: str) -> Dict[str, str]:
+    """{"statistics", "schema", "examples", "model": uri} of the run that trained the latest
+    blessed model in the directory's ML Metadata; {} without one."""
+    from ml_metadata.metadata_store import metadata_store
+    from tfx.orchestration import metadata
+
+    from tfprod.pipeline import drift_check
+
+    path = layout.PipelinePaths(output_dir).metadata_path
+    if not os.path.isfile(path):
+        return {}
+    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(path))
+    run_id = drift_check.last_blessed_run(store)
+    if run_id is None:
+        return {}
+    outputs = drift_check.run_outputs(store, run_id)
+    return {key: outputs[key][-1].uri for key in ("statistics", "schema", "examples", "model")
+            if outputs.get(key)}
 
 
 def served_model_dir(run, experiment: config_lib.ExperimentConfig) -> Optional[str]:
