@@ -133,7 +133,8 @@ def reference_predictions(reference: Reference, limit: int) -> Dict[str, Any]:
     categorical = None
     records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit)
     for batch in records.batch(256):
-        outputs = {name: tensor.numpy() for name, tensor in signature(**{input_name: batch}).items()}
+        outputs = {name: tensor.numpy()
+                   for name, tensor in signature(**{input_name: batch}).items()}
         predicted, categorical = monitor_features.predictions_of(outputs)
         if predicted is None:
             return {"skipped": "the model's outputs hold no class id nor prediction value"}

@@ -94,8 +94,10 @@ def monitor(reference, request_logs: str, output: str, limit: Optional[int] = No
     if "skipped" in prediction:
         progress(f"  predictions: not compared ({prediction['skipped']})")
     else:
+        shown = ("not measured" if prediction["distance"] is None
+                 else f"{prediction['distance']:.4f}")
         progress(f"  {check.PREDICTION_KEY:<24} {prediction['comparator']:<26} "
-                 f"{prediction['distance']:>12.4f}  threshold {prediction['threshold']:g}"
+                 f"{shown:>12}  threshold {prediction['threshold']:g}"
                  f"{'  DRIFT' if prediction['drifted'] else ''}")
     if prometheus_textfile:
         progress(f"Prometheus: {report.write_prometheus(record, prometheus_textfile)}")

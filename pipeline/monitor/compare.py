@@ -65,16 +65,13 @@ def as_list(statistics):
 def statistics_of_examples(serialized: List[bytes]):
     """TFDV statistics (DatasetFeatureStatisticsList) of serialized tf.Examples, in memory,
     with TFDV's default options (those StatisticsGen uses)."""
-    import pyarrow as pa
     import tensorflow_data_validation as tfdv
     from tensorflow_data_validation.statistics import stats_impl
     from tfx_bsl.coders import example_coder
 
-    decoder = example_coder.ExamplesToRecordBatchDecoder()
-    batches = [decoder.DecodeBatch(serialized[start:start + 1000])
-               for start in range(0, len(serialized), 1000)]
-    table = pa.Table.from_batches(batches).combine_chunks() if len(batches) > 1 else None
-    batch = table.to_batches()[0] if table is not None else batches[0]
+    # One batch: the decoder's columns are the features present, so batches of different
+    # requests could not be joined.
+    batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(serialized)
     return stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions())
 
 

@@ -125,7 +125,8 @@ def predictions_of(outputs: Dict[str, np.ndarray]) -> Tuple[Optional[list], Opti
     """(predictions, categorical) from a prediction signature's outputs: class ids (as
     strings), else regression values; (None, None) when the outputs carry neither."""
     if features.CLASS_ID_OUTPUT in outputs:
-        return [str(int(v)) for v in np.asarray(outputs[features.CLASS_ID_OUTPUT]).reshape(-1)], True
+        class_ids = np.asarray(outputs[features.CLASS_ID_OUTPUT]).reshape(-1)
+        return [str(int(v)) for v in class_ids], True
     if features.PROBABILITIES_OUTPUT in outputs:
         probabilities = np.asarray(outputs[features.PROBABILITIES_OUTPUT])
         return [str(int(v)) for v in probabilities.reshape(len(probabilities), -1).argmax(-1)], True

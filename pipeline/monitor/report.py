@@ -74,9 +74,11 @@ def _prediction(record: Dict[str, Any]) -> Section:
         return Section("prediction", "Predictions", not_present(prediction["skipped"]),
                        present=False)
     verdict = "drift" if prediction["drifted"] else "ok"
+    measured = ("not measured" if prediction["distance"] is None
+                else format(prediction["distance"], ".4f"))
     parts = [f"<p>Served predictions against {escape(prediction['reference']['source'])} "
              f"(<code>{escape(prediction['reference']['model_dir'])}</code>): "
-             f"{escape(prediction['comparator'])} {prediction['distance']:.4f}, threshold "
+             f"{escape(prediction['comparator'])} {measured}, threshold "
              f"{prediction['threshold']:g}: <b>{verdict}</b>.</p>"]
     reference, served = prediction["reference"]["summary"], prediction["served"]["summary"]
     if prediction["categorical"]:
@@ -159,7 +161,7 @@ def write_prometheus(record: Dict[str, Any], path: str) -> str:
         threshold.labels(*labels).set(feature["threshold"])
         drifted.labels(model, feature["feature"]).set(1 if feature["drifted"] else 0)
     prediction = record["prediction"]
-    if "skipped" not in prediction:
+    if "skipped" not in prediction and prediction["distance"] is not None:
         gauge = Gauge(f"{METRIC_PREFIX}_prediction_distance",
                       "TFDV distance of the served predictions from the model's own on the "
                       "run's data", ["model", "comparator"], registry=registry)
