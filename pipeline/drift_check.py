@@ -17,8 +17,10 @@ stops the run there, like the AnomaliesGate: a DataDriftError (bad input data, e
 naming each feature, its distance and its threshold. The first run of an output directory
 has no blessed run to compare with: the check records that and passes.
 
-Kubeflow Pipelines cannot run Resolver nodes (create_pipeline's baseline_resolver=False),
-so there the check is not added.
+It is added where the pipeline keeps its ML Metadata in the run's SQLite file (local runs:
+create_pipeline without a metadata connection config). Compiled Kubeflow pipelines have
+none: the open-source backend cannot run Resolver nodes, and Vertex's resolver runs only
+TFX's own strategies.
 """
 
 import json
@@ -167,7 +169,7 @@ def DataDriftCheck(
 def nodes(experiment: config_lib.ExperimentConfig, statistics_gen, schema_source, transform,
           enabled: bool = True) -> List[Any]:
     """The Resolver and the DataDriftCheck for create_pipeline (none when
-    monitor.pipeline_drift is off, or enabled is False: no Resolver nodes on Kubeflow).
+    monitor.pipeline_drift is off, or enabled is False: Kubeflow builds).
     With fail, Transform waits for the check."""
     if not enabled or experiment.monitor.pipeline_drift == config_lib.PipelineDrift.OFF:
         return []

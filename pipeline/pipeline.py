@@ -136,7 +136,7 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
             mobile_config=json.dumps(config_lib.to_dict(experiment.mobile))))
 
     components += drift_check.nodes(experiment, statistics_gen, schema_source, transform,
-                                    enabled=baseline_resolver)
+                                    baseline_resolver and metadata_connection_config is None)
     if metadata_connection_config is None:
         metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata_path)

@@ -72,11 +72,11 @@ def test_first_run_is_blessed_and_pushed_in_tf_serving_layout(first_run):
     assert set(summary["component_seconds"]) == {
         "IdxExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
         "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator",
-        "Pusher", "TFLiteConverter"}
+        "Pusher", "TFLiteConverter", "blessed_statistics_resolver", "DataDriftCheck"}
     assert (pathlib.Path(output_dir) / "config.yaml").is_file()
     assert (pathlib.Path(output_dir) / "metadata.sqlite").is_file()
     # Progress per component while running, then the summary.
-    assert "[1/11] IdxExampleGen ..." in result.stdout
+    assert "[1/13] IdxExampleGen ..." in result.stdout
     assert "Trainer done in" in result.stdout
     assert f"Blessed: yes. Pushed to {versions[0]}" in result.stdout
 
