@@ -180,16 +180,21 @@ def _served_request_logs(directory, model, images):
 
 
 def test_monitor_finds_no_drift_in_test_requests_and_drift_in_inverted_ones(
-        first_run, pushed_model, mnist_sample, tmp_path):
-    """`tfprod monitor` against the real run: its statistics, schema and pushed model."""
+        first_run, pushed_model, mnist_sample, tmp_path, capsys):
+    """`tfprod monitor` against the real run: its statistics, schema and pushed model found
+    through its ML Metadata. In-process (tfprod.cli.main, the same code as the command)
+    to spare two more TensorFlow start-ups."""
+    from tfprod import cli
+
     output_dir, _ = first_run
     test_images = mnist_sample[2][:400]
     _served_request_logs(tmp_path / "test_logs", pushed_model, test_images)
-    result = run_tfprod("monitor", "--request-logs", str(tmp_path / "test_logs"),
-                        "--run", str(output_dir), "--output", str(tmp_path / "same"),
-                        "--prometheus-textfile", str(tmp_path / "tfprod.prom"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "No drift." in result.stdout
+    code = cli.main(["monitor", "--request-logs", str(tmp_path / "test_logs"),
+                     "--run", str(output_dir), "--output", str(tmp_path / "same"),
+                     "--prometheus-textfile", str(tmp_path / "tfprod.prom")])
+    shown = capsys.readouterr()
+    assert code == 0, shown.out[-3000:] + shown.err[-3000:]
+    assert "No drift." in shown.out
     record = json.loads((tmp_path / "same" / "monitor.json").read_text())
     assert record["examples"] == 400 and record["drifted"] == []
     assert record["by_signature"] == {"predict:serving_default": 150, "predict:serving_raw": 250}
@@ -200,11 +205,12 @@ def test_monitor_finds_no_drift_in_test_requests_and_drift_in_inverted_ones(
         tmp_path / "tfprod.prom").read_text()
 
     _served_request_logs(tmp_path / "inverted_logs", pushed_model, 255 - test_images)
-    result = run_tfprod("monitor", "--request-logs", str(tmp_path / "inverted_logs"),
-                        "--run", str(output_dir))
-    assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "error: drift detected: " in result.stderr
-    assert "image (Jensen-Shannon divergence" in result.stderr
+    code = cli.main(["monitor", "--request-logs", str(tmp_path / "inverted_logs"),
+                     "--run", str(output_dir)])
+    shown = capsys.readouterr()
+    assert code == 4, shown.out[-3000:] + shown.err[-3000:]
+    assert "error: drift detected: " in shown.err
+    assert "image (Jensen-Shannon divergence" in shown.err
     assert (pathlib.Path(output_dir) / "monitor" / "monitor.html").is_file()
 
 
