@@ -980,7 +980,7 @@ class PipelineDrift(str, enum.Enum):
 
     OFF = "off"  # no check
     WARN = "warn"  # recorded in run_summary.json and the report; the run goes on
-    FAIL = "fail"  # the run stops before Transform (exit 4, naming the features)
+    FAIL = "fail"  # the run stops before Transform (bad input data, exit 3, naming them)
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """One error hierarchy for tfprod, and the exit code of each kind of error.
 
-Every error tfprod raises on purpose derives from TfprodError, through one of three kinds:
+Every error tfprod raises on purpose derives from TfprodError, through one of four kinds:
 
 - ConfigError: what the user asked for cannot be done as asked (a bad config key or value,
   a flag, a path that does not exist or does not hold what it should). Exit code 2.
@@ -8,9 +8,10 @@ Every error tfprod raises on purpose derives from TfprodError, through one of th
   schema). Exit code 3.
 - RunFailure: the work itself failed (a component, a conversion, a request). Exit code 1.
 - DriftDetected: the work succeeded and its verdict is "drift": `tfprod monitor` found a
-  feature (or the prediction distribution) past its threshold, or the pipeline's drift check
-  under `monitor.pipeline_drift: fail`. The message names the features. Exit code 4, so a
-  cron job or CI step can tell "drift" from "the check could not run".
+  feature (or the prediction distribution) past its threshold. The message names the
+  features. Exit code 4, so a cron job or CI step can tell "drift" from "the check could
+  not run". (The pipeline's own drift check under `monitor.pipeline_drift: fail` stops a
+  run as bad input data, exit 3, like the anomalies gate.)
 
 Each package's error classes derive from one of the kinds (and keep the builtin base their
 callers catch, e.g. ValueError). The `tfprod` command (tfprod/cli.py) and the Kubeflow train
