@@ -1,7 +1,7 @@
 """The experiment schema: typed, layered experiment configuration.
 
 An experiment is a tree of dataclasses (experiment -> data, model, trainer, eval, export,
-mobile, runtime, kubeflow, tuning). ``load_config`` builds it with the generic loader
+mobile, runtime, kubeflow, tuning, monitor). ``load_config`` builds it with the generic loader
 (tfprod.configlib) in three layers: the dataclass defaults, then a YAML file from
 ``configs/``, then ``--set dotted.key=value`` overrides; then it validates the result once.
 
@@ -1012,6 +1012,66 @@ class TuningConfig:
                "at least one hyperparameter when tuning.enabled is true", self.space)
 
 
+class PipelineDrift(str, enum.Enum):
+    """monitor.pipeline_drift: what the pipeline's drift check (pipeline/drift_check.py) does
+    when this run's data moved past a threshold against the last blessed run's."""
+
+    OFF = "off"  # no check
+    WARN = "warn"  # recorded in run_summary.json and the report; the run goes on
+    FAIL = "fail"  # the run stops before Transform (bad input data, exit 3, naming them)
+
+
+@dataclasses.dataclass
+class FeatureThreshold:
+    """monitor.features[]: one feature's own threshold (its comparator's distance)."""
+
+    name: str = ""
+    threshold: float = 0.1
+
+
+@dataclasses.dataclass
+class MonitorConfig:
+    """Drift and skew thresholds: `tfprod monitor` (served requests against the run's training
+    statistics) and the pipeline's check against the last blessed run (docs/monitoring.md).
+
+    Distances are TFDV's: L-infinity for categorical features (string values, or integers
+    the schema calls categorical), Jensen-Shannon divergence for numeric ones. A feature is
+    past its threshold when its distance is greater than it.
+    """
+
+    categorical_threshold: float = 0.1  # default L-infinity threshold
+    numeric_threshold: float = 0.1  # default Jensen-Shannon threshold
+    features: List[FeatureThreshold] = dataclasses.field(default_factory=list)
+    # The served predictions (class ids or values) against the model's own predictions on
+    # the run's eval.split; the comparator follows their kind as above.
+    prediction_threshold: float = 0.1
+    # Examples of eval.split the model predicts for that reference (at most).
+    reference_examples: int = 2000
+    pipeline_drift: PipelineDrift = PipelineDrift.WARN
+
+    def threshold_for(self, name: str, categorical: bool) -> float:
+        """The threshold of one feature: its own entry, else the default of its kind."""
+        for entry in self.features:
+            if entry.name == name:
+                return entry.threshold
+        return self.categorical_threshold if categorical else self.numeric_threshold
+
+    def validate(self) -> None:
+        for key in ("categorical_threshold", "numeric_threshold", "prediction_threshold"):
+            _check(0.0 <= getattr(self, key) <= 1.0, f"monitor.{key}", "a number in [0, 1]",
+                   getattr(self, key))
+        names = [entry.name for entry in self.features]
+        for index, entry in enumerate(self.features):
+            _check(bool(entry.name), f"monitor.features[{index}].name",
+                   "a feature name of the run's schema", entry.name)
+            _check(0.0 <= entry.threshold <= 1.0, f"monitor.features[{index}].threshold",
+                   "a number in [0, 1]", entry.threshold)
+        _check(len(set(names)) == len(names), "monitor.features",
+               "each feature at most once", names)
+        _check(self.reference_examples >= 1, "monitor.reference_examples", "an integer >= 1",
+               self.reference_examples)
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     """One experiment: data, model, training, evaluation, export and runtime."""
@@ -1026,6 +1086,7 @@ class ExperimentConfig:
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
     tuning: TuningConfig = _added_key(TuningConfig)
+    monitor: MonitorConfig = _added_key(MonitorConfig)
 
     def validate(self) -> None:
         """The schema's checks: every section, and the rules between sections that need
@@ -1033,7 +1094,7 @@ class ExperimentConfig:
         the task run above (tfprod.pipeline.checks.check_experiment)."""
         _check(bool(self.name), "name", "a non-empty string", self.name)
         for section in (self.data, self.model, self.trainer, self.eval, self.export, self.mobile,
-                        self.runtime, self.kubeflow, self.tuning):
+                        self.runtime, self.kubeflow, self.tuning, self.monitor):
             section.validate()
         if self.data.format == DataFormat.CSV and self.eval.gate == Gate.ABSOLUTE:
             _check(self.eval.mae_threshold is not None, "eval.mae_threshold",

@@ -16,7 +16,7 @@ from tfx import v1 as tfx
 from tfprod.contract import layout
 from tfprod.mobile import component as mobile_component
 from tfprod.pipeline import config as config_lib
-from tfprod.pipeline import ingestion, tasks, trainer, tuning, validation
+from tfprod.pipeline import drift_check, ingestion, tasks, trainer, tuning, validation
 from tfprod.pipeline import pusher as pusher_lib
 
 RUN_FN = "tfprod.pipeline.trainer.run_fn"
@@ -135,6 +135,8 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
             model_name=experiment.export.model_name,
             mobile_config=json.dumps(config_lib.to_dict(experiment.mobile))))
 
+    components += drift_check.nodes(experiment, statistics_gen, schema_source, transform,
+                                    baseline_resolver and metadata_connection_config is None)
     if metadata_connection_config is None:
         metadata_connection_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata_path)

@@ -55,6 +55,10 @@ class RunSummary:
     # (pipeline.recovery.recover): {"unfinished_run", "abandoned_executions",
     # "removed_partial_pushes"}; empty when there was nothing.
     recovered: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The pipeline's drift check (pipeline/drift_check.py, monitor.pipeline_drift): this
+    # run's train split against the last blessed run's, as its drift.json says; empty when
+    # the check did not run.
+    data_drift: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,6 +103,10 @@ class RunSummary:
                          "execution(s) of an unfinished run marked CANCELED in ML Metadata, "
                          f"{len(self.recovered['removed_partial_pushes'])} partial push(es) "
                          "removed")
+        if self.data_drift.get("drifted"):
+            lines.append("Data drift against the last blessed run (monitor.pipeline_drift: "
+                         f"{self.data_drift.get('mode')}):")
+            lines += [f"  {line}" for line in self.data_drift["drifted"]]
         lines.append(f"Summary: {os.path.join(self.output_dir, layout.SUMMARY_FILE)}")
         if self.report_path:
             lines.append(f"Report: {self.report_path}")
@@ -389,6 +397,7 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
             if skipped.get("count"):
                 result.skipped_inputs = skipped
 
+    _read_data_drift(store, experiment.name, run_context_id, result)
     evaluator = _latest_execution_outputs(store, experiment.name, layout.EVALUATOR_ID, run_context_id)
     if evaluator.get("evaluation"):
         result.metrics, result.slice_metrics = read_eval_metrics(evaluator["evaluation"][0].uri)
@@ -450,3 +459,14 @@ def _task_records(experiment: config_lib.ExperimentConfig, result: RunSummary) -
         return
     if not task.supports_mobile():
         result.tflite_skipped = task.mobile_skip_reason()
+
+
+def _read_data_drift(store, pipeline_name: str, run_context_id: Optional[int],
+                     result: RunSummary) -> None:
+    """run_summary.json's data_drift: the DataDriftCheck's drift.json of this run."""
+    from tfprod.pipeline import drift_check
+
+    outputs = _latest_execution_outputs(store, pipeline_name, drift_check.DRIFT_CHECK_ID,
+                                        run_context_id)
+    if outputs.get("drift"):
+        result.data_drift = drift_check.read_drift(outputs["drift"][0].uri) or {}

@@ -22,6 +22,9 @@ HARMLESS_LINES = [
     "2026-12-01 03:07:35.699687: I external/local_tsl/tsl/cuda/cudart_stub.cc:32] Could not find "
     "cuda drivers on your machine, GPU will not be used.",
     "WARNING:absl:ArtifactQuery.property_predicate is not supported.",
+    "WARNING:absl:Could not find matching artifact class for type 'ExampleStatistics' (proto: "
+    "'name: \"ExampleStatistics\"\\nbase_type: STATISTICS\\n'); generating an ephemeral "
+    "artifact class on-the-fly.",
     "WARNING:absl:SavedModel saved prior to TF 2.5 detected when loading Keras model. Please "
     "ensure that you are saving the model with model.save() or tf.keras.models.save_model(), "
     "*NOT* tf.saved_model.save().",

@@ -46,6 +46,8 @@ EXPECTED = {
     ("tfprod.pipeline.ingestion.image_folder", "ImageFolderError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.ingestion.timeseries", "TimeSeriesFormatError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.validation", "DataValidationError"): (DATA, (RuntimeError,)),
+    ("tfprod.pipeline.drift_check", "DataDriftError"): (DATA, (RuntimeError,)),
+    ("tfprod.pipeline.monitor.reader", "RequestLogError"): (DATA, (ValueError,)),
     ("tfprod.pipeline.local_runner", "PipelineDataError"): (DATA, ()),
     ("tfprod.pipeline.local_runner", "PipelineRunError"): (RUN, (RuntimeError,)),
     ("tfprod.pipeline.multiworker", "MultiWorkerError"): (RUN, (RuntimeError,)),
@@ -69,7 +71,7 @@ PER_REQUEST = {("tfprod.serving.errors", name) for name in (
     ("tfprod.serving.http11", "HttpError")}
 # The hierarchy itself.
 KINDS = {("tfprod.errors", name) for name in (
-    "TfprodError", "ConfigError", "InputDataError", "RunFailure")}
+    "TfprodError", "ConfigError", "InputDataError", "RunFailure", "DriftDetected")}
 
 # tfprod.<package> -> its folder (setup.py's package_dir).
 FOLDERS = {"tfprod.pipeline": "pipeline", "tfprod.models": "models", "tfprod.serving": "serving",
@@ -101,7 +103,8 @@ def test_the_table_maps_each_kind_to_its_code():
     assert errors.exit_code(errors.InputDataError("x")) == 3
     assert errors.exit_code(errors.RunFailure("x")) == 1
     assert errors.exit_code(errors.TfprodError("x")) == errors.EXIT_OTHER == 1
-    assert [errors.exit_code_of_kind(kind) for kind, _, _ in errors.EXIT_CODES] == [2, 3, 1]
+    assert [errors.exit_code_of_kind(kind) for kind, _, _ in errors.EXIT_CODES] == [2, 3, 1, 4]
+    assert errors.exit_code(errors.DriftDetected("image")) == 4
     assert errors.describe(errors.InputDataError("train.tsv:3: 2 fields")) == (
         "bad input data: train.tsv:3: 2 fields")
     assert errors.describe(errors.ConfigError("trainer.epochs: expected int")) == (

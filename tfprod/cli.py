@@ -19,6 +19,7 @@ from tfprod import console, errors
 from tfprod.kubeflow import cli as kubeflow_cli
 from tfprod.mobile import cli as mobile_cli
 from tfprod.pipeline import cli as pipeline_cli
+from tfprod.pipeline.monitor import cli as monitor_cli
 from tfprod.pipeline.report import cli as report_cli
 from tfprod.pipeline.ingestion.tfds import cli as tfds_cli
 from tfprod.serving import cli as serving_cli
@@ -37,12 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     serving_cli.register(subparsers)
     mobile_cli.register(subparsers)
     report_cli.register(subparsers)
+    monitor_cli.register(subparsers)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs one subcommand; any TfprodError ends it with `error: <message>` and the exit
-    code of its kind (tfprod.errors.EXIT_CODES: 2 config, 3 input data, 1 run failure)."""
+    code of its kind (tfprod.errors.EXIT_CODES: 2 config, 3 input data, 1 run failure,
+    4 drift detected)."""
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     # Before any subcommand imports TensorFlow: its C++ INFO/WARNING lines off, unless set.

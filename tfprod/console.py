@@ -43,6 +43,11 @@ HARMLESS: Tuple[Harmless, ...] = (
     Harmless(r"ArtifactQuery\.property_predicate is not supported",
              "TFX 1.16's resolver logs it for every input query on local ML Metadata; the "
              "query still resolves by type and context, which is all tfprod's pipeline uses"),
+    Harmless(r"Could not find matching artifact class for type 'ExampleStatistics'",
+             "the drift check's Resolver (pipeline/drift_check.py) asks ML Metadata for "
+             "statistics by type before the first StatisticsGen has registered the type's "
+             "properties; TFX then reads them with a stand-in class of the same type, which "
+             "is all the Resolver needs"),
     Harmless(r"SavedModel saved prior to TF 2\.5 detected",
              "TFMA/TF Serving load tf.saved_model exports that carry no Keras metadata; TF "
              "2.16 reads them as written by this TF, so the 'prior to 2.5' guess is wrong"),

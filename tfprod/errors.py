@@ -1,12 +1,17 @@
 """One error hierarchy for tfprod, and the exit code of each kind of error.
 
-Every error tfprod raises on purpose derives from TfprodError, through one of three kinds:
+Every error tfprod raises on purpose derives from TfprodError, through one of four kinds:
 
 - ConfigError: what the user asked for cannot be done as asked (a bad config key or value,
   a flag, a path that does not exist or does not hold what it should). Exit code 2.
 - InputDataError: the data does not fit (a corrupt file, a ragged row, anomalies against the
   schema). Exit code 3.
 - RunFailure: the work itself failed (a component, a conversion, a request). Exit code 1.
+- DriftDetected: the work succeeded and its verdict is "drift": `tfprod monitor` found a
+  feature (or the prediction distribution) past its threshold. The message names the
+  features. Exit code 4, so a cron job or CI step can tell "drift" from "the check could
+  not run". (The pipeline's own drift check under `monitor.pipeline_drift: fail` stops a
+  run as bad input data, exit 3, like the anomalies gate.)
 
 Each package's error classes derive from one of the kinds (and keep the builtin base their
 callers catch, e.g. ValueError). The `tfprod` command (tfprod/cli.py) and the Kubeflow train
@@ -40,12 +45,18 @@ class RunFailure(TfprodError, RuntimeError):
     """The work failed while running; the message says where."""
 
 
+class DriftDetected(TfprodError):
+    """A drift or skew check crossed its threshold; the message names the features and
+    their distances (pipeline.monitor, pipeline.drift_check)."""
+
+
 # The one table from kind to (exit code, what `error:` says before the message). Order
 # matters only for a class that mixes two kinds (none should); the first match wins.
 EXIT_CODES: Tuple[Tuple[Type[TfprodError], int, str], ...] = (
     (ConfigError, 2, ""),
     (InputDataError, 3, "bad input data: "),
     (RunFailure, 1, ""),
+    (DriftDetected, 4, "drift detected: "),
 )
 # A TfprodError of no kind (a package's own root, e.g. KubeflowError) exits as a failed run.
 EXIT_OTHER = 1
@@ -59,7 +70,7 @@ def _entry(error: BaseException) -> Tuple[int, str]:
 
 
 def exit_code(error: BaseException) -> int:
-    """The process exit code for an error: 2 config, 3 input data, 1 run failure."""
+    """The process exit code for an error: 2 config, 3 input data, 1 run failure, 4 drift."""
     return _entry(error)[0]
 
 

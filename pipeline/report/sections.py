@@ -818,7 +818,39 @@ def serving_section(run: RunData) -> Section:
     return Section("serving", "Serving", "".join(parts))
 
 
+# --- data drift -------------------------------------------------------------------------
+
+def data_drift_section(run: RunData) -> Section:
+    """The pipeline's drift check: this run's train split against the last blessed run's
+    (pipeline/drift_check.py; run_summary.json's data_drift)."""
+    drift = run.summary.get("data_drift") or {}
+    if not drift:
+        return Section("data-drift", "Data drift", not_present(
+            "the drift check did not run (monitor.pipeline_drift: off, a Kubeflow run, or a "
+            "run that stopped before it)"), present=False)
+    mode = drift.get("mode")
+    if drift.get("note"):
+        return Section("data-drift", "Data drift", f"<p>{escape(drift['note'])} "
+                       f"(monitor.pipeline_drift: {escape(mode)}).</p>")
+    rows = [[f["feature"], f["comparator"], f["distance"], f["threshold"],
+             "drift" if f["drifted"] else ("not measured" if f["distance"] is None else "ok")]
+            for f in drift.get("features", [])]
+    drifted = drift.get("drifted") or []
+    parts = [f'<p>{badge("drift" if drifted else "no drift", not drifted)} The '
+             f"'{escape(drift.get('split'))}' split of this run against the last blessed "
+             "run's, with TFDV's drift comparators (L-infinity for categorical features, "
+             "Jensen-Shannon divergence for numeric ones); monitor.pipeline_drift: "
+             f"<code>{escape(mode)}</code>.</p>",
+             table(["feature", "comparator", "distance", "threshold", "verdict"], rows,
+                   table_id="data-drift"),
+             f'<p class="note">Statistics: <code>{escape(drift.get("statistics"))}</code> '
+             f'against <code>{escape(drift.get("previous_statistics"))}</code>.</p>']
+    return Section("data-drift", "Data drift", "".join(parts))
+
+
 SECTION_BUILDERS: List[Callable[[RunData], Section]] = [
     overview_section, data_section, samples_section, training_section, evaluation_section,
     forecast_section, table_section, mobile_section, serving_section,
 ]
+# Appended (not inserted) so the other sections keep their place.
+SECTION_BUILDERS.append(data_drift_section)

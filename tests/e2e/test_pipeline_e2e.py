@@ -72,11 +72,11 @@ def test_first_run_is_blessed_and_pushed_in_tf_serving_layout(first_run):
     assert set(summary["component_seconds"]) == {
         "IdxExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
         "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator",
-        "Pusher", "TFLiteConverter"}
+        "Pusher", "TFLiteConverter", "blessed_statistics_resolver", "DataDriftCheck"}
     assert (pathlib.Path(output_dir) / "config.yaml").is_file()
     assert (pathlib.Path(output_dir) / "metadata.sqlite").is_file()
     # Progress per component while running, then the summary.
-    assert "[1/11] IdxExampleGen ..." in result.stdout
+    assert "[1/13] IdxExampleGen ..." in result.stdout
     assert "Trainer done in" in result.stdout
     assert f"Blessed: yes. Pushed to {versions[0]}" in result.stdout
 
@@ -145,6 +145,75 @@ def test_both_prediction_signatures_agree(pushed_model, mnist_sample):
                                images[0].ravel() / 255.0, rtol=1e-6)
 
 
+def _served_request_logs(directory, model, images):
+    """Request logs as `tfprod serve --request_log_dir` writes them (PredictionLog TFRecords):
+    the images sent as serving_default tf.Examples and as serving_raw [N, 28, 28] and
+    [N, 28, 28, 1] tensors, each with the pushed model's real response."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    directory.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(directory / "prediction_log-00000.tfrecord")) as writer:
+        for number, start in enumerate(range(0, len(images), 25)):
+            chunk = images[start:start + 25]
+            log = prediction_log_pb2.PredictionLog()
+            spec = log.log_metadata.model_spec
+            spec.name, spec.version.value = "mnist_cnn", 1
+            request = log.predict_log.request
+            if number % 3 == 0:
+                spec.signature_name = features.SERVING_DEFAULT_SIGNATURE
+                request.inputs["examples"].CopyFrom(tf.make_tensor_proto(np.array([
+                    tf.train.Example(features=tf.train.Features(feature={
+                        features.IMAGE_KEY: tf.train.Feature(int64_list=tf.train.Int64List(
+                            value=image.ravel().astype(np.int64)))})).SerializeToString()
+                    for image in chunk], dtype=object)))
+            else:
+                spec.signature_name = features.SERVING_RAW_SIGNATURE
+                sent = chunk if number % 3 == 1 else chunk[..., None]
+                request.inputs[features.IMAGE_KEY].CopyFrom(
+                    tf.make_tensor_proto(sent.astype(np.float32)))
+            request.model_spec.CopyFrom(spec)
+            outputs = model.signatures[features.SERVING_RAW_SIGNATURE](
+                image=tf.constant(chunk, tf.float32))
+            for name, value in outputs.items():
+                log.predict_log.response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
+            writer.write(log.SerializeToString())
+
+
+def test_monitor_finds_no_drift_in_test_requests_and_drift_in_inverted_ones(
+        first_run, pushed_model, mnist_sample, tmp_path, capsys):
+    """`tfprod monitor` against the real run: its statistics, schema and pushed model found
+    through its ML Metadata. In-process (tfprod.cli.main, the same code as the command)
+    to spare two more TensorFlow start-ups."""
+    from tfprod import cli
+
+    output_dir, _ = first_run
+    test_images = mnist_sample[2][:400]
+    _served_request_logs(tmp_path / "test_logs", pushed_model, test_images)
+    code = cli.main(["monitor", "--request-logs", str(tmp_path / "test_logs"),
+                     "--run", str(output_dir), "--output", str(tmp_path / "same"),
+                     "--prometheus-textfile", str(tmp_path / "tfprod.prom")])
+    shown = capsys.readouterr()
+    assert code == 0, shown.out[-3000:] + shown.err[-3000:]
+    assert "No drift." in shown.out
+    record = json.loads((tmp_path / "same" / "monitor.json").read_text())
+    assert record["examples"] == 400 and record["drifted"] == []
+    assert record["by_signature"] == {"predict:serving_default": 150, "predict:serving_raw": 250}
+    assert record["reference"]["statistics"].startswith(str(output_dir))
+    assert record["prediction"]["reference"]["model_dir"] == read_summary(
+        output_dir)["pushed_model_dir"]
+    assert 'tfprod_monitor_drift_detected{model="mnist_cnn"} 0.0' in (
+        tmp_path / "tfprod.prom").read_text()
+
+    _served_request_logs(tmp_path / "inverted_logs", pushed_model, 255 - test_images)
+    code = cli.main(["monitor", "--request-logs", str(tmp_path / "inverted_logs"),
+                     "--run", str(output_dir)])
+    shown = capsys.readouterr()
+    assert code == 4, shown.out[-3000:] + shown.err[-3000:]
+    assert "error: drift detected: " in shown.err
+    assert "image (Jensen-Shannon divergence" in shown.err
+    assert (pathlib.Path(output_dir) / "monitor" / "monitor.html").is_file()
+
+
 def test_worse_model_is_not_blessed_and_the_served_version_stays(first_run):
     output_dir, _ = first_run
     serving_base = pathlib.Path(output_dir) / "serving" / "mnist_cnn"
@@ -163,6 +232,20 @@ def test_worse_model_is_not_blessed_and_the_served_version_stays(first_run):
     assert "TFLiteConverter skipped (not blessed)" in result.stdout
     assert tree_digest(serving_base) == before
     assert len([p for p in serving_base.iterdir() if p.is_dir()]) == 1
+
+
+def test_the_second_run_compared_its_data_with_the_blessed_run(first_run):
+    """The pipeline's drift check (monitor.pipeline_drift: warn): the second run (above) read
+    the same data as the blessed first run, so every distance is near zero."""
+    drift = read_summary(first_run[0])["data_drift"]
+    assert drift["mode"] == "warn" and drift["split"] == "train" and "note" not in drift
+    assert drift["previous_statistics"].startswith(str(first_run[0]))
+    distances = {f["feature"]: f for f in drift["features"]}
+    assert distances["image"]["comparator"] == "Jensen-Shannon divergence"
+    assert distances["image"]["distance"] < 0.01 and drift["drifted"] == []
+    assert "label" in distances
+    report = (pathlib.Path(first_run[0]) / "report.html").read_text()
+    assert 'id="data-drift"' in report
 
 
 def _corrupt_run(tmp_path, mnist_sample, train_images, test_images, test_labels):
