@@ -114,7 +114,7 @@ def test_task_dag_equals_the_local_pipeline(compiled_packages, tmp_path):
     expected.pop(RESOLVER_ID)
     expected = {node: upstream - {RESOLVER_ID} for node, upstream in expected.items()}
     assert task_graph(pipeline_spec) == expected
-    assert len(expected) == 10  # with the TFLiteConverter step
+    assert len(expected) == 11  # with the InfraValidator and TFLiteConverter steps
 
 
 def test_with_the_resolver_the_dag_equals_the_local_pipeline_exactly(tmp_path):
