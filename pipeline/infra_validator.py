@@ -128,7 +128,8 @@ class ServerProcess:
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1",
                    TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log,
-                                        stdin=subprocess.DEVNULL, env=env)
+                                        stdin=subprocess.DEVNULL, env=env,
+                                        preexec_fn=_end_with_parent)
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
@@ -204,6 +205,16 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait(timeout=timeout)
         self._log.close()
+
+
+def _end_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the pipeline's process dies (Linux), so a
+    killed run leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -314,18 +325,19 @@ def raw_inputs_from_examples(specs: Dict[str, Any], serialized: Sequence[bytes]
     """serving_raw's inputs built from tf.Examples, when each input is a feature of them.
 
     A string input takes the feature's first bytes value ("" when absent); a number input
-    of shape [N] its first value (NaN when absent); a larger one the feature's values
-    reshaped (an image's int64 pixels as [N, height, width]). Returns (None, why) when an
-    input is not a feature of the examples (a forecasting window stacks several).
+    of shape [N] its first value (NaN when absent: a table's missing value); a larger one
+    the feature's values reshaped (an image's int64 pixels as [N, height, width]). Returns
+    (None, why) when a larger input is not a feature of the examples (a forecasting window
+    stacks several).
     """
     import tensorflow as tf
 
     parsed = [tf.train.Example.FromString(record).features.feature for record in serialized]
     inputs = {}
     for name, spec in specs.items():
-        if not any(name in feature for feature in parsed):
-            return None, f"its input '{name}' is not a feature of the examples"
         shape = spec.shape.as_list()[1:]
+        if shape and not any(name in feature for feature in parsed):
+            return None, f"its input '{name}' is not a feature of the examples"
         rows = []
         for feature in parsed:
             entry = feature.get(name) if name in feature else None
@@ -610,7 +622,8 @@ def check_load(load: Dict[str, Any], settings: config_lib.InfraConfig) -> List[s
 def validate_model(model_dir: str, serialized_examples: Sequence[bytes], model_name: str,
                    settings: config_lib.InfraConfig, work_dir: Optional[str] = None,
                    served_model_dir: Optional[str] = None,
-                   loaded_model: Any = None) -> InfraResult:
+                   loaded_model: Any = None,
+                   server: Optional[ServerProcess] = None) -> InfraResult:
     """Serves served_model_dir (default: model_dir) and checks it against model_dir in process.
 
     Args:
@@ -621,6 +634,8 @@ def validate_model(model_dir: str, serialized_examples: Sequence[bytes], model_n
       work_dir: where the server's model directory and log go (default: a temp dir, removed).
       served_model_dir: what the server loads, when it is not model_dir (tests tamper with it).
       loaded_model: model_dir already loaded (tf.saved_model.load), to skip loading it again.
+      server: a server the caller started already (start_server) for served_model_dir, in
+        work_dir; it is stopped here.
 
     Raises:
       ConfigError: infra.server names a binary that is not on PATH.
@@ -632,8 +647,9 @@ def validate_model(model_dir: str, serialized_examples: Sequence[bytes], model_n
         "tolerance": settings.tolerance, "max_p99_ms": settings.max_p99_ms,
         "max_p50_ms": settings.max_p50_ms, "max_errors": settings.max_errors})
     # The server imports TensorFlow in its own process: start it before anything else here.
-    server = start_server(settings.server.value, served_model_dir or model_dir, model_name,
-                          work_dir)
+    if server is None:
+        server = start_server(settings.server.value, served_model_dir or model_dir, model_name,
+                              work_dir)
     clients = None
     try:
         import tensorflow as tf
@@ -651,10 +667,16 @@ def validate_model(model_dir: str, serialized_examples: Sequence[bytes], model_n
             return result
         step = time.monotonic()
         clients = Clients(server, settings.request_timeout_seconds)
-        served_signatures = {
-            name: _signature_summary(signature) for name, signature in
-            clients.grpc.metadata(model_name).signature_def.items() if not name.startswith("__")}
-        result.failures += compare_signatures(expected_signatures, served_signatures)
+        from tfprod.serving import client as client_lib
+
+        try:
+            served_signatures = {
+                name: _signature_summary(signature) for name, signature in
+                clients.grpc.metadata(model_name).signature_def.items()
+                if not name.startswith("__")}
+            result.failures += compare_signatures(expected_signatures, served_signatures)
+        except client_lib.ClientError as error:
+            result.failures.append(f"GetModelMetadata over GRPC failed: {error}")
         for probe in probes:
             for protocol in ("grpc", "rest"):
                 where = f"signature '{probe.signature}' over {protocol.upper()} ({probe.source})"
@@ -735,10 +757,17 @@ def InfraValidator(  # noqa: N802  (TFX component classes are CamelCase)
         logging.info("InfraValidator: the model was not blessed by the Evaluator; not served")
         return
     model_dir = path_utils.serving_model_path(model.uri)
-    serialized, _ = read_examples(examples.uri, settings.sample_size)
     work_dir = tempfile.mkdtemp(prefix="tfprod-infra-")
     try:
-        result = validate_model(model_dir, serialized, model_name, settings, work_dir=work_dir)
+        # First the server (its TensorFlow import is most of this step's time), then the rest.
+        server = start_server(settings.server.value, model_dir, model_name, work_dir)
+        try:
+            serialized, _ = read_examples(examples.uri, settings.sample_size)
+        except BaseException:
+            server.stop()
+            raise
+        result = validate_model(model_dir, serialized, model_name, settings, work_dir=work_dir,
+                                server=server)
         log_path = os.path.join(work_dir, SERVER_LOG_FILE)
         if os.path.isfile(log_path):  # kept with the result: why a server failed to start
             shutil.copy(log_path, os.path.join(blessing.uri, SERVER_LOG_FILE))
