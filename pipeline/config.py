@@ -994,7 +994,7 @@ class InfraConfig:
 
     enabled: bool = True
     server: InfraServer = InfraServer.TFPROD
-    # Largest absolute difference allowed between a served and an in-process float output.
+    # A served float output may differ from the in-process one by tolerance x (1 + |value|).
     tolerance: float = 1e-4
     sample_size: int = 32
     load_seconds: float = 1.0

@@ -12,7 +12,8 @@ server as a plain subprocess on 127.0.0.1 (any free ports): `tfprod serve` by de
    of the test split (infra.sample_size examples, serving_default on serialized tf.Examples
    and serving_raw on the raw tensors built from them) over gRPC and REST, and checks each
    answer against the in-process one: integer and string outputs (class ids, class names)
-   equal, float outputs (probabilities, forecasts) within infra.tolerance;
+   equal, float outputs (probabilities, forecasts) within infra.tolerance
+   (|served - expected| <= tolerance x (1 + |expected|));
 5. sends single-example requests for infra.load_seconds (at most infra.load_max_requests,
    from infra.load_concurrency threads, half REST and half gRPC) and checks p50/p99 latency
    and the error count against infra.max_p50_ms / infra.max_p99_ms / infra.max_errors.
@@ -456,7 +457,7 @@ def _shown(values: np.ndarray) -> str:
 
 def compare_outputs(expected: Dict[str, np.ndarray], served: Dict[str, np.ndarray],
                     tolerance: float, where: str, rows: Optional[List[int]]) -> List[str]:
-    """One line per output that differs: float outputs beyond tolerance (absolute), any other
+    """One line per output that differs: float outputs beyond tolerance x (1 + |expected|), any other
     output not equal; each names the first differing example and both values."""
     problems = []
     missing = sorted(set(expected) - set(served))
@@ -471,7 +472,9 @@ def compare_outputs(expected: Dict[str, np.ndarray], served: Dict[str, np.ndarra
                             f"{list(want.shape)} in process")
             continue
         if want.dtype.kind == "f":
-            bad = ~np.isclose(got.astype(np.float64), want.astype(np.float64), rtol=0.0,
+            # |served - expected| <= tolerance * (1 + |expected|): absolute for probabilities,
+            # relative for outputs in a label's units (a fare, a forecast).
+            bad = ~np.isclose(got.astype(np.float64), want.astype(np.float64), rtol=tolerance,
                               atol=tolerance, equal_nan=True)
         elif want.dtype == object or want.dtype.kind in "SU":
             bad = np.vectorize(lambda a, b: _as_bytes(a) != _as_bytes(b), otypes=[bool])(

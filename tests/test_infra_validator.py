@@ -206,3 +206,47 @@ def test_the_pusher_and_the_tflite_converter_refuse_a_model_the_infra_validator_
         {"tflite_models": [tflite]},
         {"output_dir": str(tmp_path / "out"), "model_name": MODEL_NAME, "mobile_config": "{}"})
     assert tflite.get_int_custom_property(mobile_component.CONVERTED_PROPERTY) == 0
+
+
+def test_raw_inputs_are_built_from_the_examples_features_with_missing_values_filled():
+    """serving_raw's inputs from test tf.Examples, as each task's raw signature takes them:
+    an image's pixels reshaped, a table's columns one value per row (NaN / "" missing), and
+    no inputs (why instead) for a window that no single feature holds."""
+    first, second = tf.train.Example(), tf.train.Example()
+    first.features.feature["fare"].float_list.value.append(12.5)
+    first.features.feature["company"].bytes_list.value.append(b"Flash Cab")
+    first.features.feature[features.IMAGE_KEY].int64_list.value.extend(range(4))
+    second.features.feature[features.IMAGE_KEY].int64_list.value.extend(range(4, 8))
+    serialized = [first.SerializeToString(), second.SerializeToString()]
+    table_specs = {"fare": tf.TensorSpec([None], tf.float32, name="fare"),
+                   "company": tf.TensorSpec([None], tf.string, name="company"),
+                   "trips": tf.TensorSpec([None], tf.float32, name="trips")}
+    inputs, why = infra_validator.raw_inputs_from_examples(table_specs, serialized)
+    assert why == ""
+    np.testing.assert_array_equal(inputs["fare"], np.array([12.5, np.nan], np.float32))
+    assert inputs["company"].tolist() == [b"Flash Cab", b""]
+    assert np.isnan(inputs["trips"]).all() and inputs["trips"].dtype == np.float32
+    image, _ = infra_validator.raw_inputs_from_examples(
+        {features.IMAGE_KEY: tf.TensorSpec([None, 2, 2], tf.float32)}, serialized)
+    np.testing.assert_array_equal(image[features.IMAGE_KEY],
+                                  np.arange(8, dtype=np.float32).reshape(2, 2, 2))
+    window, why = infra_validator.raw_inputs_from_examples(
+        {"window": tf.TensorSpec([None, 3, 2], tf.float32)}, serialized)
+    assert window is None and "'window' is not a feature of the examples" in why
+
+
+def test_float_outputs_compare_within_the_tolerance_and_classes_exactly():
+    expected = {"probabilities": np.array([[0.2, 0.8], [0.6, 0.4]], np.float32),
+                "prediction": np.array([1000.0, 2.0], np.float32),
+                "class_name": np.array([b"cat", b"dog"], dtype=object)}
+    served = {"probabilities": expected["probabilities"] + 5e-5,
+              "prediction": np.array([1000.09, 2.0], np.float32),  # within 1e-4 x 1001
+              "class_name": np.array([b"cat", b"dog"], dtype=object)}
+    assert infra_validator.compare_outputs(expected, served, 1e-4, "sig", [3, 4]) == []
+    served["probabilities"] = expected["probabilities"] + np.array([[0, 0], [0.01, -0.01]])
+    served["class_name"] = np.array([b"cat", b"cow"], dtype=object)
+    problems = infra_validator.compare_outputs(expected, served, 1e-4, "sig", [3, 4])
+    assert problems[0].startswith("sig, output 'class_name', example 4 (1 of 2 differ): "
+                                  "expected ['dog'], served ['cow']")
+    assert problems[1].startswith("sig, output 'probabilities', example 4 (1 of 2 differ): "
+                                  "expected [0.6, 0.4], served [0.61, 0.39]")
