@@ -50,6 +50,7 @@ from tfx import v1 as tfx
 
 from tfprod import errors
 from tfprod.contract import features, layout, splits
+from tfprod.pipeline import checks
 from tfprod.pipeline import config as config_lib
 
 COMPONENT_ID = "InfraValidator"
@@ -60,7 +61,7 @@ BLESSED_KEY = "blessed"
 BLESSED_FILE = "INFRA_BLESSED"
 NOT_BLESSED_FILE = "INFRA_NOT_BLESSED"
 SKIPPED_KEY = "skipped"
-TF_SERVING_BINARY = "tensorflow_model_server"
+TF_SERVING_BINARY = checks.TF_SERVING_BINARY
 # The signatures that take serialized tf.Examples under this input name (tasks.signatures).
 EXAMPLES_INPUT = "examples"
 # The server's stderr (its log) is kept beside the result; its tail goes into a start failure.
@@ -226,12 +227,7 @@ def _free_port() -> int:
 
 def check_server_available(server: str) -> None:
     """Raises ConfigError when infra.server names a binary that is not on PATH."""
-    if server == config_lib.InfraServer.TF_SERVING.value and shutil.which(TF_SERVING_BINARY) is None:
-        raise errors.ConfigError(
-            f"infra.server: {TF_SERVING_BINARY} is selected but no {TF_SERVING_BINARY} binary is "
-            "on PATH (TF Serving ships it in its Docker image and apt repository). Install it, or "
-            "set infra.server: tfprod (the default) to validate with `tfprod serve`, or "
-            "infra.enabled: false to skip the step")
+    checks.check_infra_server(config_lib.InfraConfig(server=config_lib.InfraServer(server)))
 
 
 def start_server(server: str, model_dir: str, model_name: str, work_dir: str) -> ServerProcess:

@@ -134,7 +134,16 @@ def test_a_served_model_that_differs_and_a_p99_over_the_limit_are_named(tmp_path
 
 
 def test_tensorflow_model_server_missing_from_path_is_refused_clearly(tmp_path, monkeypatch):
+    from tfprod.pipeline import checks
+
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    # Before the run starts (tfprod run's preflight: exit 2 before TensorFlow loads) ...
+    experiment = config_lib.load_config(None, ["infra.server=tensorflow_model_server"])
+    with pytest.raises(errors.ConfigError, match=r"^infra.server: tensorflow_model_server is "):
+        checks.check_infra_server(experiment.infra)
+    checks.check_infra_server(config_lib.load_config(None, [
+        "infra.server=tensorflow_model_server", "infra.enabled=false"]).infra)  # not used: fine
+    # ... and in the step itself (a Kubeflow image without the binary).
     with pytest.raises(errors.ConfigError, match=r"infra.server: tensorflow_model_server is "
                                                  r"selected but no tensorflow_model_server binary "
                                                  r"is on PATH.*infra.server: tfprod"):

@@ -240,7 +240,7 @@ def test_cli_compile_writes_a_package(tmp_path, capsys):
     pipeline_spec, _ = compiler.read_package(str(output))
     assert executors_of(pipeline_spec)["Trainer_executor"]["container"][
         "image"] == "ghcr.io/tfprod/tfprod:1.2.3"
-    assert "10 tasks" in capsys.readouterr().out
+    assert "11 tasks" in capsys.readouterr().out  # with the InfraValidator
 
 
 def test_cli_compile_bad_override_exits_2(tmp_path, capsys):
