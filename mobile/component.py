@@ -1,7 +1,8 @@
 """TFLiteConverter: the pipeline step that converts the blessed model to TFLite.
 
 It runs after the Evaluator and the Pusher. It consumes the Trainer's model, the
-Evaluator's blessing (a model that is not blessed is not converted), the
+Evaluator's blessing and, when the pipeline has one, the InfraValidator's (a model that
+either did not bless is not converted), the
 ExampleGen examples (train split: int8 calibration; test split: verification)
 and the Pusher's output (for the pushed version number, so the TFLite files
 carry the same version as the served model). It writes
@@ -52,15 +53,18 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
         tflite_models: OutputArtifact[TFLiteModels],
         output_dir: Parameter[str],
         model_name: Parameter[str],
-        mobile_config: Parameter[str]) -> None:
+        mobile_config: Parameter[str],
+        infra_blessing: InputArtifact[standard_artifacts.InfraBlessing] = None) -> None:
     """Converts, annotates and verifies the blessed model (see the module docstring).
 
     Args:
       mobile_config: the experiment's ``mobile`` section as JSON (pipeline.config.MobileConfig).
+      infra_blessing: the InfraValidator's blessing (optional: absent when infra.enabled is false).
     """
     from tfprod.mobile import data, export
 
-    if model_blessing.get_int_custom_property("blessed") != 1:
+    if model_blessing.get_int_custom_property("blessed") != 1 or (
+            infra_blessing is not None and infra_blessing.get_int_custom_property("blessed") != 1):
         tflite_models.set_int_custom_property(CONVERTED_PROPERTY, 0)
         # The local runner's progress reads "not blessed" as "skipped (not blessed)".
         logging.info("TFLiteConverter: the model was not blessed; nothing converted")

@@ -107,4 +107,25 @@ def check_inputs(experiment: config_lib.ExperimentConfig) -> None:
     """
     experiment.check_paths()
     config_lib.check_output_dir(experiment.runtime.output_dir)
+    check_infra_server(experiment.infra)
     tasks.get_task(experiment).preflight(experiment)
+
+
+TF_SERVING_BINARY = "tensorflow_model_server"
+
+
+def check_infra_server(infra: config_lib.InfraConfig) -> None:
+    """The model server infra.server names can start here (pipeline/infra_validator.py).
+
+    Raises:
+      ConfigError: infra.server is tensorflow_model_server and no such binary is on PATH.
+    """
+    import shutil
+
+    if (infra.enabled and infra.server == config_lib.InfraServer.TF_SERVING
+            and shutil.which(TF_SERVING_BINARY) is None):
+        raise config_lib.ConfigError(
+            f"infra.server: {TF_SERVING_BINARY} is selected but no {TF_SERVING_BINARY} binary is "
+            "on PATH (TF Serving ships it in its Docker image and apt repository). Install it, or "
+            "set infra.server: tfprod (the default) to validate with `tfprod serve`, or "
+            "infra.enabled: false to skip the step", key="infra.server")

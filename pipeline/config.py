@@ -1072,6 +1072,60 @@ class MonitorConfig:
                self.reference_examples)
 
 
+class InfraServer(str, enum.Enum):
+    """infra.server: which model server the InfraValidator starts (pipeline/infra_validator.py)."""
+
+    TFPROD = "tfprod"  # `tfprod serve` as a subprocess (the default; always available)
+    TF_SERVING = "tensorflow_model_server"  # TF Serving's binary, when it is on PATH
+
+
+@dataclasses.dataclass
+class InfraConfig:
+    """The InfraValidator: the candidate served on 127.0.0.1 before the Pusher pushes it.
+
+    Its answers must equal the in-process model's (class ids and names exactly, float
+    outputs within infra.tolerance) on the warm-up requests and infra.sample_size test
+    examples, over REST and gRPC; then a short load (infra.load_seconds, at most
+    infra.load_max_requests) must stay within infra.max_p99_ms (infra.max_p50_ms) with at
+    most infra.max_errors errors.
+    """
+
+    enabled: bool = True
+    server: InfraServer = InfraServer.TFPROD
+    # A served float output may differ from the in-process one by tolerance x (1 + |value|).
+    tolerance: float = 1e-4
+    sample_size: int = 32
+    load_seconds: float = 1.0
+    load_max_requests: int = 2000
+    load_concurrency: int = 2
+    max_p99_ms: float = 1000.0
+    max_p50_ms: Optional[float] = None
+    max_errors: int = 0
+    startup_timeout_seconds: float = 300.0
+    request_timeout_seconds: float = 30.0
+
+    def validate(self) -> None:
+        _check(0.0 <= self.tolerance <= 1.0, "infra.tolerance", "a number in [0, 1]",
+               self.tolerance)
+        _check(1 <= self.sample_size <= 10000, "infra.sample_size", "an integer in 1..10000",
+               self.sample_size)
+        _check(0.0 < self.load_seconds <= 60.0, "infra.load_seconds",
+               "a number of seconds in (0, 60]", self.load_seconds)
+        _check(self.load_max_requests >= 1, "infra.load_max_requests", "an integer >= 1",
+               self.load_max_requests)
+        _check(1 <= self.load_concurrency <= 64, "infra.load_concurrency",
+               "an integer in 1..64", self.load_concurrency)
+        _check(self.max_p99_ms > 0, "infra.max_p99_ms", "a positive number of milliseconds",
+               self.max_p99_ms)
+        _check(self.max_p50_ms is None or self.max_p50_ms > 0, "infra.max_p50_ms",
+               "null or a positive number of milliseconds", self.max_p50_ms)
+        _check(self.max_errors >= 0, "infra.max_errors", "an integer >= 0", self.max_errors)
+        _check(self.startup_timeout_seconds > 0, "infra.startup_timeout_seconds",
+               "a positive number of seconds", self.startup_timeout_seconds)
+        _check(self.request_timeout_seconds > 0, "infra.request_timeout_seconds",
+               "a positive number of seconds", self.request_timeout_seconds)
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     """One experiment: data, model, training, evaluation, export and runtime."""
@@ -1087,6 +1141,7 @@ class ExperimentConfig:
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
     tuning: TuningConfig = _added_key(TuningConfig)
     monitor: MonitorConfig = _added_key(MonitorConfig)
+    infra: InfraConfig = _added_key(InfraConfig)
 
     def validate(self) -> None:
         """The schema's checks: every section, and the rules between sections that need
@@ -1094,7 +1149,8 @@ class ExperimentConfig:
         the task run above (tfprod.pipeline.checks.check_experiment)."""
         _check(bool(self.name), "name", "a non-empty string", self.name)
         for section in (self.data, self.model, self.trainer, self.eval, self.export, self.mobile,
-                        self.runtime, self.kubeflow, self.tuning, self.monitor):
+                        self.runtime, self.kubeflow, self.tuning, self.monitor,
+                        self.infra):
             section.validate()
         if self.data.format == DataFormat.CSV and self.eval.gate == Gate.ABSOLUTE:
             _check(self.eval.mae_threshold is not None, "eval.mae_threshold",

@@ -2,8 +2,10 @@
 
 ExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator
 -> AnomaliesGate -> Transform -> [Tuner, when tuning.enabled] -> Trainer -> Evaluator
-(vs. the latest blessed model) -> Pusher (atomic: pipeline.pusher) -> TFLiteConverter
-(blessed models only; when mobile.enabled).
+(vs. the latest blessed model) -> [InfraValidator, when infra.enabled: the candidate in a
+real server on 127.0.0.1, pipeline.infra_validator] -> Pusher (atomic: pipeline.pusher;
+only a model blessed by the Evaluator and the InfraValidator) -> TFLiteConverter (blessed
+models only; when mobile.enabled).
 Building it writes nothing. It reads only what the task needs to settle its evaluation gate
 (with eval.gate: baseline, the labels of the raw data, to score the trivial baseline).
 """
@@ -17,6 +19,7 @@ from tfprod.contract import layout
 from tfprod.mobile import component as mobile_component
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import drift_check, ingestion, tasks, trainer, tuning, validation
+from tfprod.pipeline import infra_validator as infra_lib
 from tfprod.pipeline import pusher as pusher_lib
 
 RUN_FN = "tfprod.pipeline.trainer.run_fn"
@@ -113,10 +116,25 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
         eval_config=task.eval_config(experiment),
         example_splits=[experiment.eval.split])
 
-    # TFX's Pusher, pushing into a temporary directory and renaming it into place.
+    # The candidate in a real model server (no Docker): parity with the in-process model
+    # and latency under a short load, recorded as TFX's InfraBlessing.
+    infra_validator = None
+    if experiment.infra.enabled:
+        infra_validator = infra_lib.InfraValidator(
+            model=model_trainer.outputs["model"],
+            model_blessing=evaluator.outputs["blessing"],
+            examples=example_gen.outputs["examples"],
+            model_name=experiment.export.model_name,
+            infra_config=json.dumps(config_lib.to_dict(experiment.infra))
+        ).with_id(infra_lib.COMPONENT_ID)
+    infra_blessing = infra_validator.outputs["blessing"] if infra_validator else None
+
+    # TFX's Pusher, pushing into a temporary directory and renaming it into place; it pushes
+    # only a model blessed by the Evaluator and (when it runs) the InfraValidator.
     pusher = pusher_lib.AtomicPusher(
         model=model_trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_blessing,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=paths.serving_model_dir(experiment.export.model_name)))
@@ -124,11 +142,12 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
 
     components = [example_gen, statistics_gen, schema_gen, schema_rewrite, example_validator,
                   anomalies_gate, transform, tuner, model_trainer, latest_blessed_model,
-                  evaluator, pusher]
+                  evaluator, infra_validator, pusher]
     if experiment.mobile.enabled and task.supports_mobile():
         components.append(mobile_component.TFLiteConverter(
             model=model_trainer.outputs["model"],
             model_blessing=evaluator.outputs["blessing"],
+            infra_blessing=infra_blessing,
             examples=example_gen.outputs["examples"],
             pushed_model=pusher.outputs["pushed_model"],
             output_dir=paths.output_dir,

@@ -59,6 +59,10 @@ class RunSummary:
     # run's train split against the last blessed run's, as its drift.json says; empty when
     # the check did not run.
     data_drift: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The InfraValidator (pipeline/infra_validator.py): {"blessed", "skipped", "server",
+    # "failures", "p50_ms", "p99_ms", "requests", "errors", "seconds", "line"}; empty when
+    # the step did not run (infra.enabled false, or the run stopped before it).
+    infra: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,8 +79,13 @@ class RunSummary:
             lines.append("Evaluation (" + ", ".join(
                 f"{name}={value:.4f}" if isinstance(value, float) else f"{name}={value}"
                 for name, value in sorted(self.metrics.items())) + ")")
+        if self.infra.get("line"):
+            lines.append(self.infra["line"])
         if self.status == "succeeded":
-            if self.blessed:
+            if self.blessed and self.infra and not self.infra.get("blessed"):
+                lines.append("Blessed by the Evaluator, but the InfraValidator did not bless it: "
+                             "the model was not pushed")
+            elif self.blessed:
                 lines.append(f"Blessed: yes. Pushed to {self.pushed_model_dir}")
                 if self.tflite_skipped:
                     lines.append(f"TFLite: none ({self.tflite_skipped})")
@@ -422,6 +431,8 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
         if _custom_int(pushed, "pushed") == 1:
             result.pushed_model_dir = _custom_str(pushed, "pushed_destination")
 
+    result.infra = _infra_record(store, experiment.name, run_context_id)
+
     tflite = _latest_execution_outputs(store, experiment.name, layout.TFLITE_CONVERTER_ID, run_context_id)
     if tflite.get("tflite_models") and _custom_int(tflite["tflite_models"][0], "converted") == 1:
         files_path = os.path.join(tflite["tflite_models"][0].uri, "files.json")
@@ -470,3 +481,27 @@ def _read_data_drift(store, pipeline_name: str, run_context_id: Optional[int],
                                         run_context_id)
     if outputs.get("drift"):
         result.data_drift = drift_check.read_drift(outputs["drift"][0].uri) or {}
+
+
+def _infra_record(store, pipeline_name: str, run_context_id: Optional[int]) -> Dict[str, Any]:
+    """run_summary.json's `infra` block, from the InfraValidator's InfraBlessing artifact."""
+    from tfprod.pipeline import infra_validator
+
+    outputs = _latest_execution_outputs(store, pipeline_name, infra_validator.COMPONENT_ID,
+                                        run_context_id)
+    if not outputs.get("blessing"):
+        return {}
+    artifact = outputs["blessing"][0]
+    record: Dict[str, Any] = {"blessed": _custom_int(artifact, infra_validator.BLESSED_KEY) == 1,
+                              "artifact": artifact.uri}
+    result = infra_validator.read_result(artifact.uri)
+    if result:
+        latency = result.get("latency") or {}
+        record.update(
+            skipped=result.get("skipped"), server=result.get("server"),
+            failures=result.get("failures", []), checks=len(result.get("checks", {})),
+            requests=latency.get("requests"), errors=latency.get("errors"),
+            p50_ms=latency.get("p50_ms"), p99_ms=latency.get("p99_ms"),
+            seconds=result.get("seconds", {}),
+            line=infra_validator.InfraResult(**result).line())
+    return record

@@ -117,7 +117,7 @@ def test_task_dag_equals_the_local_pipeline(compiled_packages, tmp_path):
     expected.pop(RESOLVER_ID)
     expected = {node: upstream - {RESOLVER_ID} for node, upstream in expected.items()}
     assert task_graph(pipeline_spec) == expected
-    assert len(expected) == 10  # with the TFLiteConverter step
+    assert len(expected) == 11  # with the InfraValidator and TFLiteConverter steps
 
 
 def test_with_the_resolver_the_dag_equals_the_local_pipeline_exactly(tmp_path):
@@ -243,7 +243,7 @@ def test_cli_compile_writes_a_package(tmp_path, capsys):
     pipeline_spec, _ = compiler.read_package(str(output))
     assert executors_of(pipeline_spec)["Trainer_executor"]["container"][
         "image"] == "ghcr.io/tfprod/tfprod:1.2.3"
-    assert "10 tasks" in capsys.readouterr().out
+    assert "11 tasks" in capsys.readouterr().out  # with the InfraValidator
 
 
 def test_cli_compile_bad_override_exits_2(tmp_path, capsys):

@@ -99,6 +99,9 @@ def overview_section(run: RunData) -> Section:
         ("total wall time (s)", summary.get("total_seconds")),
         ("report written", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
     ]
+    infra = summary.get("infra") or {}
+    if infra.get("line"):  # the InfraValidator's outcome (pipeline/infra_validator.py)
+        facts.append(("infra validation", infra["line"].split(": ", 1)[-1]))
     gate = summary.get("gate") or {}
     if gate.get("kind"):
         # The gate, the bound it set and the trivial baseline it compared with (eval.gate).

@@ -72,13 +72,65 @@ def test_first_run_is_blessed_and_pushed_in_tf_serving_layout(first_run):
     assert set(summary["component_seconds"]) == {
         "IdxExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
         "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator",
-        "Pusher", "TFLiteConverter", "blessed_statistics_resolver", "DataDriftCheck"}
+        "InfraValidator", "Pusher", "TFLiteConverter", "blessed_statistics_resolver",
+        "DataDriftCheck"}
     assert (pathlib.Path(output_dir) / "config.yaml").is_file()
     assert (pathlib.Path(output_dir) / "metadata.sqlite").is_file()
     # Progress per component while running, then the summary.
-    assert "[1/13] IdxExampleGen ..." in result.stdout
+    assert "[1/14] IdxExampleGen ..." in result.stdout
     assert "Trainer done in" in result.stdout
     assert f"Blessed: yes. Pushed to {versions[0]}" in result.stdout
+    # The InfraValidator served the candidate with `tfprod serve` before the push.
+    infra = summary["infra"]
+    assert infra["blessed"] is True and infra["skipped"] is None and infra["failures"] == []
+    assert infra["server"] == "tfprod" and infra["checks"] >= 4 and infra["errors"] == 0
+    assert infra["requests"] >= 1 and 0 < infra["p50_ms"] <= infra["p99_ms"] <= 1000
+    assert "Infra validation: passed (tfprod;" in result.stdout
+    blessing_dir = pathlib.Path(infra["artifact"])
+    assert (blessing_dir / "INFRA_BLESSED").is_file()
+    assert json.loads((blessing_dir / "infra_validation.json").read_text())["blessed"] is True
+
+
+def test_a_model_the_infra_validator_did_not_bless_is_not_pushed(first_run, tmp_path):
+    """The run's own model and Evaluator blessing, pushed by the pipeline's Pusher executor:
+    with an InfraBlessing marked as TFX marks a failed validation, nothing is pushed; with
+    the run's InfraBlessing, it is."""
+    from tfx import v1 as tfx
+    from tfx.types import standard_artifacts, standard_component_specs
+    from tfx.utils import proto_utils
+
+    from tfprod.pipeline import pusher
+
+    summary = read_summary(first_run[0])
+    model = standard_artifacts.Model()
+    model.uri = summary["artifacts"]["model"]
+    model_blessing = standard_artifacts.ModelBlessing()
+    model_blessing.uri = str(tmp_path / "model_blessing")
+    model_blessing.set_int_custom_property("blessed", 1)
+    run_infra_blessing = standard_artifacts.InfraBlessing()
+    run_infra_blessing.uri = summary["infra"]["artifact"]
+    run_infra_blessing.set_int_custom_property("blessed", 1)
+    failed_infra_blessing = standard_artifacts.InfraBlessing()
+    failed_infra_blessing.uri = str(tmp_path / "infra_blessing")
+    failed_infra_blessing.set_int_custom_property("blessed", 0)
+
+    def push(infra_blessing, name):
+        pushed = standard_artifacts.PushedModel()
+        pushed.uri = str(tmp_path / name)
+        destination = tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=str(tmp_path / "serving" / name)))
+        pusher.AtomicPusherExecutor().Do(
+            {standard_component_specs.MODEL_KEY: [model],
+             standard_component_specs.MODEL_BLESSING_KEY: [model_blessing],
+             standard_component_specs.INFRA_BLESSING_KEY: [infra_blessing]},
+            {standard_component_specs.PUSHED_MODEL_KEY: [pushed]},
+            {standard_component_specs.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(destination)})
+        return pushed
+
+    assert push(failed_infra_blessing, "failed").get_int_custom_property("pushed") == 0
+    assert not (tmp_path / "serving" / "failed").exists()
+    assert push(run_infra_blessing, "passed").get_int_custom_property("pushed") == 1
+    assert len(list((tmp_path / "serving" / "passed").iterdir())) == 1
 
 
 def test_the_console_is_quiet_and_shows_progress_and_run_log_keeps_everything(first_run):
@@ -230,6 +282,10 @@ def test_worse_model_is_not_blessed_and_the_served_version_stays(first_run):
     assert "Blessed: NO" in result.stdout
     assert "Pusher skipped (not blessed)" in result.stdout
     assert "TFLiteConverter skipped (not blessed)" in result.stdout
+    # Not blessed by the Evaluator: no server is started for it.
+    assert "InfraValidator skipped (not blessed)" in result.stdout
+    assert summary["infra"]["blessed"] is False
+    assert summary["infra"]["skipped"] == "the Evaluator did not bless the model"
     assert tree_digest(serving_base) == before
     assert len([p for p in serving_base.iterdir() if p.is_dir()]) == 1
 
