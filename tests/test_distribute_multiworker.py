@@ -49,7 +49,9 @@ def multiworker_run(tmp_path_factory, mnist_sample):
     overrides = ["runtime.strategy=multi_worker_mirrored", "runtime.num_workers=2",
                  "runtime.worker_timeout_seconds=600", "trainer.epochs=1",
                  "trainer.batch_size=16", "trainer.learning_rate=0.003",
-                 "eval.accuracy_threshold=0.5", "mobile.enabled=false", *SMALL_MODEL]
+                 "eval.accuracy_threshold=0.5", "mobile.enabled=false",
+                 "infra.enabled=false",  # the InfraValidator is tested in tests/e2e
+                 *SMALL_MODEL]
     args = [TFPROD, "run", "--config", str(MNIST_CONFIG), "--data-dir", str(data_dir),
             "--output-dir", str(output_dir)]
     for override in overrides:

@@ -138,7 +138,8 @@ def tuned_run(tmp_path_factory, mnist_sample):
         [TFPROD, "run", "--config", str(TUNED_CONFIG), "--data-dir", str(data_dir),
          "--output-dir", str(output_dir), "--set", "trainer.epochs=1",
          "--set", "tuning.trial_steps_per_epoch=6", "--set", "tuning.max_trials=2",
-         "--set", "mobile.enabled=false"],
+         "--set", "mobile.enabled=false",
+         "--set", "infra.enabled=false"],  # tested in tests/e2e, not here: a server start less
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir, json.loads((output_dir / "run_summary.json").read_text())
