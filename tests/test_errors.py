@@ -51,6 +51,7 @@ EXPECTED = {
     ("tfprod.pipeline.local_runner", "PipelineDataError"): (DATA, ()),
     ("tfprod.pipeline.local_runner", "PipelineRunError"): (RUN, (RuntimeError,)),
     ("tfprod.pipeline.multiworker", "MultiWorkerError"): (RUN, (RuntimeError,)),
+    ("tfprod.pipeline.infra_validator", "InfraValidationError"): (RUN, ()),
     ("tfprod.kubeflow.errors", "SubmitError"): (RUN, ()),
     ("tfprod.kubeflow.errors", "LocalRunError"): (RUN, ()),
     ("tfprod.mobile.convert", "ConversionError"): (RUN, (RuntimeError,)),
