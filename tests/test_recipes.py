@@ -311,8 +311,12 @@ def test_the_exported_model_holds_the_ema_weights(tmp_path, mnist_sample):
     names = [v.name for v in model.trainable_variables]
     for name, average, raw in zip(names, shadow.average, shadow.raw):
         np.testing.assert_allclose(exported[name], average, rtol=1e-4, atol=1e-6)
-    # ...and the EMA really differs from the last raw weights.
-    assert max(np.max(np.abs(a - r)) for a, r in zip(shadow.average, shadow.raw)) > 1e-3
+    # ...and the raw weights would fail that same check: the export holds the EMA, not the
+    # last step's weights. (With the warm-up the 8-12 steps here average over the last few
+    # steps only, so the gap is small: 0.0008 at most in one CI run, which a fixed 1e-3 bar
+    # failed.)
+    assert not all(np.allclose(exported[name], raw, rtol=1e-4, atol=1e-6)
+                   for name, raw in zip(names, shadow.raw))
 
 
 # --------------------------------------------------------------------------
