@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "jsonschema",
     "kubernetes-validate==1.37.0",  # offline Kubernetes schemas for kubeflow/manifests
     "pyyaml",
+    "tensorflow-model-optimization==0.8.1",  # QAT, pruning, clustering (mobile/)
     "google-crc32c",  # the request log's TFRecord framing (serving/request_log.py)
     "setuptools<80",  # tfx and beam still import pkg_resources
 ]
