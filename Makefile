@@ -60,14 +60,19 @@ task-library-venv: $(TASKLIB_STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tfprod run --config configs/mnist_cnn.yaml
 
+# Two pytest-xdist workers, one test file at a time each (tests/conftest.py's scheduler);
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+XDIST_ARGS = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --no-loadscope-reorder)
+
 test: $(STAMP) $(TASKLIB_STAMP)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(XDIST_ARGS)
 
 test-unit: $(STAMP)
-	$(VENV)/bin/pytest -m "not e2e"
+	$(VENV)/bin/pytest $(XDIST_ARGS) -m "not e2e"
 
 test-e2e: $(STAMP) $(TASKLIB_STAMP)
-	$(VENV)/bin/pytest -m e2e
+	$(VENV)/bin/pytest $(XDIST_ARGS) -m e2e
 
 bench: $(STAMP)
 	$(VENV_PYTHON) -m bench.pipeline_bench

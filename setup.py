@@ -28,7 +28,7 @@ INSTALL_REQUIRES = [
 # tflite-support: only its pure-Python metadata schema reader, the independent extractor in
 # tests/test_mobile.py (its native parts do not import here; see ../shared/docs/STACK.md).
 # websocket-client: the report's browser test talks to headless Chromium's DevTools protocol.
-TEST_REQUIRES = ["pytest", "pytest-timeout", "hypothesis", "tflite-support==0.4.4",
+TEST_REQUIRES = ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "tflite-support==0.4.4",
                  "websocket-client"]
 
 # One import root: the repository's top-level folders are installed as subpackages of

@@ -14,6 +14,27 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT / "data" / "mnist_sample"
 MNIST_CONFIG = REPO_ROOT / "configs" / "mnist_cnn.yaml"
 CURATED_SCHEMA = REPO_ROOT / "configs" / "schemas" / "image_28x28_10class.pbtxt"
+# `make test` runs the suite on two pytest-xdist workers, whole files at a time (a file's
+# module fixtures, e.g. its pipeline run, are built once). These files share the session
+# fixture mnist_mobile_run's pipeline run, so they go to the same worker as one unit.
+SHARED_RUN_FILES = ("tests/report/", "tests/test_mobile.py", "tests/test_compression.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Schedules by file (tests/e2e first, in collection order, so the longest files start
+    early), with the SHARED_RUN_FILES as one unit."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if path.startswith(SHARED_RUN_FILES):
+                return "mnist_mobile_run"
+            return path
+
+    return FileScheduling(config, log)
+
+
 # The shared datasets (../shared/data beside the checkout, as in CI; see its README).
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
