@@ -385,18 +385,18 @@ def markdown_lines(int8_report: Mapping[str, Any]) -> List[str]:
              f"{'fails the run' if gates['on_failure'] == GateAction.FAIL.value else 'is a warning'}"
              f" (mobile.int8_gate {gates['on_failure']}). {int8_report['summary']}.",
              "",
-             "| # | tried | size (KB) | runtime | drop (points) | top-1 agreement | passed | "
+             "| # | tried | size (KB) | drop (points) | top-1 agreement | passed | "
              "why the next was taken |",
-             "|---:|---|---:|---|---:|---:|---|---|"]
+             "|---:|---|---:|---|---|---|---|"]
     for number, attempt in enumerate(int8_report["attempts"], start=1):
         size = "" if attempt["size_bytes"] is None else f"{attempt['size_bytes'] / 1024:.1f}"
-        cells = [(runtime, f"{result['accuracy_drop_points']:+.2f}",
-                  f"{result['top1_agreement']:.4f}")
-                 for runtime, result in attempt["runtimes"].items()] or [("", "", "")]
-        for runtime, drop, agreement in cells:
-            lines.append(f"| {number} | {attempt['description']} | {size} | {runtime} | {drop} | "
-                         f"{agreement} | {'yes' if attempt['passed'] else 'no'} | "
-                         f"{attempt['next'] or ''} |")
+        runtimes = attempt["runtimes"].items()
+        drops = ", ".join(f"{runtime} {result['accuracy_drop_points']:+.2f}"
+                          for runtime, result in runtimes)
+        agreements = ", ".join(f"{runtime} {result['top1_agreement']:.4f}"
+                               for runtime, result in runtimes)
+        lines.append(f"| {number} | {attempt['description']} | {size} | {drops} | {agreements} "
+                     f"| {'yes' if attempt['passed'] else 'no'} | {attempt['next'] or ''} |")
     return lines
 
 

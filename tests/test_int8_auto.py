@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfprod.contract import features
 from tfprod.mobile import convert, export, int8_auto
 from tfprod.pipeline import config as config_lib
+from tfprod.pipeline.report import sections
 
 HEIGHT = WIDTH = 28
 TEST_EXAMPLES = 300
@@ -141,7 +142,14 @@ def test_auto_with_an_impossible_gate_keeps_layers_in_float_then_calls_qat(tiny_
     assert report["summary"].startswith("int8 FAILS its gates")
     assert f"attempt {report['chosen_attempt']}" in report["summary"]
     markdown = (tmp_path / "report.md").read_text()
-    assert markdown.count("| litert |") >= 5 and "trying QAT" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| 4 | quantization")]
+    assert len(rows) == 1 and "| litert " in rows[0] and "tflite_runtime " in rows[0]
+    assert "trying QAT" in markdown and "| 3 | int8 with 2 layer(s) in float" in markdown
+    assert markdown.count("| litert |") == 1  # the attempts are one row each, not per runtime
+    # The run report (report.html) shows the same attempts.
+    html = sections._int8_attempts(report)
+    assert 'id="tflite-int8-attempts"' in html and html.count("trying QAT") == 2  # 2 runtimes
+    assert "mobile.int8_strategy auto" in html and "FAILS its gates" in html
 
     # The selective models really keep those layers in float, and only builtin ops.
     ptq_types = int8_auto.tensor_types(attempts[0].model_bytes)
