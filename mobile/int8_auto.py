@@ -25,7 +25,8 @@ and the top-1 agreement with the SavedModel (``mobile.min_int8_agreement``).
      is recorded as "QAT not available".
 
 The int8 file written is the first attempt that passed, or, when none did, the best one
-(the smallest worst-runtime accuracy drop, then the highest agreement), marked failing.
+(the fewest gate failures, then the highest worst-runtime agreement, then the smallest
+drop), marked failing.
 Every attempt, its figures and the reason the next one was taken go into the report
 (:meth:`Int8Result.to_report`).
 """
@@ -42,7 +43,9 @@ import numpy as np
 from tfprod import errors
 
 # The QAT fallback: called with no arguments, returns the int8 TFLite model (bytes) of the
-# quantization-aware fine-tuned model, converted with the same input/output types as PTQ.
+# quantization-aware fine-tuned model, converted with the same input/output types as PTQ
+# and the same input (mobile.convert.inference_function's); export_tflite checks it and
+# attaches the metadata itself.
 QatFallback = Callable[[], bytes]
 
 # Verifies one model: its bytes -> {runtime: {"accuracy", "top1_agreement", ...}}.
@@ -184,16 +187,23 @@ class Int8Result:
 
 
 def _choose(attempts: Sequence[Attempt], savedmodel_accuracy: float) -> int:
-    """The first attempt that passed, else the best one that produced a model."""
+    """The first attempt that passed, else the best one that produced a model.
+
+    Best: the fewest gate failures, then the highest worst-runtime agreement with the
+    SavedModel (int8 that gets more test labels right but disagrees with the SavedModel
+    more is not a better copy of it), then the smallest drop, then the earliest.
+    """
     for index, attempt in enumerate(attempts):
         if attempt.passed:
             return index
     candidates = [index for index, attempt in enumerate(attempts)
                   if attempt.model_bytes is not None]
-    drop, agreement = 0, 1
-    return min(candidates, key=lambda index: (
-        attempts[index].worst(savedmodel_accuracy)[drop],
-        -attempts[index].worst(savedmodel_accuracy)[agreement], index))
+
+    def rank(index: int):
+        drop, agreement = attempts[index].worst(savedmodel_accuracy)
+        return (len(attempts[index].failures), -agreement, drop, index)
+
+    return min(candidates, key=rank)
 
 
 def gate_ptq(model_bytes: bytes, runtimes: Dict[str, Dict[str, float]], gates: Int8Gates,

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfprod.contract import features
 from tfprod.mobile import convert, export, int8_auto
+from tfprod.mobile.verify import TfliteClassifier
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline.report import sections
 
@@ -167,8 +168,12 @@ def test_auto_with_an_impossible_gate_keeps_layers_in_float_then_calls_qat(tiny_
 
 
 def test_auto_without_a_qat_fallback_records_qat_not_available(tiny_model, tmp_path):
+    # With int8 input and output: the float-layer model keeps them (fully quantized).
     result = _export(tiny_model, tmp_path, int8_strategy="auto", int8_gates=IMPOSSIBLE,
-                     int8_max_float_layers=1)
+                     int8_max_float_layers=1, int8_io="int8")
+    for attempt in result.int8.attempts[:2]:
+        classifier = TfliteClassifier(attempt.model_bytes, "tflite_runtime")
+        assert classifier.input["dtype"] == np.int8 and classifier.output["dtype"] == np.int8
     steps = [(attempt.step.value, attempt.model_bytes is None) for attempt in
              result.int8.attempts]
     assert steps == [("ptq", False), ("float_layers", False), ("qat", True)]
@@ -196,6 +201,20 @@ def test_float_layer_counts_double_up_to_the_bound():
     assert int8_auto.float_layer_counts(10, 8) == [1, 2, 4, 8]
     assert int8_auto.float_layer_counts(3, 1) == [1]
     assert int8_auto.float_layer_counts(0, 8) == []
+
+
+def test_without_a_passing_attempt_the_closest_copy_of_the_savedmodel_is_chosen():
+    def attempt(accuracy, agreement, failures, model=b"x"):
+        return int8_auto.Attempt(int8_auto.Step.FLOAT_LAYERS, "", model_bytes=model,
+                                 runtimes={"litert": {"accuracy": accuracy,
+                                                      "top1_agreement": agreement}},
+                                 failures=["gate"] * failures)
+    attempts = [attempt(0.95, 0.97, 2), attempt(0.99, 0.96, 1), attempt(0.97, 0.99, 1),
+                attempt(0.99, 0.999, 1, model=None)]
+    # Fewest failures, then the agreement; higher accuracy alone does not win; no model, no pick.
+    assert int8_auto._choose(attempts, savedmodel_accuracy=0.97) == 2
+    attempts.append(attempt(0.90, 0.90, 0))
+    assert int8_auto._choose(attempts, savedmodel_accuracy=0.97) == 4  # the one that passed
 
 
 def test_gate_failures_name_the_runtime_and_the_key():
