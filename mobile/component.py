@@ -108,6 +108,9 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
             latency_examples=settings["latency_examples"],
             **int8_export_options(settings)),
         serving_model=serving_model)
+    if result.int8 is not None:  # the gates' verdict (details in report.json's "int8")
+        (logging.info if result.int8.passed else logging.warning)(
+            "TFLiteConverter: %s", result.int8.summary())
     files = {"output_dir": destination, "version": version, "models": result.model_files,
              "report": result.report_files, "android": result.android_dir}
     with open(os.path.join(tflite_models.uri, FILES_JSON), "w", encoding="utf-8") as handle:

@@ -388,11 +388,12 @@ def auto_int8(ptq_model: bytes, make_converter: Callable[[], Any], debug_dataset
 def markdown_lines(int8_report: Mapping[str, Any]) -> List[str]:
     """The report's int8 section (report.md): the gates, then one row per attempt."""
     gates = int8_report["gates"]
+    fails = gates["on_failure"] == GateAction.FAIL.value
     lines = ["", f"## int8: gates and attempts (mobile.int8_strategy {int8_report['strategy']})",
              "",
              f"Gates on every runtime: accuracy drop <= {gates['max_accuracy_drop_points']:g} "
              f"points, top-1 agreement >= {gates['min_top1_agreement']:g}; a failure "
-             f"{'fails the run' if gates['on_failure'] == GateAction.FAIL.value else 'is a warning'}"
+             f"{'fails the run' if fails else 'is a warning'}"
              f" (mobile.int8_gate {gates['on_failure']}). {int8_report['summary']}.",
              "",
              "| # | tried | size (KB) | drop (points) | top-1 agreement | passed | "
