@@ -9,7 +9,7 @@ import argparse
 import os
 
 from tfprod import errors
-from tfprod.mobile import options
+from tfprod.mobile import int8_auto, options  # neither imports TensorFlow
 
 # TensorFlow is imported only when the command runs, so `tfprod --help` stays fast.
 
@@ -54,6 +54,20 @@ def register(subparsers) -> None:
                              "for apps that call the interpreter themselves)")
     parser.add_argument("--runtime", dest="runtimes", action="append", choices=options.RUNTIMES,
                         help="runtime to verify on (repeatable; default: both)")
+    parser.add_argument("--int8-strategy", choices=[s.value for s in int8_auto.Int8Strategy],
+                        default=int8_auto.Int8Strategy.PTQ.value,
+                        help="ptq: post-training int8; auto: then the layers with the largest "
+                             "quantization error kept in float until the gates pass "
+                             "(docs/mobile.md)")
+    parser.add_argument("--max-int8-accuracy-drop", type=float,
+                        default=int8_auto.DEFAULT_MAX_ACCURACY_DROP_POINTS,
+                        help="int8 gate: most accuracy points lost against the SavedModel")
+    parser.add_argument("--min-int8-agreement", type=float,
+                        default=int8_auto.DEFAULT_MIN_TOP1_AGREEMENT,
+                        help="int8 gate: least top-1 agreement with the SavedModel")
+    parser.add_argument("--int8-gate", choices=[a.value for a in int8_auto.GateAction],
+                        default=int8_auto.GateAction.WARN.value,
+                        help="a failing int8 gate: warn (in the report) or fail (exit 1)")
     parser.set_defaults(handler=_tflite_command)
 
 
@@ -104,7 +118,9 @@ def _tflite_command(args: argparse.Namespace) -> int:
     export_options = export.ExportOptions(
         modes=modes, int8_io=args.int8_io or convert.IoType.FLOAT32.value,
         runtimes=args.runtimes or verify.RUNTIMES, latency_examples=args.latency_examples,
-        input_channels=args.input_channels)
+        input_channels=args.input_channels, int8_strategy=args.int8_strategy,
+        int8_gates=int8_auto.Int8Gates(args.max_int8_accuracy_drop, args.min_int8_agreement),
+        int8_gate=args.int8_gate)
     result = export.export_tflite(
         args.model_dir, output_dir, model_name, version, calibration, test_images,
         test_labels, export_options, progress=lambda line: print(line, flush=True))

@@ -44,6 +44,21 @@ def tflite_dir(output_dir: str, model_name: str, version: str) -> str:
     return os.path.join(output_dir, "tflite", model_name, str(version))
 
 
+def int8_export_options(settings) -> dict:
+    """ExportOptions' int8 gate and strategy fields from the mobile settings (JSON).
+
+    The keys are left out of the JSON while they hold their defaults (config.to_dict's
+    compact form), so the defaults come from MobileConfig. The pipeline has no QAT
+    fallback yet, so auto ends with "QAT not available" when the float layers fail.
+    """
+    from tfprod import configlib
+    from tfprod.pipeline.config import MobileConfig
+
+    mobile = configlib.from_dict(MobileConfig, settings, "mobile")
+    return {"int8_strategy": mobile.int8_strategy, "int8_gates": mobile.int8_gates(),
+            "int8_gate": mobile.int8_gate, "int8_max_float_layers": mobile.int8_max_float_layers}
+
+
 @component
 def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
         model: InputArtifact[standard_artifacts.Model],
@@ -90,8 +105,12 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
         saved_model_dir, destination, model_name, version, calibration, test_images,
         test_labels, export.ExportOptions(
             modes=settings["modes"], int8_io=settings["int8_io"], runtimes=settings["runtimes"],
-            latency_examples=settings["latency_examples"]),
+            latency_examples=settings["latency_examples"],
+            **int8_export_options(settings)),
         serving_model=serving_model)
+    if result.int8 is not None:  # the gates' verdict (details in report.json's "int8")
+        (logging.info if result.int8.passed else logging.warning)(
+            "TFLiteConverter: %s", result.int8.summary())
     files = {"output_dir": destination, "version": version, "models": result.model_files,
              "report": result.report_files, "android": result.android_dir}
     with open(os.path.join(tflite_models.uri, FILES_JSON), "w", encoding="utf-8") as handle:

@@ -15,7 +15,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from tfprod import errors
-from tfprod.mobile import android, convert, metadata, verify
+from tfprod.mobile import android, convert, int8_auto, metadata, verify
 from tfprod.contract import features, layout
 
 
@@ -37,6 +37,13 @@ class ExportOptions:
     # The TFLite input's channels for a grayscale model: None (3, RGB: what the Task Library
     # and MediaPipe accept) or 1 (a [1, H, W, 1] input for apps that call the interpreter).
     input_channels: Optional[int] = None
+    # int8 gates and strategy (mobile.int8_auto): ptq or auto; what a failing gate does.
+    int8_strategy: int8_auto.Int8Strategy = int8_auto.Int8Strategy.PTQ
+    int8_gates: int8_auto.Int8Gates = int8_auto.Int8Gates()
+    int8_gate: int8_auto.GateAction = int8_auto.GateAction.WARN
+    int8_max_float_layers: int = int8_auto.DEFAULT_MAX_FLOAT_LAYERS
+    # auto's last resort: returns the int8 TFLite bytes of a QAT fine-tuned model.
+    qat_fallback: Optional[int8_auto.QatFallback] = None
 
 
 @dataclasses.dataclass
@@ -48,6 +55,8 @@ class ExportResult:
     report_files: Dict[str, str]
     report: Dict
     android_dir: Optional[str] = None
+    # The int8 attempts (mode int8 only): which one is int8.tflite and whether it passed.
+    int8: Optional[int8_auto.Int8Result] = None
 
 
 def load_serving_model(saved_model_dir: str):
@@ -185,6 +194,8 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
     Raises:
       ExportError, convert.ConversionError, metadata.MetadataError,
       verify.VerificationError, android.AndroidPackageError: each names what to fix.
+      int8_auto.Int8GateError: the int8 model fails its gates and options.int8_gate is
+        fail (raised after the files and the report are written).
     """
     modes = [convert.ConversionMode(mode) for mode in options.modes]
     int8_io = convert.IoType(options.int8_io)
@@ -219,26 +230,50 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
     savedmodel_accuracy = float(np.mean(reference.argmax(axis=1) == test_labels))
     os.makedirs(output_dir, exist_ok=True)
     model_files, reports = {}, []
+    int8_result = None
     for mode in modes:
         io_type = int8_io if mode == convert.ConversionMode.INT8 \
             else convert.IoType.FLOAT32
+        mode_spec = metadata_spec(model_name, version, model_input, labels,
+                                  options.description, io_type)
+
+        def prepare(model_bytes: bytes, mode_spec=mode_spec) -> bytes:
+            convert.check_mobile_friendly(model_bytes)
+            return metadata.attach_metadata(model_bytes, mode_spec)
+
+        def verify_on_runtimes(model_bytes: bytes):
+            return verify.verify_model(model_bytes, model_input.as_input(test_images),
+                                       test_labels, reference, options.runtimes,
+                                       options.latency_examples)
+
         progress(f"converting {mode.value} (input/output {io_type.value}) ...")
         model_bytes = convert.convert(function, mode, representative_dataset, io_type,
                                       trackable=serving_model)
-        convert.check_mobile_friendly(model_bytes)
-        model_bytes = metadata.attach_metadata(model_bytes, metadata_spec(
-            model_name, version, model_input, labels, options.description, io_type))
+        if mode == convert.ConversionMode.INT8 and \
+                int8_auto.Int8Strategy(options.int8_strategy) == int8_auto.Int8Strategy.AUTO:
+            int8_result = int8_auto.auto_int8(
+                model_bytes, lambda: int8_auto.int8_converter(
+                    function, serving_model, representative_dataset),
+                representative_dataset, verify_on_runtimes, options.int8_gates,
+                savedmodel_accuracy, options.qat_fallback, options.int8_max_float_layers,
+                io_type.value, prepare, options.int8_gate, progress)
+            model_bytes, runtimes = int8_result.model.model_bytes, int8_result.model.runtimes
+            progress(int8_result.summary())
+        else:
+            model_bytes = prepare(model_bytes)
+            progress(f"verifying {mode.value} on {', '.join(options.runtimes)} ...")
+            runtimes = verify_on_runtimes(model_bytes)
+            if mode == convert.ConversionMode.INT8:
+                int8_result = int8_auto.gate_ptq(model_bytes, runtimes, options.int8_gates,
+                                                 savedmodel_accuracy, options.int8_gate)
+                progress(int8_result.summary())
         path = os.path.join(output_dir, f"{mode.value}.tflite")
         with open(path, "wb") as handle:
             handle.write(model_bytes)
         model_files[mode.value] = path
-        progress(f"verifying {mode.value} on {', '.join(options.runtimes)} ...")
         reports.append(verify.ModelReport(
             mode=mode.value, io_type=io_type.value, path=path, size_bytes=len(model_bytes),
-            operators=convert.operator_names(model_bytes),
-            runtimes=verify.verify_model(model_bytes, model_input.as_input(test_images),
-                                         test_labels, reference, options.runtimes,
-                                         options.latency_examples)))
+            operators=convert.operator_names(model_bytes), runtimes=runtimes))
     report = verify.build_report(
         model_name, str(version), saved_model_dir, reports, savedmodel_accuracy,
         len(test_labels), min(options.latency_examples, len(test_labels)),
@@ -248,9 +283,14 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
                "labels": labels,
                "metadata": {"name": spec.name, "version": spec.version,
                             "associated_files": [f.name for f in spec.associated_files()]}})
+    if int8_result is not None:
+        report["int8"] = int8_result.to_report()
     report_files = verify.write_report(report, output_dir)
     progress("writing the Android folder ...")
     android_dir = android.write_android_folder(output_dir, model_files, report_files["json"],
                                                spec.input.mean, spec.input.std)
+    if int8_result is not None:  # after the report and files, so a failed run leaves them
+        int8_auto.check_gate(int8_result, report_files["json"])
     return ExportResult(output_dir=output_dir, model_files=model_files,
-                        report_files=report_files, report=report, android_dir=android_dir)
+                        report_files=report_files, report=report, android_dir=android_dir,
+                        int8=int8_result)

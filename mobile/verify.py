@@ -212,6 +212,10 @@ def format_markdown(report: Dict[str, Any]) -> str:
                 f"{result['accuracy_drop_points']:+.2f} | {result['top1_agreement']:.4f} | "
                 f"{result['max_probability_difference']:.4f} | "
                 f"{result['latency_ms_1_thread']:.3f} | {result['latency_ms_2_threads']:.3f} |")
+    if report.get("int8"):
+        from tfprod.mobile import int8_auto
+
+        lines += int8_auto.markdown_lines(report["int8"])
     return "\n".join(lines) + "\n"
 
 

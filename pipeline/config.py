@@ -21,6 +21,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from tfprod import configlib
+from tfprod.mobile import int8_auto as mobile_int8
 from tfprod.mobile import options as mobile_options
 
 # A tfprod.errors.ConfigError (and a ValueError); the message names the key, the source
@@ -762,8 +763,27 @@ class MobileConfig:
     # Single-example invokes timed per runtime and thread count.
     latency_examples: int = 200
     runtimes: List[str] = dataclasses.field(default_factory=lambda: list(mobile_options.RUNTIMES))
+    # int8 gates against the SavedModel on every runtime (docs/mobile.md "int8: gates and the
+    # auto strategy"): accuracy drop in points, top-1 agreement; a failure warns or fails.
+    max_int8_accuracy_drop: float = _added_key(mobile_int8.DEFAULT_MAX_ACCURACY_DROP_POINTS)
+    min_int8_agreement: float = _added_key(mobile_int8.DEFAULT_MIN_TOP1_AGREEMENT)
+    int8_gate: mobile_int8.GateAction = _added_key(mobile_int8.GateAction.WARN)
+    # ptq: post-training int8 only; auto: then the worst layers in float, then QAT.
+    int8_strategy: mobile_int8.Int8Strategy = _added_key(mobile_int8.Int8Strategy.PTQ)
+    # auto: the most layers the float-layer attempts keep in float (1, 2, 4, ... up to it).
+    int8_max_float_layers: int = _added_key(mobile_int8.DEFAULT_MAX_FLOAT_LAYERS)
+
+    def int8_gates(self) -> mobile_int8.Int8Gates:
+        return mobile_int8.Int8Gates(self.max_int8_accuracy_drop, self.min_int8_agreement)
 
     def validate(self) -> None:
+        _check(0.0 <= self.min_int8_agreement <= 1.0, "mobile.min_int8_agreement",
+               "a fraction in [0, 1] (e.g. 0.98: the int8 model's top-1 matches the "
+               "SavedModel's on 98% of the verification examples)", self.min_int8_agreement)
+        _check(-100.0 <= self.max_int8_accuracy_drop <= 100.0, "mobile.max_int8_accuracy_drop",
+               "accuracy points in [-100, 100] (e.g. 1.0)", self.max_int8_accuracy_drop)
+        _check(self.int8_max_float_layers >= 1, "mobile.int8_max_float_layers",
+               "an integer >= 1", self.int8_max_float_layers)
         _check(not self.enabled or len(self.modes) > 0, "mobile.modes",
                "a non-empty list of modes when mobile.enabled is true", self.modes)
         low, high = mobile_options.CALIBRATION_SAMPLES_RANGE

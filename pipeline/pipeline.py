@@ -152,7 +152,9 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
             pushed_model=pusher.outputs["pushed_model"],
             output_dir=paths.output_dir,
             model_name=experiment.export.model_name,
-            mobile_config=json.dumps(config_lib.to_dict(experiment.mobile))))
+            # compact: keys added later (mobile.int8_*) appear only when set, so the
+            # compiled pipelines of existing configs stay the same.
+            mobile_config=json.dumps(config_lib.to_dict(experiment.mobile, compact=True))))
 
     components += drift_check.nodes(experiment, statistics_gen, schema_source, transform,
                                     baseline_resolver and metadata_connection_config is None)

@@ -13,7 +13,7 @@ import base64
 import datetime
 import json
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -628,6 +628,8 @@ def mobile_section(run: RunData) -> Section:
                     "drop (points)", "top-1 agreement", "max prob. diff",
                     "latency 1 thread (ms)", "latency 2 threads (ms)"], rows,
                    table_id="tflite-models")]
+    if report.get("int8"):
+        parts.append(_int8_attempts(report["int8"]))
     modes = [model["mode"] for model in report["models"]]
     parts.append(figure(charts.bar_chart(modes, {"size (KB)": [
         model["size_bytes"] / 1024 for model in report["models"]]}, "Model size", "KB",
@@ -646,6 +648,27 @@ def mobile_section(run: RunData) -> Section:
         ("int8 calibration examples", report.get("calibration_examples")),
         ("report", report["_path"])], table_id="tflite-metadata"))
     return Section("mobile", "Mobile (TFLite)", "".join(parts))
+
+
+def _int8_attempts(int8: Dict[str, Any]) -> str:
+    """The int8 gates and each attempt of mobile.int8_strategy (mobile/int8_auto.py)."""
+    gates = int8["gates"]
+    rows = []
+    for number, attempt in enumerate(int8["attempts"], start=1):
+        for runtime, result in (attempt["runtimes"] or {"–": None}).items():
+            rows.append([number, attempt["description"],
+                         None if attempt["size_bytes"] is None
+                         else round(attempt["size_bytes"] / 1024, 1), runtime,
+                         None if result is None else round(result["accuracy_drop_points"], 2),
+                         None if result is None else result["top1_agreement"],
+                         "yes" if attempt["passed"] else "no", attempt["next"] or ""])
+    return (f'<h3>int8: gates and attempts (mobile.int8_strategy {escape(int8["strategy"])})</h3>'
+            f'<p>Gates on every runtime: accuracy drop at most '
+            f'{format_number(gates["max_accuracy_drop_points"])} points, top-1 agreement at '
+            f'least {format_number(gates["min_top1_agreement"])} (mobile.int8_gate '
+            f'{escape(gates["on_failure"])}). {escape(int8["summary"])}.</p>'
+            + table(["#", "tried", "size (KB)", "runtime", "drop (points)", "top-1 agreement",
+                     "passed", "why the next was taken"], rows, table_id="tflite-int8-attempts"))
 
 
 # --- serving ----------------------------------------------------------------------------
