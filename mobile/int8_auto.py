@@ -217,7 +217,7 @@ def gate_ptq(model_bytes: bytes, runtimes: Dict[str, Dict[str, float]], gates: I
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerError:
+class LayerQuantizationStat:
     """One quantized tensor's error, from the QuantizationDebugger's layer statistics."""
 
     tensor: str  # the float tensor's name: what denylisted_nodes takes
@@ -230,7 +230,7 @@ class LayerError:
         return f"{self.op} '{self.tensor}'"
 
 
-def rank_layers(debugger) -> List[LayerError]:
+def rank_layers(debugger) -> List[LayerQuantizationStat]:
     """The debugger's layers, worst first, by RMSE / scale (TF's quantization debugger guide).
 
     Reads the statistics through ``layer_statistics_dump`` (the debugger's public output).
@@ -246,7 +246,7 @@ def rank_layers(debugger) -> List[LayerError]:
         rmse = math.sqrt(max(float(row["mean_squared_error"]), 0.0))
         ratio = rmse / scale if scale > 0 else math.inf
         if ratio > 1e-3:
-            layers.append(LayerError(row["tensor_name"], row["op_name"], ratio))
+            layers.append(LayerQuantizationStat(row["tensor_name"], row["op_name"], ratio))
     return sorted(layers, key=lambda layer: -layer.rmse_per_scale)
 
 
@@ -281,7 +281,7 @@ def int8_converter(concrete_function, trackable, representative_dataset):
     return converter
 
 
-def _label(layers: Sequence[LayerError]) -> str:
+def _label(layers: Sequence[LayerQuantizationStat]) -> str:
     return ", ".join(f"{layer.label()} (rmse/scale {layer.rmse_per_scale:.2f})"
                      for layer in layers)
 

@@ -57,6 +57,7 @@ EXPECTED = {
     ("tfprod.mobile.convert", "ConversionError"): (RUN, (RuntimeError,)),
     ("tfprod.mobile.convert", "UnsupportedOpError"): (RUN, ()),
     ("tfprod.mobile.verify", "VerificationError"): (RUN, (RuntimeError,)),
+    ("tfprod.mobile.int8_auto", "Int8GateError"): (RUN, ()),
     ("tfprod.mobile.metadata", "MetadataError"): (RUN, (ValueError,)),
     ("tfprod.mobile.android", "AndroidPackageError"): (RUN, (ValueError,)),
     ("tfprod.serving.client", "ClientError"): (RUN, ()),
