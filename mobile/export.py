@@ -268,8 +268,9 @@ def sequence_data(serving_model, saved_model_dir: str, examples_uri: str,
     if calibration_samples:
         train_inputs, _ = split(sequence.read_serialized(
             examples_uri, "train", max(5000, calibration_samples)))
-        calibration = data.calibration_sample(train_inputs, min(calibration_samples,
-                                                                len(train_inputs)))
+        # A short series (the airline sample: 69 training windows) calibrates on all it has.
+        calibration = train_inputs if len(train_inputs) <= calibration_samples \
+            else data.calibration_sample(train_inputs, calibration_samples)
     test_inputs, test_targets = split(test)
     return model_input, calibration, test_inputs, test_targets
 
@@ -360,6 +361,8 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
             failed_modes[mode.value] = str(error)
             progress(f"{mode.value}: not converted: {str(error).splitlines()[0][:300]}")
             continue
+        if mode == convert.ConversionMode.FLOAT32:
+            float32_operators = convert.operator_names(model_bytes)
         model_bytes = metadata.attach_metadata(model_bytes, handling.metadata_spec(io_type))
         path = os.path.join(output_dir, f"{mode.value}.tflite")
         with open(path, "wb") as handle:

@@ -23,6 +23,7 @@ ids), raw windows and their future values from the tf.Examples themselves.
 
 import enum
 import os
+import re
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -213,14 +214,20 @@ def convertible_model(serving_model, model_input):
     else:
         return serving_model
     model = registry.build_model(model_config, inputs)
+    # Keras suffixes the names of layers built again in one process (forward_lstm_1).
+    sources = {_unsuffixed(name): variable for name, variable in variables.items()}
     for variable in model.variables:
-        source = variables.get(variable.name)
+        source = sources.get(_unsuffixed(variable.name))
         if source is None or source.shape != variable.shape:
             raise convert.ConversionError(
                 f"rebuilding the {model_config.name} model for TFLite: the SavedModel has no "
                 f"variable {variable.name} of shape {variable.shape} (it has {sorted(variables)})")
         variable.assign(source)
     return model
+
+
+def _unsuffixed(name: str) -> str:
+    return re.sub(r"_\d+(?=[/:])", "", name)
 
 
 def target_column(model_input: convert.WindowInput) -> int:

@@ -90,6 +90,9 @@ class TfliteClassifier:
         return values.astype(np.float32)
 
     def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        # A fused LSTM keeps its state in variable tensors across invokes; each example
+        # starts from zero state, as the SavedModel's does (apps: resetVariableTensors()).
+        self.interpreter.reset_all_variables()
         self.interpreter.set_tensor(self.input["index"], prepared)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output["index"])
