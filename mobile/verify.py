@@ -25,6 +25,9 @@ from tfprod import errors
 from tfprod.mobile.options import RUNTIMES
 
 THREAD_COUNTS = (1, 2)
+# TFLite ops whose state lives in variable tensors that persist between invokes.
+STATEFUL_OPERATORS = frozenset({"UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM",
+                                "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_RNN"})
 ACCURACY = "accuracy"
 MAE = "mae"
 REPORT_JSON = "report.json"
@@ -61,6 +64,11 @@ class TfliteClassifier:
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise VerificationError(f"{runtime} could not load the model: {error}") from error
+        # A fused LSTM keeps its state in variable tensors across invokes; each example
+        # must start from zero state, as the SavedModel's does (apps: resetVariableTensors()).
+        from tfprod.mobile.convert import operator_names
+
+        self.stateful = bool(STATEFUL_OPERATORS & set(operator_names(model_bytes)))
         (self.input,) = self.interpreter.get_input_details()
         (self.output,) = self.interpreter.get_output_details()
 
@@ -90,9 +98,8 @@ class TfliteClassifier:
         return values.astype(np.float32)
 
     def invoke(self, prepared: np.ndarray) -> np.ndarray:
-        # A fused LSTM keeps its state in variable tensors across invokes; each example
-        # starts from zero state, as the SavedModel's does (apps: resetVariableTensors()).
-        self.interpreter.reset_all_variables()
+        if self.stateful:
+            self.interpreter.reset_all_variables()
         self.interpreter.set_tensor(self.input["index"], prepared)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output["index"])
