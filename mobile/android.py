@@ -221,3 +221,51 @@ def write_android_folder(tflite_dir: str, model_files: Mapping[str, str],
     with open(os.path.join(android_dir, README_FILE), "w", encoding="utf-8") as handle:
         handle.write(readme)
     return android_dir
+
+
+def write_sequence_folder(tflite_dir: str, model_files: Mapping[str, str],
+                          report: Mapping[str, Any], spec: metadata.ModelMetadataSpec) -> str:
+    """The Android folder of a text classifier or forecaster: the models, their files, a README.
+
+        android/assets/<mode>.tflite   every converted mode (metadata attached)
+        android/assets/vocab.txt       text: line i is token id i
+        android/assets/labels.txt      text: line i names class i
+        android/README.md              the input and output contract, the verified figures
+
+    There is no Kotlin class for these: the Task Library's NLClassifier and BertNLClassifier
+    tokenize with rules of their own (regex or WordPiece), not the Transform graph's, so an
+    app tokenizes as the README says and calls the Interpreter itself.
+    """
+    android_dir = os.path.join(tflite_dir, ANDROID_DIR)
+    assets_dir = os.path.join(android_dir, ASSETS_DIR)
+    if os.path.isdir(android_dir):
+        shutil.rmtree(android_dir)
+    os.makedirs(assets_dir)
+    for path in model_files.values():
+        shutil.copyfile(path, os.path.join(assets_dir, os.path.basename(path)))
+    for associated in spec.associated_files():
+        with open(os.path.join(assets_dir, associated.name), "wb") as handle:
+            handle.write(associated.content)
+    metric = report.get("metric", "accuracy")
+    change = "accuracy_drop_points" if metric == "accuracy" else "mae_increase"
+    lines = [f"# {report['model_name']} version {report['version']} on Android", "",
+             spec.description, "",
+             f"Input `{spec.input.name}`: {spec.input.description}", "",
+             f"Output `{spec.output.name}`: {spec.output.description}", "",
+             "Load a model from assets/ with LiteRT's `Interpreter` (the Task Library's text "
+             "classifiers tokenize differently, so tokenize as above and feed the ids).", "",
+             f"Verified on {report.get('test_examples')} test examples (SavedModel {metric} "
+             f"{report.get('savedmodel_' + metric)}), on LiteRT:", "",
+             f"| file | size (KB) | {metric} | {change} | latency 1 thread (ms) |",
+             "|---|---:|---:|---:|---:|"]
+    for model in report["models"]:
+        litert = _litert(model)
+        lines.append(f"| assets/{os.path.basename(model['path'])} | "
+                     f"{model['size_bytes'] / 1024:.1f} | {_figure(litert.get(metric), '.4f')} | "
+                     f"{_figure(litert.get(change), '+.4f')} | "
+                     f"{_figure(litert.get('latency_ms_1_thread'), '.3f')} |")
+    for mode, reason in (report.get("failed_modes") or {}).items():
+        lines.append(f"\nNot converted: {mode} ({reason.splitlines()[0][:300]}).")
+    with open(os.path.join(android_dir, README_FILE), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return android_dir

@@ -59,6 +59,34 @@ def int8_export_options(settings) -> dict:
             "int8_gate": mobile.int8_gate, "int8_max_float_layers": mobile.int8_max_float_layers}
 
 
+def read_data(settings, examples_uri: str, serving_model, saved_model_dir: str):
+    """(model_input, calibration inputs, test inputs, test targets) by the kind of model.
+
+    Images: raw pixels and labels (model_input None: export measures the pixel scaling).
+    Text and forecasters: what mobile.export.sequence_data measures and reads. Only
+    full-integer quantization (mode int8) is calibrated.
+    """
+    from tfprod.mobile import data, export, sequence
+
+    calibration_samples = settings["calibration_samples"] if "int8" in settings["modes"] \
+        else None
+    if sequence.model_kind(serving_model) != sequence.ModelKind.IMAGE:
+        return export.sequence_data(serving_model, saved_model_dir, examples_uri,
+                                    calibration_samples, settings["test_examples"])
+    shape = export.image_input_shape(serving_model)
+    height_width = shape.height, shape.width
+    calibration = None
+    if calibration_samples:
+        train_images, _ = data.read_examples_split(
+            examples_uri, "train", *height_width, limit=max(5000, calibration_samples),
+            channels=shape.channels, serving_model=serving_model)
+        calibration = data.calibration_sample(train_images, calibration_samples)
+    test_images, test_labels = data.read_examples_split(
+        examples_uri, "test", *height_width, limit=settings["test_examples"],
+        channels=shape.channels, serving_model=serving_model)
+    return None, calibration, test_images, test_labels
+
+
 @component
 def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
         model: InputArtifact[standard_artifacts.Model],
@@ -76,7 +104,7 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
       mobile_config: the experiment's ``mobile`` section as JSON (pipeline.config.MobileConfig).
       infra_blessing: the InfraValidator's blessing (optional: absent when infra.enabled is false).
     """
-    from tfprod.mobile import data, export
+    from tfprod.mobile import export
 
     if model_blessing.get_int_custom_property("blessed") != 1 or (
             infra_blessing is not None and infra_blessing.get_int_custom_property("blessed") != 1):
@@ -88,31 +116,22 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
     version = pushed_model.get_string_custom_property("pushed_version") or str(model.id)
     saved_model_dir = path_utils.serving_model_path(model.uri)
     serving_model = export.load_serving_model(saved_model_dir)
-    shape = export.image_input_shape(serving_model)
-    height_width = shape.height, shape.width
-    calibration = None
-    if "int8" in settings["modes"]:  # only full-integer quantization is calibrated
-        train_images, _ = data.read_examples_split(
-            examples.uri, "train", *height_width,
-            limit=max(5000, settings["calibration_samples"]), channels=shape.channels,
-            serving_model=serving_model)
-        calibration = data.calibration_sample(train_images, settings["calibration_samples"])
-    test_images, test_labels = data.read_examples_split(
-        examples.uri, "test", *height_width, limit=settings["test_examples"],
-        channels=shape.channels, serving_model=serving_model)
+    model_input, calibration, test_inputs, test_targets = read_data(
+        settings, examples.uri, serving_model, saved_model_dir)
     destination = tflite_dir(output_dir, model_name, version)
     result = export.export_tflite(
-        saved_model_dir, destination, model_name, version, calibration, test_images,
-        test_labels, export.ExportOptions(
+        saved_model_dir, destination, model_name, version, calibration, test_inputs,
+        test_targets, export.ExportOptions(
             modes=settings["modes"], int8_io=settings["int8_io"], runtimes=settings["runtimes"],
             latency_examples=settings["latency_examples"],
             **int8_export_options(settings)),
-        serving_model=serving_model)
+        serving_model=serving_model, model_input=model_input)
     if result.int8 is not None:  # the gates' verdict (details in report.json's "int8")
         (logging.info if result.int8.passed else logging.warning)(
             "TFLiteConverter: %s", result.int8.summary())
     files = {"output_dir": destination, "version": version, "models": result.model_files,
-             "report": result.report_files, "android": result.android_dir}
+             "report": result.report_files, "android": result.android_dir,
+             "failed_modes": result.report.get("failed_modes", {})}
     with open(os.path.join(tflite_models.uri, FILES_JSON), "w", encoding="utf-8") as handle:
         json.dump(files, handle, indent=2)
     tflite_models.set_int_custom_property(CONVERTED_PROPERTY, 1)

@@ -18,9 +18,15 @@ tf.Example parsing and the Transform graph's string handling stay out:
     folded in: a gray image given as three equal channels gives back its own
     pixels. ``input_channels=1`` keeps a [1, height, width, 1] input instead, for
     apps that call the interpreter themselves;
-  * text models are not converted by any pipeline run; TokenIdsInput describes what one
-    would take: int32 token ids [1, sequence_length]; the
-    vocabulary that maps words to ids ships in the metadata, and Keras LSTMs
+  * text models take int32 token ids [1, sequence_length] (:class:`TokenIdsInput`):
+    tokenization (lower-casing, splitting, the vocabulary lookup, padding) stays on
+    the app side, because the Transform graph's string ops are not TFLite builtins.
+    The vocabulary that maps words to ids ships in the metadata (mobile.export);
+  * forecasters take the raw window float32 [1, lookback, columns]
+    (:class:`WindowInput`): the Transform graph's per-column standardisation is
+    measured from the SavedModel (:func:`probe_window_normalization`) and folded
+    in front of the model, and the forecast is scaled back to the target's units
+    behind it, as serving_raw does. Keras LSTMs without a mask (the forecasters)
     convert to TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM op.
 
 The batch dimension is fixed to 1 (:data:`BATCH_SIZE`), as an app runs it: with a
@@ -45,6 +51,10 @@ from tfprod.contract import features
 
 
 BATCH_SIZE = 1
+# Input and output names of the sequence models' TFLite graphs.
+TOKEN_IDS_INPUT = "token_ids"
+WINDOW_INPUT = "window"
+FORECAST_OUTPUT = "forecast"
 RGB_CHANNELS = 3
 # RGB -> gray weights: ITU-R BT.601 luma. They sum to exactly 1 (tf.image.rgb_to_grayscale's
 # rounded 0.2989 + 0.5870 + 0.1140 do not), so three equal channels give back the gray value.
@@ -114,9 +124,52 @@ class ImageInput:
 
 @dataclasses.dataclass(frozen=True)
 class TokenIdsInput:
-    """A text model's input: int32 token ids, padded to sequence_length."""
+    """A text model's input: int32 token ids, padded to sequence_length.
+
+    Attributes:
+      sequence_length: the TFLite input is [1, sequence_length].
+      vocabulary: token id i is vocabulary[i] (id 0 is padding; see mobile.export).
+    """
 
     sequence_length: int
+    vocabulary: Tuple[str, ...] = ()
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return (BATCH_SIZE, self.sequence_length)
+
+    def as_input(self, token_ids: np.ndarray) -> np.ndarray:
+        """Token ids [N, sequence_length] as the TFLite input takes them (int32)."""
+        return np.asarray(token_ids).reshape(-1, self.sequence_length).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowInput:
+    """A forecaster's input: the raw window; the model sees (window - mean) / std.
+
+    Attributes:
+      lookback, columns: the TFLite input is [1, lookback, len(columns)] float32, columns
+        in this order (serving_raw's order).
+      mean, std: per column, the Transform graph's standardisation (folded into the graph).
+      target_mean, target_std: the forecast is model output * target_std + target_mean.
+      horizon: the forecast's length.
+    """
+
+    lookback: int
+    columns: Tuple[str, ...]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    target_mean: float
+    target_std: float
+    horizon: int
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return (BATCH_SIZE, self.lookback, len(self.columns))
+
+    def as_input(self, windows: np.ndarray) -> np.ndarray:
+        """Raw windows [N, lookback, columns] float32."""
+        return np.asarray(windows, np.float32).reshape(-1, self.lookback, len(self.columns))
 
 
 def probe_pixel_scaling(serving_model, height: int, width: int, channels: int = 1,
@@ -180,10 +233,12 @@ def probe_pixel_scaling(serving_model, height: int, width: int, channels: int = 
 
 
 def inference_function(serving_model, model_input) -> tf.types.experimental.ConcreteFunction:
-    """The function TFLite converts: raw input -> {'probabilities': [1, classes]}.
+    """The function TFLite converts: raw input -> {'probabilities': [1, classes]}
+    (image and text classifiers) or {'forecast': [1, horizon]} (forecasters).
 
     The SavedModel's Keras model is called directly (its ``__call__``), so the
-    Transform layer and tf.Example parsing are not in the graph.
+    Transform layer and tf.Example parsing are not in the graph; what of Transform can
+    be folded (pixel scaling, window standardisation) is folded around the call.
     """
     if isinstance(model_input, ImageInput):
         model_shape = [BATCH_SIZE, *(model_input.model_shape or
@@ -201,12 +256,50 @@ def inference_function(serving_model, model_input) -> tf.types.experimental.Conc
             return {features.PROBABILITIES_OUTPUT: serving_model(scaled, training=False)}
     elif isinstance(model_input, TokenIdsInput):
         @tf.function(input_signature=[tf.TensorSpec(
-            [BATCH_SIZE, model_input.sequence_length], tf.int32, name="token_ids")])
+            model_input.shape, tf.int32, name=TOKEN_IDS_INPUT)])
         def predict(token_ids):
-            return {features.PROBABILITIES_OUTPUT: serving_model(token_ids, training=False)}
+            # The Keras model takes Transform's int64 ids; int32 is what TFLite apps feed.
+            return {features.PROBABILITIES_OUTPUT: serving_model(
+                tf.cast(token_ids, tf.int64), training=False)}
+    elif isinstance(model_input, WindowInput):
+        mean = tf.constant(model_input.mean, tf.float32)
+        std = tf.constant(model_input.std, tf.float32)
+        flat_shape = [BATCH_SIZE, model_input.lookback * len(model_input.columns)]
+
+        @tf.function(input_signature=[tf.TensorSpec(
+            model_input.shape, tf.float32, name=WINDOW_INPUT)])
+        def predict(window):
+            # Time-major flattening, as Transform's window_xf is laid out.
+            standardised = tf.reshape((window - mean) / std, flat_shape)
+            forecast = serving_model(standardised, training=False)
+            return {FORECAST_OUTPUT: forecast * model_input.target_std
+                    + model_input.target_mean}
     else:
         raise TypeError(f"unknown model input description {model_input!r}")
     return predict.get_concrete_function()
+
+
+# Modes the TF 2.16.2 converter crashes on (the process dies: no exception to catch) for a
+# model whose float32 graph has an operator; measured here on tfprod's models. They are
+# not attempted: the report lists them with this reason (mobile.export).
+CONVERTER_CRASHES = {
+    (ConversionMode.FLOAT16, "UNIDIRECTIONAL_SEQUENCE_LSTM"):
+        "not attempted: TF 2.16.2's converter crashes converting the fused LSTM op "
+        "(UNIDIRECTIONAL_SEQUENCE_LSTM) to float16 (a segmentation fault, or all memory: "
+        "17 GB on the configs/etth1_lstm.yaml forecaster); dynamic or int8 shrink it instead",
+    (ConversionMode.INT8, "WHILE"):
+        "not attempted: TF 2.16.2's converter crashes (segmentation fault) quantizing a "
+        "model with a WHILE loop (the text lstm's masked LSTM) to int8; dynamic shrinks "
+        "its weights instead",
+}
+
+
+def known_crash(mode: ConversionMode, float32_operators: Sequence[str]) -> Optional[str]:
+    """Why mode is not attempted for a model with these float32 operators, or None."""
+    for (crash_mode, operator), reason in CONVERTER_CRASHES.items():
+        if ConversionMode(mode) == crash_mode and operator in float32_operators:
+            return reason
+    return None
 
 
 _NOT_BUILTIN = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")

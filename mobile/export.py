@@ -6,16 +6,20 @@ call :func:`export_tflite`. It writes
     <output_dir>/<mode>.tflite      one file per mode, metadata and labels attached
     <output_dir>/report.json/.md    the verification report (mobile.verify)
     <output_dir>/android/           the drop-in folder for an Android app (mobile.android)
+
+What differs by the kind of model (mobile.sequence.ModelKind: image, text, forecast)
+is chosen in one place, :func:`kind_handling`: the TFLite input, the metadata, the
+SavedModel's reference outputs and the metric the models are verified on.
 """
 
 import dataclasses
 import os
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from tfprod import errors
-from tfprod.mobile import android, convert, int8_auto, metadata, verify
+from tfprod.mobile import android, convert, int8_auto, metadata, sequence, verify
 from tfprod.contract import features, layout
 
 
@@ -174,10 +178,117 @@ def metadata_spec(model_name: str, version: str, model_input: convert.ImageInput
             labels=list(labels), value_min=output_min, value_max=output_max))
 
 
+@dataclasses.dataclass
+class KindHandling:
+    """What export_tflite does differently for one kind of model."""
+
+    kind: sequence.ModelKind
+    model_input: object  # convert.ImageInput, TokenIdsInput or WindowInput
+    labels: List[str]
+    metric: str  # verify.ACCURACY or verify.MAE
+    metadata_spec: Callable[[convert.IoType], metadata.ModelMetadataSpec]
+    reference: Callable[[np.ndarray], np.ndarray]  # the SavedModel's outputs for test inputs
+
+
+def _labels(options: ExportOptions, saved_model_dir: str, num_classes: int,
+            fallback_asset: Optional[str] = None) -> List[str]:
+    labels, labels_from = options.labels, "options.labels"
+    if not labels:
+        labels, labels_from = saved_model_labels(saved_model_dir), \
+            os.path.join(saved_model_dir, layout.LABELS_ASSET)
+    if not labels and fallback_asset:
+        path = os.path.join(saved_model_dir, fallback_asset)
+        if os.path.isfile(path):
+            labels, labels_from = sequence.read_lines(path), path
+    labels = list(labels or [str(index) for index in range(num_classes)])
+    if len(labels) != num_classes:
+        raise ExportError(f"{len(labels)} labels given (from {labels_from}) for a model with "
+                          f"{num_classes} classes: give one label per class, in class-id order")
+    return labels
+
+
+def kind_handling(serving_model, saved_model_dir: str, model_name: str, version: str,
+                  options: ExportOptions, model_input=None) -> KindHandling:
+    """The per-kind choices (see the module docstring).
+
+    Args:
+      model_input: for text and forecasters, the input measured by mobile.sequence
+        (:func:`sequence_data` returns it); images measure theirs here.
+    """
+    kind = sequence.model_kind(serving_model)
+    description = options.description
+    if kind == sequence.ModelKind.IMAGE:
+        height, width, channels, num_classes = image_input_shape(serving_model)
+        model_input = convert.probe_pixel_scaling(serving_model, height, width, channels,
+                                                  options.input_channels)
+        labels = _labels(options, saved_model_dir, num_classes)
+        return KindHandling(
+            kind, model_input, labels, verify.ACCURACY,
+            lambda io_type: metadata_spec(model_name, version, model_input, labels,
+                                          description, io_type),
+            lambda images: verify.savedmodel_probabilities(serving_model, images))
+    if model_input is None:
+        raise ExportError(f"a {kind.value} model needs its input measured from the pipeline's "
+                          "examples first: call mobile.export.sequence_data")
+    if kind == sequence.ModelKind.TEXT:
+        raw = serving_model.signatures[features.SERVING_RAW_SIGNATURE]
+        num_classes = raw.structured_outputs[features.PROBABILITIES_OUTPUT].shape.as_list()[-1]
+        labels = _labels(options, saved_model_dir, num_classes, sequence.TEXT_LABELS_ASSET)
+        return KindHandling(
+            kind, model_input, labels, verify.ACCURACY,
+            lambda io_type: sequence.text_metadata_spec(model_name, version, model_input,
+                                                        labels, description),
+            lambda token_ids: sequence.text_probabilities(serving_model, token_ids))
+    return KindHandling(
+        kind, model_input, [], verify.MAE,
+        lambda io_type: sequence.forecast_metadata_spec(model_name, version, model_input,
+                                                        description),
+        lambda windows: sequence.savedmodel_forecasts(serving_model, windows))
+
+
+def sequence_data(serving_model, saved_model_dir: str, examples_uri: str,
+                  calibration_samples: Optional[int], test_examples: Optional[int]):
+    """(model_input, calibration inputs or None, test inputs, test targets) of a text
+    classifier or forecaster, from an ExampleGen output's train and test splits.
+
+    Text: token ids by the model's own transform_features, and class ids. Forecasters:
+    raw windows and their future values. calibration_samples None: no calibration.
+    """
+    from tfprod.mobile import data
+
+    kind = sequence.model_kind(serving_model)
+    test = sequence.read_serialized(examples_uri, "test", test_examples)
+    if not test:
+        raise data.DataError(f"the test split of {examples_uri} is empty")
+    if kind == sequence.ModelKind.TEXT:
+        model_input = sequence.probe_token_ids(serving_model, saved_model_dir, test[0])
+
+        def split(serialized):
+            return sequence.text_split(serving_model, serialized)
+    elif kind == sequence.ModelKind.FORECAST:
+        model_input = sequence.probe_window_normalization(serving_model, test[0])
+
+        def split(serialized):
+            return sequence.forecast_split(serving_model, serialized, model_input)
+    else:
+        raise ExportError("sequence_data reads text and forecasting examples; images are read "
+                          "by mobile.data.read_examples_split")
+    calibration = None
+    if calibration_samples:
+        train_inputs, _ = split(sequence.read_serialized(
+            examples_uri, "train", max(5000, calibration_samples)))
+        # A short series (the airline sample: 69 training windows) calibrates on all it has.
+        calibration = train_inputs if len(train_inputs) <= calibration_samples \
+            else data.calibration_sample(train_inputs, calibration_samples)
+    test_inputs, test_targets = split(test)
+    return model_input, calibration, test_inputs, test_targets
+
+
 def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, version: str,
                   calibration_images: Optional[np.ndarray], test_images: np.ndarray,
                   test_labels: np.ndarray, options: ExportOptions = ExportOptions(),
-                  progress=lambda line: None, serving_model=None) -> ExportResult:
+                  progress=lambda line: None, serving_model=None,
+                  model_input=None) -> ExportResult:
     """Converts a pushed SavedModel in each mode, attaches metadata and verifies the models.
 
     Args:
@@ -185,11 +296,18 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
       output_dir: where <mode>.tflite and report.json/.md are written.
       model_name, version: written into the metadata and the report.
       calibration_images: float32 raw pixels 0..255 (100..500 images) for int8, in the
-        layout of serving_raw ([N, height, width] or [N, height, width, channels]).
-      test_images, test_labels: the test split the models are verified on (same layout).
+        layout of serving_raw ([N, height, width] or [N, height, width, channels]);
+        for text, token ids [N, max_len]; for forecasters, raw windows (sequence_data).
+      test_images, test_labels: the test split the models are verified on (same layout;
+        for forecasters the labels are the future values [N, horizon]).
       options: modes, int8 input/output type, runtimes, latency sample size.
       progress: called with one line per step.
       serving_model: the SavedModel already loaded from saved_model_dir, if it is.
+      model_input: text and forecasters: the input sequence_data measured.
+
+    A mode the converter refuses (e.g. int8 where an op has no integer kernel) is listed
+    in the report's failed_modes with the converter's error; the export fails only when
+    no mode converts.
 
     Raises:
       ExportError, convert.ConversionError, metadata.MetadataError,
@@ -206,56 +324,76 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
         raise ExportError("mode int8 needs calibration images from the training data")
     if serving_model is None:
         serving_model = load_serving_model(saved_model_dir)
-    height, width, channels, num_classes = image_input_shape(serving_model)
-    model_input = convert.probe_pixel_scaling(serving_model, height, width, channels,
-                                              options.input_channels)
-    function = convert.inference_function(serving_model, model_input)
-    labels, labels_from = options.labels, "options.labels"
-    if not labels:
-        labels, labels_from = saved_model_labels(saved_model_dir), \
-            os.path.join(saved_model_dir, layout.LABELS_ASSET)
-    labels = list(labels or [str(index) for index in range(num_classes)])
-    if len(labels) != num_classes:
-        raise ExportError(f"{len(labels)} labels given (from {labels_from}) for a model with "
-                          f"{num_classes} classes: give one label per class, in class-id order")
+    handling = kind_handling(serving_model, saved_model_dir, model_name, version, options,
+                             model_input)
+    model_input, labels = handling.model_input, handling.labels
+    if handling.kind != sequence.ModelKind.IMAGE and int8_io != convert.IoType.FLOAT32:
+        raise ExportError(f"int8_io {int8_io.value} is for image models; a {handling.kind.value} "
+                          "model's int8 file keeps its "
+                          + ("int32 token-ids" if handling.kind == sequence.ModelKind.TEXT
+                             else "float32") + " input: use int8_io float32")
+    # The object whose variables the function reads (LSTM models are rebuilt, see there).
+    converted_model = sequence.convertible_model(serving_model, model_input)
+    function = convert.inference_function(converted_model, model_input)
     # Built (and checked) once before converting; each mode then states its own IO types.
-    spec = metadata_spec(model_name, version, model_input, labels, options.description)
+    spec = handling.metadata_spec(convert.IoType.FLOAT32)
     spec.validate()
 
     def representative_dataset():
-        for image in model_input.as_input(calibration_images):
-            yield [image[np.newaxis]]
+        for example in model_input.as_input(calibration_images):
+            yield [example[np.newaxis]]
 
-    reference = verify.savedmodel_probabilities(serving_model, test_images)
-    savedmodel_accuracy = float(np.mean(reference.argmax(axis=1) == test_labels))
+    reference = handling.reference(test_images)
+    if handling.metric == verify.MAE:
+        savedmodel_metric = float(np.mean(np.abs(reference - test_labels)))
+    else:
+        savedmodel_metric = float(np.mean(reference.argmax(axis=1) == test_labels))
     os.makedirs(output_dir, exist_ok=True)
-    model_files, reports = {}, []
+    model_files, reports, failed_modes = {}, [], {}
+    float32_operators = None
     int8_result = None
     for mode in modes:
         io_type = int8_io if mode == convert.ConversionMode.INT8 \
             else convert.IoType.FLOAT32
-        mode_spec = metadata_spec(model_name, version, model_input, labels,
-                                  options.description, io_type)
+        if mode != convert.ConversionMode.FLOAT32:
+            if float32_operators is None:  # the graph's ops decide which modes would crash
+                float32_operators = convert.operator_names(convert.convert(
+                    function, convert.ConversionMode.FLOAT32, trackable=converted_model))
+            crash = convert.known_crash(mode, float32_operators)
+            if crash:
+                failed_modes[mode.value] = crash
+                progress(f"{mode.value}: {crash}")
+                continue
 
-        def prepare(model_bytes: bytes, mode_spec=mode_spec) -> bytes:
+        def prepare(model_bytes: bytes, io_type=io_type) -> bytes:
             convert.check_mobile_friendly(model_bytes)
-            return metadata.attach_metadata(model_bytes, mode_spec)
+            return metadata.attach_metadata(model_bytes, handling.metadata_spec(io_type))
 
         def verify_on_runtimes(model_bytes: bytes):
             return verify.verify_model(model_bytes, model_input.as_input(test_images),
                                        test_labels, reference, options.runtimes,
-                                       options.latency_examples)
+                                       options.latency_examples, handling.metric)
 
         progress(f"converting {mode.value} (input/output {io_type.value}) ...")
-        model_bytes = convert.convert(function, mode, representative_dataset, io_type,
-                                      trackable=serving_model)
-        if mode == convert.ConversionMode.INT8 and \
+        try:
+            model_bytes = convert.convert(function, mode, representative_dataset, io_type,
+                                          trackable=converted_model)
+            convert.check_mobile_friendly(model_bytes)
+        except convert.ConversionError as error:
+            failed_modes[mode.value] = str(error)
+            progress(f"{mode.value}: not converted: {str(error).splitlines()[0][:300]}")
+            continue
+        if mode == convert.ConversionMode.FLOAT32:
+            float32_operators = convert.operator_names(model_bytes)
+        # The int8 gates compare accuracy: they apply to classifiers, not to forecasters.
+        gated = mode == convert.ConversionMode.INT8 and handling.metric != verify.MAE
+        if gated and \
                 int8_auto.Int8Strategy(options.int8_strategy) == int8_auto.Int8Strategy.AUTO:
             int8_result = int8_auto.auto_int8(
                 model_bytes, lambda: int8_auto.int8_converter(
-                    function, serving_model, representative_dataset),
+                    function, converted_model, representative_dataset),
                 representative_dataset, verify_on_runtimes, options.int8_gates,
-                savedmodel_accuracy, options.qat_fallback, options.int8_max_float_layers,
+                savedmodel_metric, options.qat_fallback, options.int8_max_float_layers,
                 io_type.value, prepare, options.int8_gate, progress)
             model_bytes, runtimes = int8_result.model.model_bytes, int8_result.model.runtimes
             progress(int8_result.summary())
@@ -263,9 +401,9 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
             model_bytes = prepare(model_bytes)
             progress(f"verifying {mode.value} on {', '.join(options.runtimes)} ...")
             runtimes = verify_on_runtimes(model_bytes)
-            if mode == convert.ConversionMode.INT8:
+            if gated:
                 int8_result = int8_auto.gate_ptq(model_bytes, runtimes, options.int8_gates,
-                                                 savedmodel_accuracy, options.int8_gate)
+                                                 savedmodel_metric, options.int8_gate)
                 progress(int8_result.summary())
         path = os.path.join(output_dir, f"{mode.value}.tflite")
         with open(path, "wb") as handle:
@@ -274,10 +412,18 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
         reports.append(verify.ModelReport(
             mode=mode.value, io_type=io_type.value, path=path, size_bytes=len(model_bytes),
             operators=convert.operator_names(model_bytes), runtimes=runtimes))
+    if not model_files:
+        raise convert.ConversionError(
+            "no mode converted: " + "; ".join(f"{mode}: {reason[:1500]}"
+                                              for mode, reason in failed_modes.items()))
+    input_description = dataclasses.asdict(model_input)
+    input_description.pop("vocabulary", None)  # it is in the models' vocab.txt
     report = verify.build_report(
-        model_name, str(version), saved_model_dir, reports, savedmodel_accuracy,
+        model_name, str(version), saved_model_dir, reports, savedmodel_metric,
         len(test_labels), min(options.latency_examples, len(test_labels)),
-        extra={"input_scaling": dataclasses.asdict(model_input),
+        metric=handling.metric, failed_modes=failed_modes,
+        extra={"model_kind": handling.kind.value,
+               "input_scaling": input_description,
                "calibration_examples": 0 if calibration_images is None
                else int(len(calibration_images)),
                "labels": labels,
@@ -287,8 +433,11 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
         report["int8"] = int8_result.to_report()
     report_files = verify.write_report(report, output_dir)
     progress("writing the Android folder ...")
-    android_dir = android.write_android_folder(output_dir, model_files, report_files["json"],
-                                               spec.input.mean, spec.input.std)
+    if handling.kind == sequence.ModelKind.IMAGE:
+        android_dir = android.write_android_folder(output_dir, model_files, report_files["json"],
+                                                   spec.input.mean, spec.input.std)
+    else:
+        android_dir = android.write_sequence_folder(output_dir, model_files, report, spec)
     if int8_result is not None:  # after the report and files, so a failed run leaves them
         int8_auto.check_gate(int8_result, report_files["json"])
     return ExportResult(output_dir=output_dir, model_files=model_files,

@@ -57,6 +57,7 @@ class InputKind(str, enum.Enum):
 
     IMAGE = "image"  # pixels, described by ImageProperties and NormalizationOptions
     TOKEN_IDS = "token_ids"  # int32 token ids, with the vocabulary as an associated file
+    TIME_SERIES = "time_series"  # a float window; its output is a forecast, not classes
 
 
 # Union type tags (the position of the member in the union, starting at 1).
@@ -121,17 +122,18 @@ class InputMetadata:
 
 @dataclasses.dataclass
 class OutputMetadata:
-    """The model's output tensor: class probabilities with a label file.
+    """The model's output tensor: class probabilities with a label file (or, for a
+    time-series input, a forecast: no labels).
 
     ``value_min``/``value_max`` (Stats) are in the tensor's units: 0..1 for float
-    probabilities, the integer range for a quantized output.
+    probabilities, the integer range for a quantized output; None writes no Stats.
     """
 
     name: str
     description: str
     labels: Sequence[str]
-    value_min: Union[float, Sequence[float]] = 0.0
-    value_max: Union[float, Sequence[float]] = 1.0
+    value_min: Optional[Union[float, Sequence[float]]] = 0.0
+    value_max: Optional[Union[float, Sequence[float]]] = 1.0
 
 
 @dataclasses.dataclass
@@ -153,7 +155,7 @@ class ModelMetadataSpec:
         for key in ("name", "description", "version"):
             if not getattr(self, key):
                 raise MetadataError(f"metadata {key} is empty: give the model a {key}")
-        if not self.output.labels:
+        if not self.output.labels and self.input.kind != InputKind.TIME_SERIES:
             raise MetadataError("metadata output.labels is empty: pass one label per class")
         if self.input.kind == InputKind.IMAGE:
             if len(self.input.mean) != len(self.input.std) or not self.input.mean:
@@ -168,14 +170,16 @@ class ModelMetadataSpec:
                 raise MetadataError(
                     f"a {self.input.color_space.name} image takes one mean/std per channel "
                     f"(or one for all), got {len(self.input.mean)}")
-        elif not self.input.vocabulary:
+        elif self.input.kind == InputKind.TOKEN_IDS and not self.input.vocabulary:
             raise MetadataError("a token-ids input needs its vocabulary (input.vocabulary)")
 
     def associated_files(self) -> List[AssociatedFile]:
         """The files that go into the model's zip: labels, and the vocabulary for text."""
-        files = [AssociatedFile(self.LABEL_FILE, "One class label per line, in output order.",
-                                AssociatedFileType.TENSOR_AXIS_LABELS,
-                                _lines(self.output.labels))]
+        files = []
+        if self.output.labels:
+            files.append(AssociatedFile(
+                self.LABEL_FILE, "One class label per line, in output order.",
+                AssociatedFileType.TENSOR_AXIS_LABELS, _lines(self.output.labels)))
         if self.input.kind == InputKind.TOKEN_IDS:
             files.append(AssociatedFile(
                 self.VOCABULARY_FILE, "One token per line; line i is token id i.",
@@ -265,8 +269,9 @@ def _input_tensor(writer: _Writer, spec: ModelMetadataSpec,
         properties = writer.table("FeatureProperties")
         content = writer.table("Content", offsets={_CONTENT_PROPERTIES: properties},
                                bytes_={_CONTENT_PROPERTIES_TYPE: _CONTENT_FEATURE_PROPERTIES})
-        offsets[_TENSOR_ASSOCIATED_FILES] = writer.offsets_vector(
-            [files[ModelMetadataSpec.VOCABULARY_FILE]])
+        if tensor.kind == InputKind.TOKEN_IDS:
+            offsets[_TENSOR_ASSOCIATED_FILES] = writer.offsets_vector(
+                [files[ModelMetadataSpec.VOCABULARY_FILE]])
     offsets[_TENSOR_CONTENT] = content
     if tensor.value_min is not None and tensor.value_max is not None:
         offsets[_TENSOR_STATS] = _stats(writer, tensor.value_min, tensor.value_max)
@@ -287,11 +292,13 @@ def _output_tensor(writer: _Writer, spec: ModelMetadataSpec, files: Dict[str, in
     properties = writer.table("FeatureProperties")
     content = writer.table("Content", offsets={_CONTENT_PROPERTIES: properties},
                            bytes_={_CONTENT_PROPERTIES_TYPE: _CONTENT_FEATURE_PROPERTIES})
-    stats = _stats(writer, spec.output.value_min, spec.output.value_max)
-    label_files = writer.offsets_vector([files[ModelMetadataSpec.LABEL_FILE]])
-    return writer.table("TensorMetadata", offsets={
-        _TENSOR_NAME: name, _TENSOR_DESCRIPTION: description, _TENSOR_CONTENT: content,
-        _TENSOR_STATS: stats, _TENSOR_ASSOCIATED_FILES: label_files})
+    offsets = {_TENSOR_NAME: name, _TENSOR_DESCRIPTION: description, _TENSOR_CONTENT: content}
+    if spec.output.value_min is not None and spec.output.value_max is not None:
+        offsets[_TENSOR_STATS] = _stats(writer, spec.output.value_min, spec.output.value_max)
+    if spec.output.labels:
+        offsets[_TENSOR_ASSOCIATED_FILES] = writer.offsets_vector(
+            [files[ModelMetadataSpec.LABEL_FILE]])
+    return writer.table("TensorMetadata", offsets=offsets)
 
 
 def min_parser_version(spec: ModelMetadataSpec) -> str:
@@ -369,9 +376,11 @@ def attach_metadata(model_bytes: bytes, spec: ModelMetadataSpec) -> bytes:
     model.metadata.append(entry)
     output = io.BytesIO(flatbuffer_utils.convert_object_to_bytearray(model))
     # Stored, not deflated: Android memory-maps the files straight out of the model.
-    with zipfile.ZipFile(output, "a", compression=zipfile.ZIP_STORED) as archive:
-        for associated in spec.associated_files():
-            archive.writestr(associated.name, associated.content)
+    files = spec.associated_files()
+    if files:  # a forecaster has none: no (empty) zip is appended then
+        with zipfile.ZipFile(output, "a", compression=zipfile.ZIP_STORED) as archive:
+            for associated in files:
+                archive.writestr(associated.name, associated.content)
     return output.getvalue()
 
 

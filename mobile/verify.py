@@ -3,9 +3,11 @@
 Each model runs on LiteRT (ai-edge-litert, the maintained runtime) and on
 tflite-runtime 2.14 (older, still bundled in many apps), one example per
 invoke as an app would. Per mode and runtime the report has the test-split
-accuracy next to the SavedModel's, the top-1 agreement with the SavedModel, the
-largest probability difference, the file size, and the median latency per
-example with 1 and 2 threads. Both runtimes apply the XNNPACK delegate by
+metric next to the SavedModel's (``metric``: accuracy for classifiers, with the
+top-1 agreement with the SavedModel and the largest probability difference; mae
+for forecasters, with the largest absolute difference from the SavedModel's
+forecast), the file size, and the median latency per example with 1 and 2 threads.
+Modes the converter refused are listed with its error (``failed_modes``). Both runtimes apply the XNNPACK delegate by
 default (their builtin op resolver), which is what is measured.
 """
 
@@ -23,6 +25,11 @@ from tfprod import errors
 from tfprod.mobile.options import RUNTIMES
 
 THREAD_COUNTS = (1, 2)
+# TFLite ops whose state lives in variable tensors that persist between invokes.
+STATEFUL_OPERATORS = frozenset({"UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM",
+                                "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_RNN"})
+ACCURACY = "accuracy"
+MAE = "mae"
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
 
@@ -42,7 +49,8 @@ def _interpreter_class(runtime: str):
 
 
 class TfliteClassifier:
-    """Runs a single-input, single-output TFLite classifier one example at a time.
+    """Runs a single-input, single-output TFLite model (a classifier, or a forecaster) one
+    example at a time.
 
     Quantized (int8/uint8) inputs and outputs are quantized and dequantized with
     the tensors' own scale and zero point, as an app would.
@@ -56,6 +64,11 @@ class TfliteClassifier:
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise VerificationError(f"{runtime} could not load the model: {error}") from error
+        # A fused LSTM keeps its state in variable tensors across invokes; each example
+        # must start from zero state, as the SavedModel's does (apps: resetVariableTensors()).
+        from tfprod.mobile.convert import operator_names
+
+        self.stateful = bool(STATEFUL_OPERATORS & set(operator_names(model_bytes)))
         (self.input,) = self.interpreter.get_input_details()
         (self.output,) = self.interpreter.get_output_details()
 
@@ -85,6 +98,8 @@ class TfliteClassifier:
         return values.astype(np.float32)
 
     def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        if self.stateful:
+            self.interpreter.reset_all_variables()
         self.interpreter.set_tensor(self.input["index"], prepared)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output["index"])
@@ -128,18 +143,31 @@ def savedmodel_probabilities(serving_model, images: np.ndarray, batch_size: int 
 
 def verify_model(model_bytes: bytes, images: np.ndarray, labels: np.ndarray,
                  reference: np.ndarray, runtimes: Sequence[str] = RUNTIMES,
-                 latency_examples: int = 200) -> Dict[str, Dict[str, float]]:
-    """Accuracy, agreement and latency of one TFLite model on each runtime."""
+                 latency_examples: int = 200, metric: str = ACCURACY
+                 ) -> Dict[str, Dict[str, float]]:
+    """The metric, agreement and latency of one TFLite model on each runtime.
+
+    Args:
+      images, labels: the test inputs (any kind: pixels, token ids, windows) and targets
+        (class ids for accuracy, future values [N, horizon] for mae).
+      reference: the SavedModel's outputs for the same inputs.
+      metric: ``accuracy`` (classifiers) or ``mae`` (forecasters).
+    """
     results = {}
-    reference_top1 = reference.argmax(axis=1)
     for runtime in runtimes:
-        probabilities = TfliteClassifier(model_bytes, runtime, num_threads=1).predict(images)
-        predicted = probabilities.argmax(axis=1)
-        result = {
-            "accuracy": float(np.mean(predicted == labels)),
-            "top1_agreement": float(np.mean(predicted == reference_top1)),
-            "max_probability_difference": float(np.abs(probabilities - reference).max()),
-        }
+        outputs = TfliteClassifier(model_bytes, runtime, num_threads=1).predict(images)
+        if metric == MAE:
+            result = {
+                MAE: float(np.mean(np.abs(outputs - labels))),
+                "max_abs_difference": float(np.abs(outputs - reference).max()),
+            }
+        else:
+            predicted = outputs.argmax(axis=1)
+            result = {
+                ACCURACY: float(np.mean(predicted == labels)),
+                "top1_agreement": float(np.mean(predicted == reference.argmax(axis=1))),
+                "max_probability_difference": float(np.abs(outputs - reference).max()),
+            }
         for threads in THREAD_COUNTS:
             classifier = TfliteClassifier(model_bytes, runtime, num_threads=threads)
             result[f"latency_ms_{threads}_thread{'s' if threads > 1 else ''}"] = \
@@ -162,27 +190,39 @@ class ModelReport:
 
 def build_report(model_name: str, version: str, saved_model_dir: str,
                  models: List[ModelReport], savedmodel_accuracy: float, example_count: int,
-                 latency_examples: int, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The JSON report: per mode and runtime, the figures against the SavedModel."""
+                 latency_examples: int, extra: Optional[Dict[str, Any]] = None,
+                 metric: str = ACCURACY,
+                 failed_modes: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """The JSON report: per mode and runtime, the figures against the SavedModel.
+
+    ``savedmodel_accuracy`` is the SavedModel's value of ``metric``: its accuracy (each
+    runtime row gets ``accuracy_drop_points``) or its MAE (rows get ``mae_increase``).
+    ``failed_modes`` maps each mode the converter refused to its error.
+    """
     float32_size = next((m.size_bytes for m in models if m.mode == "float32"), None)
     rows = []
     for model in models:
         row = dataclasses.asdict(model)
         row["size_ratio_vs_float32"] = (model.size_bytes / float32_size) if float32_size else None
         for result in row["runtimes"].values():
-            result["accuracy_drop_points"] = 100.0 * (savedmodel_accuracy - result["accuracy"])
+            if metric == MAE:
+                result["mae_increase"] = result[MAE] - savedmodel_accuracy
+            else:
+                result["accuracy_drop_points"] = 100.0 * (savedmodel_accuracy - result[ACCURACY])
         rows.append(row)
     report = {
         "model_name": model_name,
         "version": version,
         "saved_model_dir": saved_model_dir,
-        "savedmodel_accuracy": savedmodel_accuracy,
+        "metric": metric,
+        f"savedmodel_{metric}": savedmodel_accuracy,
         "test_examples": example_count,
         "latency_examples": latency_examples,
         "latency_note": "median wall time of one invoke (batch 1), XNNPACK delegate on "
                         "(the runtimes' default)",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "models": rows,
+        "failed_modes": dict(failed_modes or {}),
     }
     report.update(extra or {})
     return report
@@ -190,6 +230,8 @@ def build_report(model_name: str, version: str, saved_model_dir: str,
 
 def format_markdown(report: Dict[str, Any]) -> str:
     """The report as a Markdown table (one row per mode and runtime)."""
+    if report.get("metric") == MAE:
+        return _format_markdown_mae(report)
     lines = [
         f"# TFLite verification: {report['model_name']} version {report['version']}",
         "",
@@ -216,7 +258,41 @@ def format_markdown(report: Dict[str, Any]) -> str:
         from tfprod.mobile import int8_auto
 
         lines += int8_auto.markdown_lines(report["int8"])
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _failed_lines(report)) + "\n"
+
+
+def _failed_lines(report: Dict[str, Any]) -> List[str]:
+    failed = report.get("failed_modes") or {}
+    if not failed:
+        return []
+    return ["", "Modes not converted (the converter's error):", ""] + [
+        f"- {mode}: {reason.splitlines()[0][:400]}" for mode, reason in failed.items()]
+
+
+def _format_markdown_mae(report: Dict[str, Any]) -> str:
+    """A forecaster's report: MAE against the future values, difference from the SavedModel."""
+    lines = [
+        f"# TFLite verification: {report['model_name']} version {report['version']}",
+        "",
+        f"SavedModel test MAE {report['savedmodel_mae']:.4f} on {report['test_examples']} "
+        f"test windows; latency is the median of {report['latency_examples']} single-window "
+        f"invokes ({report['latency_note']}).",
+        f"Machine: {report['machine']}.",
+        "",
+        "| mode | io | runtime | size (KB) | x float32 | MAE | MAE increase | "
+        "max abs. diff | latency 1 thread (ms) | latency 2 threads (ms) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in report["models"]:
+        ratio = model["size_ratio_vs_float32"]
+        for runtime, result in model["runtimes"].items():
+            lines.append(
+                f"| {model['mode']} | {model['io_type']} | {runtime} | "
+                f"{model['size_bytes'] / 1024:.1f} | "
+                f"{'' if ratio is None else f'{ratio:.3f}'} | {result['mae']:.4f} | "
+                f"{result['mae_increase']:+.4f} | {result['max_abs_difference']:.4f} | "
+                f"{result['latency_ms_1_thread']:.3f} | {result['latency_ms_2_threads']:.3f} |")
+    return "\n".join(lines + _failed_lines(report)) + "\n"
 
 
 def write_report(report: Dict[str, Any], directory: str) -> Dict[str, str]:

@@ -291,7 +291,7 @@ def test_tsv_format_picks_the_text_task_and_text_models_only():
     experiment.validate()
     checks.check_experiment(experiment)
     assert tasks.get_task(experiment).name == "text_classification"
-    assert tasks.get_task(experiment).supports_mobile() is False
+    assert tasks.get_task(experiment).supports_mobile() is True  # mobile.sequence
     assert registry.registered_for_task("text_classification") == ["lstm", "transformer"]
     experiment.model.name = "cnn"
     with pytest.raises(config_lib.ConfigError, match="fits image_classification, not "

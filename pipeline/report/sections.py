@@ -609,6 +609,8 @@ def mobile_section(run: RunData) -> Section:
         else:
             reason = "no TFLite report was found for this run"
         return Section("mobile", "Mobile (TFLite)", not_present(reason), present=False)
+    if report.get("metric") == "mae":
+        return _mobile_forecast_section(report)
     rows = []
     for model in report["models"]:
         for runtime, result in model["runtimes"].items():
@@ -647,6 +649,41 @@ def mobile_section(run: RunData) -> Section:
         ("input scaling", json.dumps(scaling) if scaling else "–"),
         ("int8 calibration examples", report.get("calibration_examples")),
         ("report", report["_path"])], table_id="tflite-metadata"))
+    parts.append(_failed_modes(report))
+    return Section("mobile", "Mobile (TFLite)", "".join(parts))
+
+
+def _failed_modes(report: Dict[str, Any]) -> str:
+    """The modes the converter refused, each with the first line of its error."""
+    failed = report.get("failed_modes") or {}
+    if not failed:
+        return ""
+    return "<h3>Modes not converted</h3>" + table(["mode", "why"], [
+        (mode, reason.splitlines()[0][:400]) for mode, reason in failed.items()],
+        table_id="tflite-failed-modes")
+
+
+def _mobile_forecast_section(report: Dict[str, Any]) -> Section:
+    """A forecaster's TFLite variants: MAE against the future values and the largest
+    difference from the SavedModel's forecast, instead of accuracy."""
+    rows = []
+    for model in report["models"]:
+        for runtime, result in model["runtimes"].items():
+            rows.append([model["mode"], model["io_type"], runtime,
+                         round(model["size_bytes"] / 1024, 1),
+                         model.get("size_ratio_vs_float32"), result["mae"],
+                         result["mae_increase"], result["max_abs_difference"],
+                         round(result["latency_ms_1_thread"], 3),
+                         round(result["latency_ms_2_threads"], 3)])
+    parts = [f'<p>Model {escape(report["model_name"])} version {escape(report["version"])}: '
+             f'SavedModel test MAE {format_number(report["savedmodel_mae"])} on '
+             f'{report["test_examples"]:,} test windows; latency is the median of '
+             f'{report["latency_examples"]} single-window invokes '
+             f'({escape(report["latency_note"])}). Machine: {escape(report["machine"])}.</p>',
+             table(["mode", "io", "runtime", "size (KB)", "x float32", "MAE", "MAE increase",
+                    "max abs. diff", "latency 1 thread (ms)", "latency 2 threads (ms)"], rows,
+                   table_id="tflite-models"),
+             _failed_modes(report)]
     return Section("mobile", "Mobile (TFLite)", "".join(parts))
 
 

@@ -52,7 +52,12 @@ def forecast_run(tmp_path_factory, etth1_slice_dir):
     result = run_tfprod("run", "--config", str(CONFIG), "--data-dir", str(etth1_slice_dir),
                         "--output-dir", str(output_dir), "--set", "trainer.epochs=1",
                         "--set", "eval.mae_threshold=20",
-                        "--set", "data.time_series.feature_columns=[OT, HUFL]")
+                        "--set", "data.time_series.feature_columns=[OT, HUFL]",
+                        # TFLite, small: one mode converted, one refused (float16 crashes
+                        # TF 2.16's converter on the fused LSTM), few latency invokes.
+                        "--set", "mobile.modes=[float32, float16]",
+                        "--set", "mobile.test_examples=100",
+                        "--set", "mobile.latency_examples=5")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output_dir / "run_summary.json").read_text())
     return output_dir, summary
@@ -231,3 +236,29 @@ def test_report_shows_only_a_forecasters_sections_and_its_headline(forecast_run)
     assert not re.search(r"\d\.\d*0\b(?![.\d])", " ".join(
         cell for rows in page.tables.values() for row in rows[1:] for cell in row
         if re.fullmatch(r"-?[\d,]*\.\d+", cell)))  # no trailing zeros: 50.61, not 50.6100
+
+
+def test_tflite_forecaster_takes_the_raw_window_and_matches_the_savedmodel(forecast_run):
+    """The TFLiteConverter converted the blessed forecaster: raw window in, forecast in the
+    target's units out, verified by MAE on both runtimes; float16 is listed as refused."""
+    output_dir, summary = forecast_run
+    assert set(summary["tflite_models"]) == {"float32"}
+    report = json.loads(pathlib.Path(summary["tflite_report"]["json"]).read_text())
+    assert report["metric"] == "mae" and report["model_kind"] == "forecast"
+    assert "float16" in report["failed_modes"]
+    (model,) = report["models"]
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in model["operators"]
+    for runtime in ("litert", "tflite_runtime"):
+        result = model["runtimes"][runtime]
+        assert result["max_abs_difference"] < 1e-3
+        assert abs(result["mae_increase"]) < 1e-4
+    assert report["input_scaling"]["columns"] == ["OT", "HUFL"]
+    from tfprod.mobile.verify import TfliteClassifier
+
+    model_bytes = pathlib.Path(summary["tflite_models"]["float32"]).read_bytes()
+    interpreter = TfliteClassifier(model_bytes, "litert")
+    assert list(interpreter.input["shape"]) == [1, LOOKBACK, 2]
+    assert list(interpreter.output["shape"]) == [1, HORIZON]
+    android = pathlib.Path(summary["tflite_report"]["json"]).parent / "android"
+    assert (android / "assets" / "float32.tflite").is_file()
+    assert "float16" in (android / "README.md").read_text()

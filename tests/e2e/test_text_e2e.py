@@ -24,7 +24,11 @@ SENTENCES = ["a gorgeous , witty , seductive movie .", "", "crème brûlée ÉNO
              "the worst film of the year , dull and lifeless " * 20]
 # Small and fast: these runs check the plumbing, the benchmark checks the quality.
 SMALL_RUN = ["--set", "trainer.epochs=1", "--set", "eval.accuracy_threshold=0.3",
-             "--set", "data.text.max_len=32", "--set", "data.text.vocab_size=2000"]
+             "--set", "data.text.max_len=32", "--set", "data.text.vocab_size=2000",
+             # TFLite, small: float32 converted, int8 (refused for the LSTM: TF 2.16's
+             # converter crashes on its loop) converted for the Transformer.
+             "--set", "mobile.modes=[float32, int8]", "--set", "mobile.test_examples=100",
+             "--set", "mobile.latency_examples=5", "--set", "mobile.calibration_samples=100"]
 MODEL_SETTINGS = {
     "sst2_lstm": ["--set", "model.lstm.embedding_dim=16", "--set", "model.lstm.lstm_units=16"],
     "sst2_transformer": ["--set", "model.transformer.embedding_dim=16",
@@ -123,3 +127,38 @@ def test_report_snippets_run_against_tfprod_serve(text_run, tmp_path):
     assert result["grpc"]["class_id"] == [class_id]
     assert "samples" not in page.sections and "forecast" not in page.sections
     assert "Class balance" in page.sections["data"]["text"]
+
+
+def test_tflite_text_model_takes_token_ids_and_ships_the_vocabulary(text_run):
+    """The TFLiteConverter converted the blessed text model: int32 token ids in (computed
+    by the SavedModel's own transform_features), verified on both runtimes; vocab.txt and
+    labels.txt travel in the model; the LSTM's int8 is listed as refused with a reason."""
+    from tfprod.mobile import metadata
+    from tfprod.mobile.verify import TfliteClassifier
+
+    name, summary = text_run
+    report = json.loads(pathlib.Path(summary["tflite_report"]["json"]).read_text())
+    assert report["model_kind"] == "text" and report["metric"] == "accuracy"
+    expected = {"float32"} if name == "sst2_lstm" else {"float32", "int8"}
+    assert set(summary["tflite_models"]) == expected
+    if name == "sst2_lstm":
+        assert "WHILE" in report["failed_modes"]["int8"]
+    for model in report["models"]:
+        for result in model["runtimes"].values():
+            assert result["top1_agreement"] >= (0.99 if model["mode"] == "float32" else 0.8)
+    model_bytes = pathlib.Path(summary["tflite_models"]["float32"]).read_bytes()
+    files = metadata.read_associated_files(model_bytes)
+    pushed = pathlib.Path(summary["pushed_model_dir"])
+    tokens = (pushed / "assets" / "tokens").read_text(encoding="utf-8").splitlines()
+    assert files["vocab.txt"].decode("utf-8").splitlines() == ["[PAD]", *tokens, "[OOV]"]
+    assert files["labels.txt"].decode().splitlines() == ["0", "1"]
+    # The app's ids for a sentence, from the rules in the metadata, give the served class.
+    sentence = "a gorgeous , witty , seductive movie ."
+    index = {token: position for position, token in enumerate(
+        files["vocab.txt"].decode("utf-8").splitlines())}
+    ids = [index.get(token, len(index) - 1) for token in sentence.split()][:32]
+    ids = np.array(ids + [0] * (32 - len(ids)), np.int32)
+    tflite = TfliteClassifier(model_bytes, "tflite_runtime").predict(ids[np.newaxis])
+    served = tf.saved_model.load(str(pushed)).signatures["serving_raw"](
+        text=tf.constant([sentence]))["probabilities"].numpy()
+    np.testing.assert_allclose(tflite, served, atol=1e-4)

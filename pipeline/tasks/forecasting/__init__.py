@@ -163,6 +163,10 @@ class ForecastingTask(Task):
 
         return signatures.make_forecasting_signatures(model, tf_transform_output, experiment)
 
+    def supports_mobile(self) -> bool:
+        """TFLite: the raw window in, the forecast in raw units out (mobile.sequence)."""
+        return True
+
     def warmup_requests(self, experiment: config_lib.ExperimentConfig) -> List[Any]:
         from tfprod.pipeline.tasks.forecasting import signatures
 

@@ -95,6 +95,10 @@ class TextClassificationTask(ClassificationTask):
         return signatures.make_text_signatures(model, tf_transform_output,
                                                experiment.data.num_classes)
 
+    def supports_mobile(self) -> bool:
+        """TFLite: int32 token ids in, probabilities out (mobile.sequence)."""
+        return True
+
     def warmup_requests(self, experiment: config_lib.ExperimentConfig) -> List[Any]:
         from tfprod.pipeline.tasks.text import signatures
 
