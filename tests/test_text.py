@@ -318,7 +318,7 @@ def test_both_text_configs_load():
         experiment = config_lib.load_config(os.path.join(repo, "configs", f"{name}.yaml"))
         assert experiment.model.name == model
         assert experiment.data.format == config_lib.DataFormat.TSV
-        assert experiment.mobile.enabled is False
+        assert experiment.mobile.enabled is True
 
 
 def test_json_string_instances_decode_to_a_string_tensor():
