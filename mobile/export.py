@@ -14,7 +14,7 @@ SavedModel's reference outputs and the metric the models are verified on.
 
 import dataclasses
 import os
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -48,6 +48,10 @@ class ExportOptions:
     int8_max_float_layers: int = int8_auto.DEFAULT_MAX_FLOAT_LAYERS
     # auto's last resort: returns the int8 TFLite bytes of a QAT fine-tuned model.
     qat_fallback: Optional[int8_auto.QatFallback] = None
+    # (SavedModel, model input) -> what the converter takes: the pipeline passes
+    # tflite_converter.convertible_model, which rebuilds LSTM models at batch 1; None: the
+    # SavedModel as loaded.
+    convertible_model: Optional[Callable[[Any, Any], Any]] = None
 
 
 @dataclasses.dataclass
@@ -333,7 +337,8 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
                           + ("int32 token-ids" if handling.kind == sequence.ModelKind.TEXT
                              else "float32") + " input: use int8_io float32")
     # The object whose variables the function reads (LSTM models are rebuilt, see there).
-    converted_model = sequence.convertible_model(serving_model, model_input)
+    converted_model = (options.convertible_model or (lambda model, _: model))(
+        serving_model, model_input)
     function = convert.inference_function(converted_model, model_input)
     # Built (and checked) once before converting; each mode then states its own IO types.
     spec = handling.metadata_spec(convert.IoType.FLOAT32)

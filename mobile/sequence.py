@@ -23,7 +23,6 @@ ids), raw windows and their future values from the tf.Examples themselves.
 
 import enum
 import os
-import re
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -155,79 +154,6 @@ def probe_token_ids(serving_model, saved_model_dir: str, template: bytes) -> con
             "(tfprod's TFLite export supports 1)")
     return convert.TokenIdsInput(sequence_length=len(ids),
                                  vocabulary=(PADDING_TOKEN, *tokens, OOV_TOKEN))
-
-
-_TEXT_LSTM_VARIABLES = ("embedding/embeddings:0",
-                        "bidirectional_lstm/forward_lstm/lstm_cell/kernel:0",
-                        "probabilities/kernel:0")
-_FORECAST_LSTM_KERNEL = "lstm{}/lstm_cell/kernel:0"
-
-
-def convertible_model(serving_model, model_input):
-    """What the TFLite converter can take: the SavedModel, or its LSTM model rebuilt.
-
-    Keras traced the LSTMs' loops in the SavedModel for any batch size; the converter
-    then stops at ``'tf.TensorListReserve' op requires element_shape to be static``
-    (the text `lstm`, whose padding mask keeps Keras's own loop, and stacked
-    `lstm_forecaster` LSTMs that return sequences). Such a model is rebuilt here from
-    the registry with the sizes its variables have, the SavedModel's weights are copied
-    in, and the rebuilt model is traced at batch 1: the forecaster's LSTMs then become
-    the fused UNIDIRECTIONAL_SEQUENCE_LSTM op; the text LSTM's masked loop becomes a
-    TFLite WHILE loop (the fused op has no mask). Other models convert as loaded.
-
-    Raises:
-      ConversionError: a variable of the rebuilt model is missing from the SavedModel.
-    """
-    from tfprod.models import registry
-    from tfprod.pipeline import config as config_lib
-
-    variables = {variable.name: variable for variable in serving_model.variables}
-
-    def shape(name):
-        return variables[name].shape.as_list()
-
-    if isinstance(model_input, convert.TokenIdsInput) and all(
-            name in variables for name in _TEXT_LSTM_VARIABLES):
-        vocab_size, embedding_dim = shape(_TEXT_LSTM_VARIABLES[0])
-        model_config = config_lib.ModelConfig(name="lstm", lstm=config_lib.LstmConfig(
-            embedding_dim=embedding_dim, lstm_units=shape(_TEXT_LSTM_VARIABLES[1])[1] // 4,
-            embedding_dropout=0.0, dropout=0.0))
-        inputs = registry.ModelInputs(
-            feature_name=TOKENS_TRANSFORMED_KEY, feature_shape=(model_input.sequence_length,),
-            num_classes=shape(_TEXT_LSTM_VARIABLES[2])[1], vocab_size=vocab_size)
-    elif isinstance(model_input, convert.WindowInput) and \
-            _FORECAST_LSTM_KERNEL.format(0) in variables:
-        units, layer = [], 0
-        while _FORECAST_LSTM_KERNEL.format(layer) in variables:
-            units.append(shape(_FORECAST_LSTM_KERNEL.format(layer))[1] // 4)
-            layer += 1
-        model_config = config_lib.ModelConfig(
-            name="lstm_forecaster", lstm_forecaster=config_lib.LstmForecasterConfig(
-                lstm_units=units, dropout=0.0,
-                linear_skip="linear_change/kernel:0" in variables))
-        columns = len(model_input.columns)
-        inputs = registry.ModelInputs(
-            feature_name=WINDOW_TRANSFORMED_KEY,
-            feature_shape=(model_input.lookback * columns,), num_classes=0,
-            window_shape=(model_input.lookback, columns), horizon=model_input.horizon,
-            target_index=target_column(model_input))
-    else:
-        return serving_model
-    model = registry.build_model(model_config, inputs)
-    # Keras suffixes the names of layers built again in one process (forward_lstm_1).
-    sources = {_unsuffixed(name): variable for name, variable in variables.items()}
-    for variable in model.variables:
-        source = sources.get(_unsuffixed(variable.name))
-        if source is None or source.shape != variable.shape:
-            raise convert.ConversionError(
-                f"rebuilding the {model_config.name} model for TFLite: the SavedModel has no "
-                f"variable {variable.name} of shape {variable.shape} (it has {sorted(variables)})")
-        variable.assign(source)
-    return model
-
-
-def _unsuffixed(name: str) -> str:
-    return re.sub(r"_\d+(?=[/:])", "", name)
 
 
 def target_column(model_input: convert.WindowInput) -> int:

@@ -16,7 +16,7 @@ from typing import List, Optional, Union
 from tfx import v1 as tfx
 
 from tfprod.contract import layout
-from tfprod.mobile import component as mobile_component
+from tfprod.pipeline import tflite_converter
 from tfprod.pipeline import config as config_lib
 from tfprod.pipeline import drift_check, ingestion, tasks, trainer, tuning, validation
 from tfprod.pipeline import infra_validator as infra_lib
@@ -144,7 +144,7 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
                   anomalies_gate, transform, tuner, model_trainer, latest_blessed_model,
                   evaluator, infra_validator, pusher]
     if experiment.mobile.enabled and task.supports_mobile():
-        components.append(mobile_component.TFLiteConverter(
+        components.append(tflite_converter.TFLiteConverter(
             model=model_trainer.outputs["model"],
             model_blessing=evaluator.outputs["blessing"],
             infra_blessing=infra_blessing,

@@ -176,7 +176,7 @@ def test_the_pusher_and_the_tflite_converter_refuse_a_model_the_infra_validator_
     from tfx.types import standard_artifacts, standard_component_specs
     from tfx.utils import proto_utils
 
-    from tfprod.mobile import component as mobile_component
+    from tfprod.pipeline import tflite_converter as mobile_component
     from tfprod.pipeline import pusher
 
     model = standard_artifacts.Model()

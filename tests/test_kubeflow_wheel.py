@@ -103,7 +103,7 @@ def test_the_wheel_alone_imports_everything_the_compiled_pipeline_names(wheel, t
     # What the names cover (read from the spec, not listed by hand).
     assert "tfprod.pipeline.trainer.run_fn" in names
     assert "tfprod.pipeline.tasks.image.preprocessing.preprocessing_fn" in names
-    assert "tfprod.mobile.component.TFLiteConverter_Executor" in names
+    assert "tfprod.pipeline.tflite_converter.TFLiteConverter_Executor" in names
     assert "tfprod.TFLiteModels" in names
     assert "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver" in names
     workers = worker_modules()

@@ -10,6 +10,7 @@ from tfprod.mobile import convert, metadata, sequence
 from tfprod.mobile.verify import TfliteClassifier
 from tfprod.models import registry
 from tfprod.pipeline import config as config_lib
+from tfprod.pipeline import tflite_converter
 
 RUNTIMES = ("litert", "tflite_runtime")
 SEQUENCE_LENGTH, VOCABULARY = 8, ("[PAD]", "the", "good", "bad", "film", "[OOV]")
@@ -64,7 +65,7 @@ def _convert_all(function, trackable, calibration, modes):
 def test_text_models_convert_and_agree_on_both_runtimes(name, tolerance, tmp_path):
     loaded = _text_model(name, tmp_path / name)
     model_input = convert.TokenIdsInput(sequence_length=SEQUENCE_LENGTH, vocabulary=VOCABULARY)
-    converted_model = sequence.convertible_model(loaded, model_input)
+    converted_model = tflite_converter.convertible_model(loaded, model_input)
     # The masked LSTM is rebuilt (its loop was traced for any batch); the Transformer is not.
     assert (converted_model is loaded) == (name == "transformer")
     function = convert.inference_function(converted_model, model_input)
@@ -135,7 +136,7 @@ def test_forecaster_folds_the_standardisation_and_converts_to_the_fused_lstm(tmp
         lookback=LOOKBACK, columns=("load", "temperature"), mean=(50.0, 20.0), std=(10.0, 5.0),
         target_mean=20.0, target_std=5.0, horizon=HORIZON)
     assert sequence.target_column(model_input) == 1
-    converted_model = sequence.convertible_model(loaded, model_input)
+    converted_model = tflite_converter.convertible_model(loaded, model_input)
     assert converted_model is not loaded  # stacked LSTMs returning sequences: rebuilt
     function = convert.inference_function(converted_model, model_input)
     rng = np.random.default_rng(1)

@@ -26,7 +26,7 @@ def __getattr__(name: str):
     that importing tfprod stays light (no TensorFlow).
     """
     if name == "TFLiteModels":
-        from tfprod.mobile.component import TFLiteModels
+        from tfprod.pipeline.tflite_converter import TFLiteModels
 
         return TFLiteModels
     raise AttributeError(f"module 'tfprod' has no attribute {name!r}")
