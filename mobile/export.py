@@ -48,6 +48,9 @@ class ExportOptions:
     int8_max_float_layers: int = int8_auto.DEFAULT_MAX_FLOAT_LAYERS
     # auto's last resort: returns the int8 TFLite bytes of a QAT fine-tuned model.
     qat_fallback: Optional[int8_auto.QatFallback] = None
+    # Or: returns the QAT fine-tuned Keras model (mobile.compress), converted here to int8
+    # like the others (called only if auto reaches its QAT step).
+    qat_model: Optional[Callable[[], Any]] = None
     # (SavedModel, model input) -> what the converter takes: the pipeline passes
     # tflite_converter.convertible_model, which rebuilds LSTM models at batch 1; None: the
     # SavedModel as loaded.
@@ -394,11 +397,18 @@ def export_tflite(saved_model_dir: str, output_dir: str, model_name: str, versio
         gated = mode == convert.ConversionMode.INT8 and handling.metric != verify.MAE
         if gated and \
                 int8_auto.Int8Strategy(options.int8_strategy) == int8_auto.Int8Strategy.AUTO:
+            qat_fallback = options.qat_fallback
+            if qat_fallback is None and options.qat_model is not None:
+                def qat_fallback(io_type=io_type):
+                    qat = options.qat_model()
+                    return convert.convert(convert.inference_function(qat, model_input),
+                                           convert.ConversionMode.INT8, representative_dataset,
+                                           io_type, trackable=qat)
             int8_result = int8_auto.auto_int8(
                 model_bytes, lambda: int8_auto.int8_converter(
                     function, converted_model, representative_dataset),
                 representative_dataset, verify_on_runtimes, options.int8_gates,
-                savedmodel_metric, options.qat_fallback, options.int8_max_float_layers,
+                savedmodel_metric, qat_fallback, options.int8_max_float_layers,
                 io_type.value, prepare, options.int8_gate, progress)
             model_bytes, runtimes = int8_result.model.model_bytes, int8_result.model.runtimes
             progress(int8_result.summary())

@@ -377,8 +377,9 @@ def auto_int8(ptq_model: bytes, make_converter: Callable[[], Any], debug_dataset
         last.next_reason += "; trying QAT"
     if qat_fallback is None:
         attempts.append(Attempt(Step.QAT, "QAT not available: no QAT fine-tune was given "
-                                "(mobile.compression's QAT is not wired into int8_strategy "
-                                "auto yet)", failures=["QAT not available"]))
+                                "(the pipeline gives one; a SavedModel converted alone has "
+                                "no training data to fine-tune on)",
+                                failures=["QAT not available"]))
         return finish()
     progress("int8: quantization-aware fine-tuning ...")
     attempt(Step.QAT, "quantization-aware training, int8", qat_fallback())

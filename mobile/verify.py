@@ -258,7 +258,15 @@ def format_markdown(report: Dict[str, Any]) -> str:
         from tfprod.mobile import int8_auto
 
         lines += int8_auto.markdown_lines(report["int8"])
-    return "\n".join(lines + _failed_lines(report)) + "\n"
+    return "\n".join(lines + _failed_lines(report) + _compression_lines(report)) + "\n"
+
+
+def _compression_lines(report: Dict[str, Any]) -> List[str]:
+    if not report.get("compression"):
+        return []
+    from tfprod.mobile import compress
+
+    return compress.markdown_lines(report["compression"], report.get("metric", ACCURACY))
 
 
 def _failed_lines(report: Dict[str, Any]) -> List[str]:
@@ -292,7 +300,7 @@ def _format_markdown_mae(report: Dict[str, Any]) -> str:
                 f"{'' if ratio is None else f'{ratio:.3f}'} | {result['mae']:.4f} | "
                 f"{result['mae_increase']:+.4f} | {result['max_abs_difference']:.4f} | "
                 f"{result['latency_ms_1_thread']:.3f} | {result['latency_ms_2_threads']:.3f} |")
-    return "\n".join(lines + _failed_lines(report)) + "\n"
+    return "\n".join(lines + _failed_lines(report) + _compression_lines(report)) + "\n"
 
 
 def write_report(report: Dict[str, Any], directory: str) -> Dict[str, str]:

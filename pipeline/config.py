@@ -21,6 +21,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from tfprod import configlib
+from tfprod.mobile import compress as mobile_compress
 from tfprod.mobile import int8_auto as mobile_int8
 from tfprod.mobile import options as mobile_options
 
@@ -772,6 +773,22 @@ class MobileConfig:
     int8_strategy: mobile_int8.Int8Strategy = _added_key(mobile_int8.Int8Strategy.PTQ)
     # auto: the most layers the float-layer attempts keep in float (1, 2, 4, ... up to it).
     int8_max_float_layers: int = _added_key(mobile_int8.DEFAULT_MAX_FLOAT_LAYERS)
+    # Compression (mobile/compress.py, docs/mobile.md "Compression"): a list of qat, prune,
+    # cluster, prune_qat; [] (none) by default. Each fine-tunes a copy of the blessed model
+    # and is converted into <version>/<technique>/; the served SavedModel is not changed.
+    compression: List[mobile_compress.Technique] = _added_key([])
+    # The modes prune and cluster variants convert in (qat and prune_qat: int8 only).
+    compression_modes: List[mobile_options.ConversionMode] = _added_key(
+        [mobile_options.ConversionMode.INT8])
+    target_sparsity: float = _added_key(mobile_compress.DEFAULT_TARGET_SPARSITY)
+    # The pruning schedule (ConstantSparsity from step 0): the mask is updated every N steps.
+    pruning_frequency: int = _added_key(mobile_compress.DEFAULT_PRUNING_FREQUENCY)
+    num_clusters: int = _added_key(mobile_compress.DEFAULT_NUM_CLUSTERS)
+    finetune_epochs: int = _added_key(mobile_compress.DEFAULT_FINETUNE_EPOCHS)
+    # null: a tenth of trainer.learning_rate.
+    finetune_learning_rate: Optional[float] = _added_key(None)
+    # null: finetune_epochs whole passes over the training split.
+    finetune_max_steps: Optional[int] = _added_key(None)
 
     def int8_gates(self) -> mobile_int8.Int8Gates:
         return mobile_int8.Int8Gates(self.max_int8_accuracy_drop, self.min_int8_agreement)
@@ -796,6 +813,33 @@ class MobileConfig:
         _check(len(self.runtimes) > 0 and set(self.runtimes) <= set(mobile_options.RUNTIMES),
                "mobile.runtimes", f"a non-empty list of {', '.join(mobile_options.RUNTIMES)}",
                self.runtimes)
+        techniques = ", ".join(technique.value for technique in mobile_compress.Technique)
+        _check(len(set(self.compression)) == len(self.compression), "mobile.compression",
+               f"a list of distinct techniques ({techniques}), [] for none", self.compression)
+        _check(len(self.compression_modes) > 0
+               and len(set(self.compression_modes)) == len(self.compression_modes),
+               "mobile.compression_modes", "a non-empty list of distinct modes",
+               self.compression_modes)
+        _check(0.0 < self.target_sparsity < 1.0, "mobile.target_sparsity",
+               "a fraction between 0 and 1 (e.g. 0.5: half of each pruned kernel is zero)",
+               self.target_sparsity)
+        _check(self.pruning_frequency >= 1, "mobile.pruning_frequency",
+               "an integer >= 1 (steps between mask updates; keep it below the fine-tune's "
+               "steps, or nothing is pruned)", self.pruning_frequency)
+        _check(2 <= self.num_clusters <= 256, "mobile.num_clusters", "an integer in 2..256",
+               self.num_clusters)
+        _check(self.finetune_epochs >= 1, "mobile.finetune_epochs", "an integer >= 1",
+               self.finetune_epochs)
+        _check(self.finetune_learning_rate is None or self.finetune_learning_rate > 0,
+               "mobile.finetune_learning_rate", "null or a positive number",
+               self.finetune_learning_rate)
+        _check(self.finetune_max_steps is None or self.finetune_max_steps >= 1,
+               "mobile.finetune_max_steps", "null or an integer >= 1", self.finetune_max_steps)
+
+    def needs_finetune(self) -> bool:
+        """Whether the TFLiteConverter fine-tunes: compression, or auto's QAT step."""
+        return self.enabled and (bool(self.compression)
+                                 or self.int8_strategy == mobile_int8.Int8Strategy.AUTO)
 
 
 class StrategyName(str, enum.Enum):
@@ -807,6 +851,10 @@ class StrategyName(str, enum.Enum):
     MULTI_WORKER_MIRRORED = "multi_worker_mirrored"  # TF_CONFIG, or runtime.num_workers local
     TPU = "tpu"  # TPUClusterResolver at runtime.tpu_address (or $TPU_NAME)
     PARAMETER_SERVER = "parameter_server"  # TF_CONFIG with chief, worker and ps tasks
+
+
+# The strategies compression's fine-tune runs under (one process, this machine's devices).
+FINETUNE_STRATEGIES = (StrategyName.AUTO, StrategyName.ONE_DEVICE, StrategyName.MIRRORED)
 
 
 class MixedPrecision(str, enum.Enum):
@@ -1177,6 +1225,13 @@ class ExperimentConfig:
                    "a positive number (the largest test MAE a forecaster may be blessed with; "
                    "or --set eval.gate=baseline to beat the training mean instead)",
                    self.eval.mae_threshold)
+        # Compression fine-tunes inside the TFLiteConverter's one process.
+        _check(not self.mobile.compression or self.runtime.strategy in FINETUNE_STRATEGIES,
+               "runtime.strategy", "one of " + ", ".join(s.value for s in FINETUNE_STRATEGIES)
+               + " when mobile.compression is set (compression fine-tunes in the "
+               "TFLiteConverter's one process, on this machine's devices; train multi-worker, "
+               "TPU or parameter-server runs without mobile.compression)",
+               self.runtime.strategy.value)
 
     def check_paths(self) -> None:
         """Checks that the paths the run reads exist (separate from validate: needs disk)."""

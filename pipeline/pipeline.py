@@ -154,7 +154,13 @@ def create_pipeline(experiment: config_lib.ExperimentConfig,
             model_name=experiment.export.model_name,
             # compact: keys added later (mobile.int8_*) appear only when set, so the
             # compiled pipelines of existing configs stay the same.
-            mobile_config=json.dumps(config_lib.to_dict(experiment.mobile, compact=True))))
+            mobile_config=json.dumps(config_lib.to_dict(experiment.mobile, compact=True)),
+            # A fine-tune (compression, auto's QAT step) needs the transformed training data
+            # and the experiment; other runs compile as before.
+            **(dict(transformed_examples=transform.outputs["transformed_examples"],
+                    transform_graph=transform.outputs["transform_graph"],
+                    experiment_config=json.dumps(config_lib.to_dict(experiment)))
+               if experiment.mobile.needs_finetune() else {})))
 
     components += drift_check.nodes(experiment, statistics_gen, schema_source, transform,
                                     baseline_resolver and metadata_connection_config is None)

@@ -35,6 +35,9 @@ class RunSummary:
     # The TFLite models of the blessed model (mode -> path) and their report (json, markdown).
     tflite_models: Dict[str, str] = dataclasses.field(default_factory=dict)
     tflite_report: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # mobile.compression's models: technique -> mode -> path (and technique -> why it failed).
+    tflite_compressed: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)
+    tflite_compression_failed: Dict[str, str] = dataclasses.field(default_factory=dict)
     # Why the run made no TFLite model, when its task has none (Task.mobile_skip_reason).
     tflite_skipped: Optional[str] = None
     # What the task records about the data (Task.run_summary_extras), e.g. a table's
@@ -92,6 +95,11 @@ class RunSummary:
                 if self.tflite_report:
                     lines.append(f"TFLite: {', '.join(self.tflite_models)}; report "
                                  f"{self.tflite_report.get('markdown')}")
+                if self.tflite_compressed or self.tflite_compression_failed:
+                    lines.append("TFLite compressed: " + ", ".join(
+                        [f"{name} ({', '.join(modes)})"
+                         for name, modes in self.tflite_compressed.items()]
+                        + [f"{name} FAILED" for name in self.tflite_compression_failed]))
             else:
                 lines.append("Blessed: NO - the model was not pushed; it missed:")
                 lines += [f"  {failure}" for failure in self.validation_failures or ["(unknown)"]]
@@ -440,6 +448,8 @@ def collect(experiment: config_lib.ExperimentConfig, paths, component_seconds: D
             with open(files_path, encoding="utf-8") as handle:
                 files = json.load(handle)
             result.tflite_models, result.tflite_report = files["models"], files["report"]
+            result.tflite_compressed = files.get("compressed_models", {})
+            result.tflite_compression_failed = files.get("compression_failed", {})
 
     trainer_outputs = _latest_execution_outputs(store, experiment.name, layout.TRAINER_ID, run_context_id)
     if trainer_outputs.get("model"):

@@ -71,8 +71,11 @@ def read_data(settings, examples_uri: str, serving_model, saved_model_dir: str):
     """
     from tfprod.mobile import data, export, sequence
 
-    calibration_samples = settings["calibration_samples"] if "int8" in settings["modes"] \
-        else None
+    # int8 in mobile.modes, or a compressed variant converted in int8 (qat: always).
+    int8_needed = "int8" in settings["modes"] or any(
+        technique in ("qat", "prune_qat") for technique in settings.get("compression", ())) or (
+        settings.get("compression") and "int8" in settings.get("compression_modes", ["int8"]))
+    calibration_samples = settings["calibration_samples"] if int8_needed else None
     if sequence.model_kind(serving_model) != sequence.ModelKind.IMAGE:
         return export.sequence_data(serving_model, saved_model_dir, examples_uri,
                                     calibration_samples, settings["test_examples"])
@@ -100,12 +103,18 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
         output_dir: Parameter[str],
         model_name: Parameter[str],
         mobile_config: Parameter[str],
-        infra_blessing: InputArtifact[standard_artifacts.InfraBlessing] = None) -> None:
+        infra_blessing: InputArtifact[standard_artifacts.InfraBlessing] = None,
+        transformed_examples: InputArtifact[standard_artifacts.Examples] = None,
+        transform_graph: InputArtifact[standard_artifacts.TransformGraph] = None,
+        experiment_config: Parameter[str] = None) -> None:
     """Converts, annotates and verifies the blessed model (see the module docstring).
 
     Args:
       mobile_config: the experiment's ``mobile`` section as JSON (pipeline.config.MobileConfig).
       infra_blessing: the InfraValidator's blessing (optional: absent when infra.enabled is false).
+      transformed_examples, transform_graph, experiment_config: what a fine-tune needs
+        (mobile.compression, and int8_strategy auto's QAT step; pipeline.mobile_compression);
+        given only when the mobile section asks for one.
     """
     from tfprod.mobile import export
 
@@ -122,19 +131,41 @@ def TFLiteConverter(  # noqa: N802  (TFX component classes are CamelCase)
     model_input, calibration, test_inputs, test_targets = read_data(
         settings, examples.uri, serving_model, saved_model_dir)
     destination = tflite_dir(output_dir, model_name, version)
+    finetuner = None
+    if experiment_config:
+        from tfprod.pipeline import config as config_lib
+        from tfprod.pipeline import mobile_compression
+
+        finetuner = mobile_compression.Finetuner(
+            config_lib.from_dict(json.loads(experiment_config), validate=False),
+            saved_model_dir, transformed_examples.uri, transform_graph.uri,
+            progress=lambda line: logging.info("TFLiteConverter: %s", line))
+    options = export.ExportOptions(
+        modes=settings["modes"], int8_io=settings["int8_io"], runtimes=settings["runtimes"],
+        latency_examples=settings["latency_examples"],
+        convertible_model=convertible_model, **int8_export_options(settings),
+        qat_model=finetuner.qat_model if finetuner else None)
     result = export.export_tflite(
         saved_model_dir, destination, model_name, version, calibration, test_inputs,
-        test_targets, export.ExportOptions(
-            modes=settings["modes"], int8_io=settings["int8_io"], runtimes=settings["runtimes"],
-            latency_examples=settings["latency_examples"],
-            convertible_model=convertible_model, **int8_export_options(settings)),
-        serving_model=serving_model, model_input=model_input)
+        test_targets, options, serving_model=serving_model, model_input=model_input)
+    compression = None
+    if finetuner and finetuner.experiment.mobile.compression:
+        from tfprod.pipeline import mobile_compression
+
+        compression = mobile_compression.convert_variants(
+            finetuner, result, calibration, test_inputs, test_targets, options, serving_model,
+            model_input, convertible_model)
     if result.int8 is not None:  # the gates' verdict (details in report.json's "int8")
         (logging.info if result.int8.passed else logging.warning)(
             "TFLiteConverter: %s", result.int8.summary())
     files = {"output_dir": destination, "version": version, "models": result.model_files,
              "report": result.report_files, "android": result.android_dir,
              "failed_modes": result.report.get("failed_modes", {})}
+    if compression is not None:  # {technique: {mode: path}}, and what failed
+        files["compressed_models"] = {
+            variant["technique"]: {model["mode"]: model["path"] for model in variant["models"]}
+            for variant in compression["variants"]}
+        files["compression_failed"] = compression["failed"]
     with open(os.path.join(tflite_models.uri, FILES_JSON), "w", encoding="utf-8") as handle:
         json.dump(files, handle, indent=2)
     tflite_models.set_int_custom_property(CONVERTED_PROPERTY, 1)

@@ -84,11 +84,19 @@ MOBILE_RUN_TEST_IMAGES = 300
 MOBILE_RUN_TIMEOUT_SECONDS = 1200
 
 
+# mnist_mobile_run's compression settings (tests/test_compression.py reads them): every
+# technique, 10 fine-tune steps each.
+MOBILE_RUN_COMPRESSION = {"compression": "[qat, prune, cluster, prune_qat]",
+                          "finetune_max_steps": 10, "finetune_epochs": 1,
+                          "target_sparsity": 0.5, "pruning_frequency": 5, "num_clusters": 16}
+
+
 @pytest.fixture(scope="session")
 def mnist_mobile_run(tmp_path_factory, mnist_sample):
     """A `tfprod run` of the MNIST CNN (2,000 train / 300 test images, 2 epochs, batch 32,
     accuracy gate 0.5): blessed, pushed, converted in all four TFLite modes and verified on
-    both runtimes, with its report.html. A dict: data_dir, output_dir, summary, returncode,
+    both runtimes, compressed with all four techniques (MOBILE_RUN_COMPRESSION), with its
+    report.html. A dict: data_dir, output_dir, summary, returncode,
     stdout, stderr."""
     import json
     import subprocess
@@ -107,7 +115,9 @@ def mnist_mobile_run(tmp_path_factory, mnist_sample):
         [tfprod_command, "run", "--config", str(MNIST_CONFIG), "--data-dir", str(data_dir),
          "--output-dir", str(output_dir), "--set", "trainer.epochs=2",
          "--set", "trainer.batch_size=32", "--set", "eval.accuracy_threshold=0.5",
-         "--set", "mobile.latency_examples=20"],
+         "--set", "mobile.latency_examples=20"] + [
+            argument for key, value in MOBILE_RUN_COMPRESSION.items()
+            for argument in ("--set", f"mobile.{key}={value}")],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         timeout=MOBILE_RUN_TIMEOUT_SECONDS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

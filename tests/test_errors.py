@@ -58,6 +58,7 @@ EXPECTED = {
     ("tfprod.mobile.convert", "UnsupportedOpError"): (RUN, ()),
     ("tfprod.mobile.verify", "VerificationError"): (RUN, (RuntimeError,)),
     ("tfprod.mobile.int8_auto", "Int8GateError"): (RUN, ()),
+    ("tfprod.mobile.compress", "CompressionError"): (RUN, ()),
     ("tfprod.mobile.metadata", "MetadataError"): (RUN, (ValueError,)),
     ("tfprod.mobile.android", "AndroidPackageError"): (RUN, (ValueError,)),
     ("tfprod.serving.client", "ClientError"): (RUN, ()),
