@@ -6,9 +6,12 @@ training wrappers, so what is converted to TFLite is a plain Keras model:
 
 - ``qat``: quantization-aware training (fake-quant ops learn the int8 ranges); converted in
   mode int8 only, where the ranges are used.
-- ``prune``: magnitude pruning to ``target_sparsity`` (ConstantSparsity: the target from the
-  first step, the mask updated every ``pruning_frequency`` steps, so even a short fine-tune
-  reaches it); the zeros pay off only compressed (gzip), or with sparse kernels.
+- ``prune``: magnitude pruning to ``target_sparsity``, the mask updated every
+  ``pruning_frequency`` steps. Schedule ``polynomial`` (the default) raises the sparsity
+  from 0 to the target over the first two thirds of the fine-tune, the rest recovers;
+  ``constant`` prunes to the target at the first step. A fine-tune too short for the
+  polynomial ramp (fewer than two mask updates) prunes at the first step, and the report
+  says which schedule ran. The zeros pay off only compressed (gzip), or with sparse kernels.
 - ``cluster``: weight clustering (``num_clusters`` shared values per kernel, k-means++
   initialisation); like pruning, it pays off compressed.
 - ``prune_qat``: pruning, then QAT with the sparsity-preserving scheme; int8 only.
@@ -54,6 +57,13 @@ class Technique(str, enum.Enum):
         return self in (Technique.PRUNE, Technique.PRUNE_QAT)
 
 
+class PruningSchedule(str, enum.Enum):
+    """mobile.pruning_schedule: how the sparsity reaches its target."""
+
+    POLYNOMIAL = "polynomial"  # 0 -> target over the first 2/3 of the steps, then recovery
+    CONSTANT = "constant"  # the target from the first step
+
+
 DEFAULT_TARGET_SPARSITY = 0.5
 DEFAULT_PRUNING_FREQUENCY = 10
 DEFAULT_NUM_CLUSTERS = 16
@@ -66,6 +76,7 @@ class FinetuneSettings:
 
     target_sparsity: float = DEFAULT_TARGET_SPARSITY
     pruning_frequency: int = DEFAULT_PRUNING_FREQUENCY
+    pruning_schedule: PruningSchedule = PruningSchedule.POLYNOMIAL
     num_clusters: int = DEFAULT_NUM_CLUSTERS
     epochs: int = DEFAULT_FINETUNE_EPOCHS
     steps_per_epoch: int = 100
@@ -86,13 +97,16 @@ class Compressed:
     sparsity: Optional[float] = None
     # cluster: the most distinct values in one clustered kernel, measured after strip.
     max_distinct_values: Optional[int] = None
+    # prune, prune_qat: the schedule that ran, e.g. "polynomial 0 -> 0.8, steps 0..240".
+    pruning_schedule: Optional[str] = None
 
     def to_report(self) -> dict:
         return {"technique": self.technique.value,
                 "finetune_seconds": round(self.finetune_seconds, 2),
                 "finetune_steps": self.finetune_steps,
                 "compressed_layers": self.compressed_layers, "left_alone": self.left_alone,
-                "sparsity": self.sparsity, "max_distinct_values": self.max_distinct_values}
+                "sparsity": self.sparsity, "max_distinct_values": self.max_distinct_values,
+                "pruning_schedule": self.pruning_schedule}
 
 
 def gzip_size(model_bytes: bytes) -> int:
@@ -175,12 +189,34 @@ def _wrap_layers(model, names: List[str], wrap: Callable):
 # --------------------------------------------------------------------------
 
 
+def pruning_schedule(settings: FinetuneSettings):
+    """(the toolkit's schedule, its description) for one fine-tune of settings' steps.
+
+    The polynomial ramp ends on a mask update (a multiple of pruning_frequency) within the
+    first two thirds of the steps, so the target is reached and kept; with room for fewer
+    than two updates it becomes the constant schedule.
+    """
+    import tensorflow_model_optimization as tfmot
+
+    frequency, target = settings.pruning_frequency, settings.target_sparsity
+    steps = settings.epochs * settings.steps_per_epoch
+    end = frequency * int((steps - 1) * 2 / 3 // frequency)
+    if PruningSchedule(settings.pruning_schedule) == PruningSchedule.POLYNOMIAL and end >= frequency:
+        return (tfmot.sparsity.keras.PolynomialDecay(0.0, target, begin_step=0, end_step=end,
+                                                     frequency=frequency),
+                f"polynomial 0 -> {target:g} over steps 0..{end} of {steps}, "
+                f"mask updated every {frequency}")
+    reason = "" if PruningSchedule(settings.pruning_schedule) == PruningSchedule.CONSTANT \
+        else f" (too few steps, {steps}, for a polynomial ramp at frequency {frequency})"
+    return (tfmot.sparsity.keras.ConstantSparsity(target, begin_step=0, frequency=frequency),
+            f"constant {target:g} from step 0{reason}, mask updated every {frequency}")
+
+
 def _prune(model, settings: FinetuneSettings):
     import tensorflow_model_optimization as tfmot
 
     wrap, names, left = _split_layers(model, _prunable)
-    schedule = tfmot.sparsity.keras.ConstantSparsity(
-        settings.target_sparsity, begin_step=0, frequency=settings.pruning_frequency)
+    schedule, _ = pruning_schedule(settings)
     wrapped = _wrap_layers(model, wrap, lambda layer: tfmot.sparsity.keras.prune_low_magnitude(
         layer, pruning_schedule=schedule))
     return wrapped, names, left, [tfmot.sparsity.keras.UpdatePruningStep()]
@@ -293,6 +329,7 @@ def compress(make_model: Callable[[], object], technique: Technique, settings: F
     result = Compressed(technique, model, time.perf_counter() - started, steps, names, left)
     if technique.prunes:
         result.sparsity = measured_sparsity(model, pruned)
+        result.pruning_schedule = pruning_schedule(settings)[1]
     if technique == Technique.CLUSTER:
         result.max_distinct_values = max_distinct_values(model, names)
     return result
@@ -383,6 +420,8 @@ def markdown_lines(section: dict, metric: str) -> List[str]:
         measured = []
         if variant.get("sparsity") is not None:
             measured.append(f"sparsity {variant['sparsity']:.3f}")
+        if variant.get("pruning_schedule"):
+            measured.append(variant["pruning_schedule"])
         if variant.get("max_distinct_values") is not None:
             measured.append(f"<= {variant['max_distinct_values']} values per kernel")
         if variant.get("left_alone"):

@@ -781,7 +781,10 @@ class MobileConfig:
     compression_modes: List[mobile_options.ConversionMode] = _added_key(
         [mobile_options.ConversionMode.INT8])
     target_sparsity: float = _added_key(mobile_compress.DEFAULT_TARGET_SPARSITY)
-    # The pruning schedule (ConstantSparsity from step 0): the mask is updated every N steps.
+    # The pruning schedule: polynomial (0 -> target over the first 2/3 of the fine-tune) or
+    # constant (the target from step 0); the mask is updated every pruning_frequency steps.
+    pruning_schedule: mobile_compress.PruningSchedule = _added_key(
+        mobile_compress.PruningSchedule.POLYNOMIAL)
     pruning_frequency: int = _added_key(mobile_compress.DEFAULT_PRUNING_FREQUENCY)
     num_clusters: int = _added_key(mobile_compress.DEFAULT_NUM_CLUSTERS)
     finetune_epochs: int = _added_key(mobile_compress.DEFAULT_FINETUNE_EPOCHS)

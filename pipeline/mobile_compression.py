@@ -56,7 +56,8 @@ class Finetuner:
                                 max_steps=mobile.finetune_max_steps))
         return compress.FinetuneSettings(
             target_sparsity=mobile.target_sparsity, pruning_frequency=mobile.pruning_frequency,
-            num_clusters=mobile.num_clusters, epochs=schedule["epochs"],
+            pruning_schedule=mobile.pruning_schedule, num_clusters=mobile.num_clusters,
+            epochs=schedule["epochs"],
             steps_per_epoch=schedule["steps_per_epoch"],
             learning_rate=mobile.finetune_learning_rate or training.learning_rate / 10)
 
@@ -125,6 +126,7 @@ def convert_variants(finetuner: Finetuner, base: export.ExportResult, calibratio
         "techniques": [technique.value for technique in mobile.compression],
         "compression_modes": [mode.value for mode in mobile.compression_modes],
         "target_sparsity": mobile.target_sparsity, "pruning_frequency": mobile.pruning_frequency,
+        "pruning_schedule": mobile.pruning_schedule.value,
         "num_clusters": mobile.num_clusters, "finetune_epochs": mobile.finetune_epochs,
         "finetune_max_steps": mobile.finetune_max_steps},
         "baseline": compress.baseline_entry(base.report, base.model_files),

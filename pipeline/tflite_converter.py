@@ -10,6 +10,8 @@ carry the same version as the served model). It writes
     <output_dir>/tflite/<model_name>/<version>/<mode>.tflite + report.json/.md
     <output_dir>/tflite/<model_name>/<version>/android/   (mobile.android)
 
+    <output_dir>/tflite/<model_name>/<version>/<technique>/   (mobile.compression)
+
 and lists them in ``files.json`` in its own output artifact, which
 pipeline.summary reads into run_summary.json. The conversion itself is mobile/ (export_tflite);
 this module is the pipeline's step around it, with what needs the pipeline's config and the
@@ -51,8 +53,8 @@ def int8_export_options(settings) -> dict:
     """ExportOptions' int8 gate and strategy fields from the mobile settings (JSON).
 
     The keys are left out of the JSON while they hold their defaults (config.to_dict's
-    compact form), so the defaults come from MobileConfig. The pipeline has no QAT
-    fallback yet, so auto ends with "QAT not available" when the float layers fail.
+    compact form), so the defaults come from MobileConfig. auto's QAT step is given by
+    the component (a pipeline.mobile_compression.Finetuner), not here.
     """
     from tfprod import configlib
     from tfprod.pipeline.config import MobileConfig

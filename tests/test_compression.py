@@ -82,6 +82,27 @@ def test_the_pruned_models_measured_sparsity_is_within_two_points_of_the_target(
     target = MOBILE_RUN_COMPRESSION["target_sparsity"]
     for technique in ("prune", "prune_qat"):
         assert abs(variants[technique]["sparsity"] - target) <= 0.02, variants[technique]
+        # 10 steps, a mask update every 5: the ramp ends on the update at step 5.
+        assert variants[technique]["pruning_schedule"].startswith(
+            "polynomial 0 -> 0.5 over steps 0..5 of 10")
+
+
+def test_the_polynomial_ramp_ends_on_a_mask_update_or_falls_back_to_constant():
+    def described(steps, frequency, schedule="polynomial"):
+        return compress.pruning_schedule(compress.FinetuneSettings(
+            target_sparsity=0.8, pruning_frequency=frequency, pruning_schedule=schedule,
+            epochs=1, steps_per_epoch=steps))
+
+    toolkit_schedule, text = described(375, 10)
+    assert text.startswith("polynomial 0 -> 0.8 over steps 0..240 of 375")
+    # The toolkit's own schedule: no pruning before the ramp ends early, the target at its end.
+    should_prune, sparsity = toolkit_schedule(tf.constant(240, tf.int64))
+    assert bool(should_prune) and float(sparsity) == pytest.approx(0.8)
+    assert not bool(toolkit_schedule(tf.constant(245, tf.int64))[0])
+    _, text = described(10, 10)
+    assert text.startswith("constant 0.8 from step 0 (too few steps, 10,")
+    _, text = described(375, 10, "constant")
+    assert text == "constant 0.8 from step 0, mask updated every 10"
 
 
 def test_the_qat_model_has_int8_weights_and_activations(mnist_mobile_run):
