@@ -6,6 +6,7 @@ with all four techniques, 10 fine-tune steps each. The unit tests fine-tune a ti
 
 import hashlib
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -13,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import MNIST_CONFIG, MOBILE_RUN_COMPRESSION
-from tests.test_int8_auto import HEIGHT, IMPOSSIBLE, WIDTH, _export, tiny_model  # noqa: F401
+from tests.test_int8_auto import (  # noqa: F401  (tiny_model: a fixture)
+    HEIGHT, IMPOSSIBLE, WIDTH, _export, tiny_cnn, tiny_model)
 from tfprod.mobile import compress, int8_auto
 from tfprod.mobile.verify import TfliteClassifier
 from tfprod.pipeline import config as config_lib
@@ -152,21 +154,11 @@ def test_compression_does_not_change_the_served_savedmodel(mnist_mobile_run):
 def tiny_finetune(tiny_model, mnist_sample):  # noqa: F811
     """make_model, dataset and compile for compress.compress: the tiny CNN's Keras model."""
     train_images, train_labels, _, _ = mnist_sample
-    loaded = tf.saved_model.load(tiny_model["path"])
-    weights = [variable.numpy() for variable in loaded.trainable_variables]
+    checkpoint = os.path.join(tiny_model["path"], "variables", "variables")
 
-    def make_model():
-        model = tf.keras.Sequential([
-            tf.keras.layers.Input((HEIGHT * WIDTH,)),
-            tf.keras.layers.Reshape((HEIGHT, WIDTH, 1)),
-            tf.keras.layers.Conv2D(8, 3, activation="relu", name="conv_a"),
-            tf.keras.layers.MaxPooling2D(),
-            tf.keras.layers.Conv2D(16, 3, activation="relu", name="conv_b"),
-            tf.keras.layers.Flatten(),
-            tf.keras.layers.Dense(10, name="logits"),
-            tf.keras.layers.Softmax(),
-        ])
-        model.set_weights(weights)
+    def make_model():  # as the pipeline does: the architecture, then the SavedModel's weights
+        model = tiny_cnn()
+        model.load_weights(checkpoint).expect_partial().assert_existing_objects_matched()
         return model
 
     images = train_images[:512].reshape(-1, HEIGHT * WIDTH).astype(np.float32) / 255.0

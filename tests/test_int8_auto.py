@@ -23,10 +23,9 @@ TEST_EXAMPLES = 300
 IMPOSSIBLE = int8_auto.Int8Gates(max_accuracy_drop_points=-100.0, min_top1_agreement=1.0)
 
 
-def _save_tiny_cnn(directory, train_images, train_labels) -> str:
-    """A two-conv CNN over flat pixels scaled to [0, 1], saved as export_tflite expects."""
-    tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([
+def tiny_cnn() -> tf.keras.Model:
+    """A two-conv CNN over flat pixels scaled to [0, 1] (untrained)."""
+    return tf.keras.Sequential([
         tf.keras.layers.Input((HEIGHT * WIDTH,)),
         tf.keras.layers.Reshape((HEIGHT, WIDTH, 1)),
         tf.keras.layers.Conv2D(8, 3, activation="relu", name="conv_a"),
@@ -36,6 +35,12 @@ def _save_tiny_cnn(directory, train_images, train_labels) -> str:
         tf.keras.layers.Dense(10, name="logits"),
         tf.keras.layers.Softmax(),
     ])
+
+
+def _save_tiny_cnn(directory, train_images, train_labels) -> str:
+    """tiny_cnn trained one epoch, saved as export_tflite expects."""
+    tf.keras.utils.set_random_seed(0)
+    model = tiny_cnn()
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(train_images.reshape(-1, HEIGHT * WIDTH) / 255.0, train_labels, epochs=1,
               batch_size=32, verbose=0)
