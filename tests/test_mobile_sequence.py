@@ -23,7 +23,9 @@ def _saved_and_reloaded(model, directory):
     return tf.saved_model.load(str(directory))
 
 
-def _text_model(name, directory):
+def _text_model(name, directory, seed=0):
+    """A tiny untrained text model, seeded: its int8 error depends on the random weights."""
+    tf.keras.utils.set_random_seed(seed)
     model_config = config_lib.ModelConfig(name=name)
     model_config.lstm = config_lib.LstmConfig(embedding_dim=4, lstm_units=4)
     model_config.transformer.embedding_dim = 4
@@ -86,8 +88,17 @@ def test_text_models_convert_and_agree_on_both_runtimes(name, tolerance, tmp_pat
             assert classifier.input["dtype"] == np.int32
             assert list(classifier.input["shape"]) == [1, SEQUENCE_LENGTH]
             probabilities = classifier.predict(ids)
-            limit = 0.2 if mode == "int8" else tolerance  # int8 output: steps of 1/256
-            assert np.abs(probabilities - reference).max() <= limit, (name, mode, runtime)
+            error = np.abs(probabilities - reference)
+            if mode == "int8":
+                # Int8 of an untrained 4-wide Transformer is coarse: over random seeds 0-7 its
+                # worst probability error was 0.09-0.57, its mean 0.016-0.087 and its top-1
+                # agreement 0.85-0.97 (seed 0: 0.18, 0.041, 0.85). Checked by mean and
+                # agreement, which a broken conversion (wrong scale, wrong input) fails.
+                assert error.mean() <= 0.1, (name, mode, runtime, error.mean())
+                agreement = (probabilities.argmax(1) == reference.argmax(1)).mean()
+                assert agreement >= 0.75, (name, mode, runtime, agreement)
+            else:
+                assert error.max() <= tolerance, (name, mode, runtime)
     if name == "lstm":
         assert "WHILE" in convert.operator_names(results["float32"])
 
