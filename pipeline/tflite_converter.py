@@ -203,7 +203,9 @@ def convertible_model(serving_model, model_input):
     from tfprod.models import registry
     from tfprod.pipeline import config as config_lib
 
-    variables = {variable.name: variable for variable in serving_model.variables}
+    # Keras suffixes the names of layers built again in one process (forward_lstm_1: a
+    # Tuner's trials, or tests), so the variables are found by their unsuffixed names.
+    variables = {_unsuffixed(variable.name): variable for variable in serving_model.variables}
 
     def shape(name):
         return variables[name].shape.as_list()
@@ -236,10 +238,8 @@ def convertible_model(serving_model, model_input):
     else:
         return serving_model
     model = registry.build_model(model_config, inputs)
-    # Keras suffixes the names of layers built again in one process (forward_lstm_1).
-    sources = {_unsuffixed(name): variable for name, variable in variables.items()}
     for variable in model.variables:
-        source = sources.get(_unsuffixed(variable.name))
+        source = variables.get(_unsuffixed(variable.name))
         if source is None or source.shape != variable.shape:
             raise convert.ConversionError(
                 f"rebuilding the {model_config.name} model for TFLite: the SavedModel has no "

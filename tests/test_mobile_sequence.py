@@ -23,8 +23,9 @@ def _saved_and_reloaded(model, directory):
     return tf.saved_model.load(str(directory))
 
 
-def _text_model(name, directory, seed=0):
-    """A tiny untrained text model, seeded: its int8 error depends on the random weights."""
+def _text_model(name, directory=None, seed=0):
+    """A tiny untrained text model, seeded: its int8 error depends on the random weights.
+    Saved into directory and reloaded, or (no directory) the Keras model itself."""
     tf.keras.utils.set_random_seed(seed)
     model_config = config_lib.ModelConfig(name=name)
     model_config.lstm = config_lib.LstmConfig(embedding_dim=4, lstm_units=4)
@@ -35,7 +36,7 @@ def _text_model(name, directory, seed=0):
     model = registry.build_model(model_config, registry.ModelInputs(
         feature_name="tokens_xf", feature_shape=(SEQUENCE_LENGTH,), num_classes=2,
         vocab_size=len(VOCABULARY)))
-    return _saved_and_reloaded(model, directory)
+    return model if directory is None else _saved_and_reloaded(model, directory)
 
 
 def _token_ids(count, seed=0):
@@ -101,6 +102,23 @@ def test_text_models_convert_and_agree_on_both_runtimes(name, tolerance, tmp_pat
                 assert error.max() <= tolerance, (name, mode, runtime)
     if name == "lstm":
         assert "WHILE" in convert.operator_names(results["float32"])
+
+
+def test_a_text_lstm_built_again_in_one_process_is_still_rebuilt():
+    """Keras suffixes the layers of a model built again in one process (forward_lstm_1, as
+    after a Tuner's trials in the local runner's one process): the LSTM is still found and
+    rebuilt with its weights (it was converted as loaded, and failed, when detection read
+    the suffixed names). The Keras models stand in for their SavedModels: their variables
+    have the same names, and saving an LSTM takes most of a minute."""
+    _text_model("lstm")
+    loaded = _text_model("lstm")
+    assert any("forward_lstm_" in variable.name for variable in loaded.variables)
+    model_input = convert.TokenIdsInput(sequence_length=SEQUENCE_LENGTH, vocabulary=VOCABULARY)
+    rebuilt = tflite_converter.convertible_model(loaded, model_input)
+    assert rebuilt is not loaded
+    ids = tf.constant(_token_ids(16), tf.int64)
+    np.testing.assert_allclose(rebuilt(ids, training=False).numpy(),
+                               loaded(ids, training=False).numpy(), atol=1e-5)
 
 
 def test_text_metadata_carries_the_vocabulary_and_the_tokenization_rules(tmp_path):
