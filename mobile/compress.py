@@ -16,16 +16,20 @@ training wrappers, so what is converted to TFLite is a plain Keras model:
   initialisation); like pruning, it pays off compressed.
 - ``prune_qat``: pruning, then QAT with the sparsity-preserving scheme; int8 only.
 
-The toolkit supports the built-in Keras layers (Dense, Conv2D, Embedding, ...); a layer it
-has no support for (a custom layer such as the Transformer's blocks) is left as it was
-and named in :attr:`Compressed.left_alone`, so the report says how much of the model was
-compressed. Nothing here knows the pipeline: the caller gives a model factory, the
+The toolkit supports the built-in Keras layers (Dense, Conv2D, Embedding, ...) and custom
+layers that name their weights (``get_prunable_weights``; ``get_clusterable_weights`` and
+``get_clusterable_algorithm``), as the text models' token-and-position embedding does; a
+wrapped layer that emits a mask (the padding mask) still emits it while it fine-tunes. A
+layer it has no support for (a custom layer such as the Transformer's blocks) is left as it
+was and named in :attr:`Compressed.left_alone`, so the report says how much of the model
+was compressed. QAT quantizes built-in layers only. Nothing here knows the pipeline: the caller gives a model factory, the
 training data and how to compile (pipeline/mobile_compression.py).
 """
 
 import contextlib
 import dataclasses
 import enum
+import functools
 import gzip
 import time
 from typing import Callable, ContextManager, List, Optional
@@ -124,6 +128,7 @@ def _prunable(layer) -> bool:
     from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 
     return isinstance(layer, prunable_layer.PrunableLayer) or \
+        callable(getattr(layer, "get_prunable_weights", None)) or \
         prune_registry.PruneRegistry.supports(layer)
 
 
@@ -131,6 +136,12 @@ def _clusterable(layer) -> bool:
     from tensorflow_model_optimization.python.core.clustering.keras import clusterable_layer
     from tensorflow_model_optimization.python.core.clustering.keras import clustering_registry
 
+    if not isinstance(layer, clusterable_layer.ClusterableLayer) and all(
+            callable(getattr(layer, method, None))
+            for method in ("get_clusterable_weights", "get_clusterable_algorithm")):
+        # A custom layer with the protocol's methods (the pruning wrapper takes such layers
+        # as they are; the clustering wrapper checks the abstract class).
+        clusterable_layer.ClusterableLayer.register(type(layer))
     return isinstance(layer, clusterable_layer.ClusterableLayer) or \
         clustering_registry.ClusteringRegistry.supports(layer)
 
@@ -149,6 +160,25 @@ def _kernels(layer) -> List[np.ndarray]:
                                                              "depthwise_kernel")]
 
 
+def _takes_its_mask(layer) -> bool:
+    """False for a layer fed a mask (a text model's padding mask) whose call has no `mask`
+    argument (Dropout, custom layers): Keras leaves such a layer's mask out, but the
+    toolkit's wrappers pass every keyword on to the layer's call, which then fails."""
+    import inspect
+
+    import tensorflow as tf
+
+    try:
+        inputs = tf.nest.flatten(layer.input)
+    except (AttributeError, ValueError):  # not called in a functional graph
+        return True
+    if all(getattr(tensor, "_keras_mask", None) is None for tensor in inputs):
+        return True
+    parameters = inspect.signature(layer.call).parameters
+    return "mask" in parameters or any(parameter.kind == parameter.VAR_KEYWORD
+                                       for parameter in parameters.values())
+
+
 def _split_layers(model, supported: Callable) -> (List[str], List[str], List[str]):
     """(layers to wrap, layers with kernels among them, layers with kernels left alone).
 
@@ -157,13 +187,25 @@ def _split_layers(model, supported: Callable) -> (List[str], List[str], List[str
     """
     wrap, compressed, left = [], [], []
     for layer in model.layers:
-        if supported(layer):
+        if supported(layer) and _takes_its_mask(layer):
             wrap.append(layer.name)
             if _kernels(layer):
                 compressed.append(layer.name)
         elif _kernels(layer):
             left.append(layer.name)
     return wrap, compressed, left
+
+
+def _keep_mask(wrapper):
+    """The wrapper passes on its layer's own mask: the toolkit's wrappers compute none, so a
+    wrapped text embedding would drop the padding mask the attention and pooling read."""
+    import tensorflow as tf
+
+    inner = wrapper.layer
+    if type(inner).compute_mask is not tf.keras.layers.Layer.compute_mask:
+        wrapper.compute_mask = inner.compute_mask
+        wrapper.supports_masking = True  # else Keras never asks the wrapper for a mask
+    return wrapper
 
 
 def _wrap_layers(model, names: List[str], wrap: Callable):
@@ -173,7 +215,7 @@ def _wrap_layers(model, names: List[str], wrap: Callable):
     names = set(names)
 
     def clone(layer):
-        return wrap(layer) if layer.name in names else layer
+        return _keep_mask(wrap(layer)) if layer.name in names else layer
 
     if not isinstance(model, tf.keras.Sequential) and not getattr(model, "_is_graph_network",
                                                                   False):
@@ -232,6 +274,31 @@ def _cluster(model, settings: FinetuneSettings):
     return wrapped, names, left, []
 
 
+@functools.lru_cache(maxsize=None)
+def _prune_preserve_scheme_class():
+    """The toolkit's prune-preserving 8-bit scheme, with one fix: its registry claims every
+    layer without trainable weights, then asks the plain 8-bit registry, which knows only
+    the built-in ones, for their config, and raises (e.g. for the text models' masked mean
+    pooling before a quantized Dense). Here it declines what the 8-bit registry declines,
+    so such a layer stays float, as it does under plain QAT."""
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve \
+        import prune_preserve_quantize_registry as preserve
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry)
+
+    class Registry(preserve.Default8bitPrunePreserveQuantizeRegistry):
+        def supports(self, layer):
+            return super().supports(layer) and \
+                default_8bit_quantize_registry.Default8BitQuantizeRegistry().supports(layer)
+
+    class Scheme(tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme):
+        def get_quantize_registry(self):
+            return Registry()
+
+    return Scheme
+
+
 def _quantize(model, preserve_sparsity: bool = False):
     import tensorflow_model_optimization as tfmot
 
@@ -239,7 +306,7 @@ def _quantize(model, preserve_sparsity: bool = False):
     annotated = _wrap_layers(model, wrap, tfmot.quantization.keras.quantize_annotate_layer)
     scheme = None
     if preserve_sparsity:
-        scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        scheme = _prune_preserve_scheme_class()()
     with tfmot.quantization.keras.quantize_scope():
         quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme) if scheme \
             else tfmot.quantization.keras.quantize_apply(annotated)
@@ -324,6 +391,14 @@ def compress(make_model: Callable[[], object], technique: Technique, settings: F
             model, names, left, callbacks = _quantize(
                 model, preserve_sparsity=technique == Technique.PRUNE_QAT)
             _require(names, technique, model)
+            if technique.prunes:
+                # The scheme keeps the zeros of the layers it quantizes; a pruned layer QAT
+                # does not quantize (a custom layer) is frozen, or its zeros would regrow.
+                for layer in model.layers:
+                    if layer.name in pruned and layer.name not in names:
+                        layer.trainable = False
+                names = [name for name in pruned if name not in names] + names
+                left = [name for name in left if name not in names]
             steps += _finetune(model, callbacks, dataset, settings, compile_model, progress,
                                "QAT")
     result = Compressed(technique, model, time.perf_counter() - started, steps, names, left)

@@ -26,12 +26,48 @@ class TokenAndPositionEmbedding(tf.keras.layers.Layer):
         self.position_embedding = tf.keras.layers.Embedding(max_len, embedding_dim,
                                                             name="position_embedding")
 
+    def build(self, input_shape):
+        # The tables exist once built (a rebuilt copy takes set_weights before a call).
+        self.token_embedding.build(input_shape)
+        self.position_embedding.build((self.max_len,))
+        super().build(input_shape)
+
     def call(self, token_ids):
         positions = tf.range(tf.shape(token_ids)[-1])
         return self.token_embedding(token_ids) + self.position_embedding(positions)
 
     def compute_mask(self, token_ids, mask=None):
         return tf.not_equal(token_ids, 0)
+
+    # mobile.compression (tensorflow-model-optimization's protocol for custom layers, by
+    # duck typing: models/ does not import the toolkit). The two tables are most of a text
+    # model's weights, so pruning and clustering reach them here.
+    def get_prunable_weights(self):
+        return [self.token_embedding.embeddings, self.position_embedding.embeddings]
+
+    def get_clusterable_weights(self):
+        return [("token_embeddings", self.token_embedding.embeddings),
+                ("position_embeddings", self.position_embedding.embeddings)]
+
+    def get_clusterable_algorithm(self, weight_name):
+        return None  # the toolkit's default (one set of centroids per table)
+
+    # The clustering wrapper swaps each table for its clustered values by attribute name.
+    @property
+    def token_embeddings(self):
+        return self.token_embedding.embeddings
+
+    @token_embeddings.setter
+    def token_embeddings(self, value):
+        self.token_embedding.embeddings = value
+
+    @property
+    def position_embeddings(self):
+        return self.position_embedding.embeddings
+
+    @position_embeddings.setter
+    def position_embeddings(self, value):
+        self.position_embedding.embeddings = value
 
     def get_config(self):
         config = super().get_config()

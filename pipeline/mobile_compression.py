@@ -13,6 +13,7 @@ was pushed to TF Serving is read, never written.
 """
 
 import dataclasses
+import logging
 import os
 from typing import Callable, Dict, Optional
 
@@ -150,9 +151,14 @@ def convert_variants(finetuner: Finetuner, base: export.ExportResult, calibratio
                                        else rebuild(model, model_input))),
                 progress=finetuner.progress, serving_model=serving_model,
                 model_input=model_input)
-        except (compress.CompressionError, convert.ConversionError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001  (one technique; the rest go on)
+            # The blessed model's files are written; a variant that fails, for whatever
+            # reason, is reported (report.json "failed", run_summary) rather than taking
+            # them and the other variants down. The traceback goes to the run log.
             section["failed"][technique.value] = f"{type(error).__name__}: {error}"
-            finetuner.progress(f"compression {technique.value}: failed: {error}")
+            logging.getLogger(__name__).exception("compression %s failed", technique.value)
+            finetuner.progress(f"compression {technique.value}: failed: "
+                               f"{type(error).__name__}: {error}")
             continue
         variant.report["report_path"] = variant.report_files["json"]
         section["variants"].append(compress.variant_entry(

@@ -1,7 +1,8 @@
 """mobile.compression (QAT, pruning, clustering) and int8 auto's QAT step (issue 21).
 
 The pipeline tests read the shared MNIST run (conftest.mnist_mobile_run), which compresses
-with all four techniques, 10 fine-tune steps each. The unit tests fine-tune a tiny CNN.
+with all four techniques, 10 fine-tune steps each. The unit tests fine-tune a tiny CNN
+and a tiny Transformer (its embedding, a custom layer, is pruned and clustered too).
 """
 
 import hashlib
@@ -224,6 +225,80 @@ def test_cluster_leaves_at_most_num_clusters_values_per_kernel(tiny_finetune):
     assert 1 < result.max_distinct_values <= 8
     assert all(len(np.unique(layer.get_weights()[0])) <= 8
                for layer in result.model.layers if layer.name in ("conv_a", "logits"))
+
+
+TEXT_LENGTH, TEXT_VOCABULARY = 8, 50
+
+
+@pytest.fixture(scope="module")
+def tiny_transformer():
+    """make_model, padded token ids, dataset and compile for a tiny untrained Transformer
+    (registry's `transformer`, 8-wide, with the Dropout layers the configs have, which take
+    the padding mask): seeded, so every copy is the same."""
+    from tfprod.models import registry
+
+    model_config = config_lib.ModelConfig(name="transformer")
+    params = model_config.transformer
+    params.embedding_dim, params.num_heads, params.feed_forward_dim = 8, 2, 16
+    params.num_blocks, params.dropout = 1, 0.1
+
+    def make_model():
+        tf.keras.utils.set_random_seed(0)
+        return registry.build_model(model_config, registry.ModelInputs(
+            feature_name="tokens_xf", feature_shape=(TEXT_LENGTH,), num_classes=2,
+            vocab_size=TEXT_VOCABULARY))
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, TEXT_VOCABULARY, (256, TEXT_LENGTH))
+    lengths = rng.integers(1, TEXT_LENGTH + 1, 256)
+    ids[np.arange(TEXT_LENGTH)[None, :] >= lengths[:, None]] = 0  # right padding
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (ids, ids[:, 0] % 2)).batch(32).repeat()
+
+    def compile_model(model, optimizer):
+        model.compile(optimizer, "sparse_categorical_crossentropy")
+
+    return make_model, ids, dataset, compile_model
+
+
+def test_a_wrapped_text_embedding_keeps_emitting_the_padding_mask(tiny_transformer):
+    """The toolkit's wrappers compute no mask; wrapped as they come, the embedding would drop
+    the padding mask and the attention and pooling would read the padding (measured: outputs
+    0.37 apart). Before any pruning step the wrapped model is the model, padding and all."""
+    make_model, ids, _, _ = tiny_transformer
+    reference = make_model()(ids[:32], training=False).numpy()
+    wrapped, names, left, _ = compress._prune(
+        make_model(), compress.FinetuneSettings(target_sparsity=0.8, steps_per_epoch=10))
+    assert names == ["embedding", "probabilities"] and left == ["encoder_block0"]
+    np.testing.assert_allclose(wrapped(ids[:32], training=False).numpy(), reference, atol=1e-6)
+    clustered, _, _, _ = compress._cluster(make_model(), compress.FinetuneSettings())
+    (embedding,) = [layer for layer in clustered.layers if layer.name == "cluster_embedding"]
+    assert type(embedding.layer).__name__ == "TokenAndPositionEmbedding"  # the wrapper's own
+    np.testing.assert_array_equal(embedding.compute_mask(tf.constant(ids[:4])).numpy(),
+                                  ids[:4] != 0)
+
+
+@pytest.mark.parametrize("technique", ["prune", "cluster", "prune_qat"])
+def test_the_text_embedding_is_pruned_or_clustered_and_keeps_it(technique, tiny_transformer):
+    """The token-and-position embedding (a custom layer naming its weights) is compressed;
+    under prune_qat, which QAT cannot quantize, it is frozen so its zeros stay."""
+    make_model, ids, dataset, compile_model = tiny_transformer
+    settings = compress.FinetuneSettings(target_sparsity=0.8, pruning_frequency=2,
+                                         num_clusters=4, epochs=1, steps_per_epoch=8,
+                                         learning_rate=1e-3)
+    result = compress.compress(make_model, technique, settings, dataset, compile_model)
+    assert result.compressed_layers == ["embedding", "probabilities"]
+    assert result.left_alone == ["encoder_block0"]
+    tables = compress._named_kernels(result.model, ["embedding"])
+    assert [table.shape for table in tables] == [(TEXT_VOCABULARY, 8), (TEXT_LENGTH, 8)]
+    if technique == "cluster":
+        assert result.max_distinct_values <= 4
+        assert all(len(np.unique(table)) <= 4 for table in tables)
+    else:
+        assert abs(result.sparsity - 0.8) <= 0.02, result.sparsity
+        assert all(abs(np.mean(table == 0) - 0.8) <= 0.03 for table in tables)
+    probabilities = result.model(ids[:16], training=False).numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_a_model_without_supported_layers_is_refused_with_the_reason():

@@ -32,7 +32,12 @@ SMALL_RUN = ["--set", "trainer.epochs=1", "--set", "eval.accuracy_threshold=0.3"
 MODEL_SETTINGS = {
     "sst2_lstm": ["--set", "model.lstm.embedding_dim=16", "--set", "model.lstm.lstm_units=16"],
     "sst2_transformer": ["--set", "model.transformer.embedding_dim=16",
-                         "--set", "model.transformer.feed_forward_dim=32"],
+                         "--set", "model.transformer.feed_forward_dim=32",
+                         *[argument for key, value in (
+                             ("compression", "[prune_qat, cluster]"), ("finetune_max_steps", 6),
+                             ("finetune_epochs", 1), ("target_sparsity", 0.5),
+                             ("pruning_frequency", 2), ("num_clusters", 8))
+                           for argument in ("--set", f"mobile.{key}={value}")]],
 }
 
 
@@ -162,3 +167,30 @@ def test_tflite_text_model_takes_token_ids_and_ships_the_vocabulary(text_run):
     served = tf.saved_model.load(str(pushed)).signatures["serving_raw"](
         text=tf.constant([sentence]))["probabilities"].numpy()
     np.testing.assert_allclose(tflite, served, atol=1e-4)
+
+
+def test_the_transformers_embedding_is_pruned_and_clustered_and_converts(text_run):
+    """mobile.compression on the Transformer run (prune_qat and cluster, 6 fine-tune steps
+    each): the token-and-position embedding, most of a text model's weights, is pruned and
+    clustered (the encoder block, a custom layer, is left alone and named), each variant
+    converts to int8 and is verified on both runtimes, and both gzip smaller than the
+    post-training int8. The LSTM run has no compression configured and converts none."""
+    name, summary = text_run
+    if name == "sst2_lstm":
+        assert summary["tflite_compressed"] == {} and summary["tflite_compression_failed"] == {}
+        return
+    assert set(summary["tflite_compressed"]) == {"prune_qat", "cluster"}, summary
+    section = json.loads(pathlib.Path(summary["tflite_report"]["json"]).read_text())["compression"]
+    assert section["failed"] == {}
+    ptq_int8 = next(model for model in section["baseline"]["models"] if model["mode"] == "int8")
+    variants = {variant["technique"]: variant for variant in section["variants"]}
+    for technique, variant in variants.items():
+        assert "embedding" in variant["compressed_layers"], variant
+        assert variant["left_alone"] == ["encoder_block0"], variant
+        (model,) = variant["models"]
+        assert model["mode"] == "int8" and set(model["runtimes"]) == {"litert", "tflite_runtime"}
+        assert pathlib.Path(model["path"]).is_file()
+        assert model["gzip_bytes"] < ptq_int8["gzip_bytes"], (technique, model, ptq_int8)
+    assert abs(variants["prune_qat"]["sparsity"] - 0.5) <= 0.02, variants["prune_qat"]
+    assert variants["cluster"]["max_distinct_values"] <= 8, variants["cluster"]
+
