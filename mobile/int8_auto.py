@@ -17,7 +17,10 @@ and the top-1 agreement with the SavedModel (``mobile.min_int8_agreement``).
   2. selective quantization: TF's ``QuantizationDebugger`` measures, per quantized
      tensor, the error of the int8 result against the float one on the calibration
      images; the layers are ranked by RMSE / scale (the error in quantization steps),
-     and the model is re-converted with the worst 1, 2, 4, ... layers kept in float
+     after the tensors whose int8 step is wider than :data:`WIDE_STEP` (an attention
+     mask's large negative constant: the real scores beside it all fall on one level,
+     while RMSE / scale calls the error small), and the model is re-converted with the
+     worst (at least all the wide ones), then 2, 4, ... layers kept in float
      (``denylisted_nodes``), up to ``mobile.int8_max_float_layers``. These models mix
      int8 and float builtin ops (QUANTIZE / DEQUANTIZE between them), never Flex ops;
   3. quantization-aware training: a :data:`QatFallback` callable, given by the caller,
@@ -216,6 +219,13 @@ def gate_ptq(model_bytes: bytes, runtimes: Dict[str, Dict[str, float]], gates: I
                       [attempt], 0)
 
 
+# An int8 step wider than this (a range over about +-128,000) holds no ordinary activation:
+# the tensor carries a large constant, such as the -1e9 Keras adds to masked attention
+# scores (measured on the SST-2 Transformer: a step of 3.9e6, and 22 points of accuracy
+# lost until the mask's MUL and ADD were kept in float).
+WIDE_STEP = 1e3
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerQuantizationStat:
     """One quantized tensor's error, from the QuantizationDebugger's layer statistics."""
@@ -223,6 +233,11 @@ class LayerQuantizationStat:
     tensor: str  # the float tensor's name: what denylisted_nodes takes
     op: str  # the TFLite op that produces it, e.g. CONV_2D
     rmse_per_scale: float  # the RMS error in quantization steps
+    scale: float = 0.0  # the int8 step
+
+    @property
+    def wide(self) -> bool:
+        return self.scale > WIDE_STEP
 
     def label(self) -> str:
         """How the report names it: op, tensor name (the graph's op names after conversion
@@ -231,7 +246,8 @@ class LayerQuantizationStat:
 
 
 def rank_layers(debugger) -> List[LayerQuantizationStat]:
-    """The debugger's layers, worst first, by RMSE / scale (TF's quantization debugger guide).
+    """The debugger's layers, worst first: the wide ones (:data:`WIDE_STEP`), widest first,
+    then the rest by RMSE / scale (TF's quantization debugger guide).
 
     Reads the statistics through ``layer_statistics_dump`` (the debugger's public output).
     Tensors with no measurable error (reshapes, pooling: they only pass int8 values on)
@@ -245,13 +261,17 @@ def rank_layers(debugger) -> List[LayerQuantizationStat]:
         scale = float(row["scale"])
         rmse = math.sqrt(max(float(row["mean_squared_error"]), 0.0))
         ratio = rmse / scale if scale > 0 else math.inf
-        if ratio > 1e-3:
-            layers.append(LayerQuantizationStat(row["tensor_name"], row["op_name"], ratio))
-    return sorted(layers, key=lambda layer: -layer.rmse_per_scale)
+        if ratio > 1e-3 or scale > WIDE_STEP:
+            layers.append(LayerQuantizationStat(row["tensor_name"], row["op_name"], ratio,
+                                                scale))
+    return sorted(layers, key=lambda layer: (not layer.wide,
+                                             -layer.scale if layer.wide else 0.0,
+                                             -layer.rmse_per_scale))
 
 
-def float_layer_counts(available: int, limit: int) -> List[int]:
-    """How many of the worst layers each selective attempt keeps in float: 1, 2, 4, ...
+def float_layer_counts(available: int, limit: int, first: int = 1) -> List[int]:
+    """How many of the worst layers each selective attempt keeps in float: 1, 2, 4, ...,
+    starting at ``first`` (the wide layers go to float together).
 
     Bounded by the layers the debugger ranked and by ``limit``; the last count is the
     bound itself when it is not a power of two.
@@ -263,7 +283,10 @@ def float_layer_counts(available: int, limit: int) -> List[int]:
         count *= 2
     if bound >= 1:
         counts.append(bound)
-    return counts
+    if bound < 1:
+        return []
+    first = min(max(first, 1), bound)
+    return [first] + [count for count in counts if count > first]
 
 
 def int8_converter(concrete_function, trackable, representative_dataset):
@@ -282,7 +305,9 @@ def int8_converter(concrete_function, trackable, representative_dataset):
 
 
 def _label(layers: Sequence[LayerQuantizationStat]) -> str:
-    return ", ".join(f"{layer.label()} (rmse/scale {layer.rmse_per_scale:.2f})"
+    return ", ".join(f"{layer.label()} (int8 step {layer.scale:.3g}: a wide range, e.g. a "
+                     "mask's large constant)" if layer.wide else
+                     f"{layer.label()} (rmse/scale {layer.rmse_per_scale:.2f})"
                      for layer in layers)
 
 
@@ -352,7 +377,8 @@ def auto_int8(ptq_model: bytes, make_converter: Callable[[], Any], debug_dataset
             ranked, reason = [], f"the QuantizationDebugger failed: {str(error)[:300]}"
         else:
             reason = "the QuantizationDebugger found no layer with a quantization error"
-        counts = float_layer_counts(len(ranked), max_float_layers)
+        counts = float_layer_counts(len(ranked), max_float_layers,
+                                    first=sum(layer.wide for layer in ranked))
         if not counts:
             attempts[-1].next_reason = f"{failed_because()}; {reason}"
         for count in counts:

@@ -144,7 +144,10 @@ def convert_variants(finetuner: Finetuner, base: export.ExportResult, calibratio
                 base.report["model_name"], base.report["version"], calibration, test_inputs,
                 test_targets, dataclasses.replace(
                     options, modes=[mode.value for mode in modes],
-                    int8_strategy="ptq", int8_gate="warn", qat_model=None,
+                    # Each variant's int8 is repaired as the blessed model's is
+                    # (int8_strategy auto: float layers; a QAT model's layers left float
+                    # by the toolkit, e.g. an attention mask's, are calibrated as in PTQ).
+                    int8_strategy=options.int8_strategy, int8_gate="warn", qat_model=None,
                     # QAT wrappers are not the registry's layers: converted as they are.
                     convertible_model=(lambda _, model_input, model=compressed.model:
                                        model if technique.quantization_aware

@@ -33,6 +33,9 @@ MODEL_SETTINGS = {
     "sst2_lstm": ["--set", "model.lstm.embedding_dim=16", "--set", "model.lstm.lstm_units=16"],
     "sst2_transformer": ["--set", "model.transformer.embedding_dim=16",
                          "--set", "model.transformer.feed_forward_dim=32",
+                         # The config's int8_strategy auto (its attempts, a QAT fine-tune)
+                         # is tests/test_int8_auto's and the benchmark's; here, the plumbing.
+                         "--set", "mobile.int8_strategy=ptq",
                          *[argument for key, value in (
                              ("compression", "[prune_qat, cluster]"), ("finetune_max_steps", 6),
                              ("finetune_epochs", 1), ("target_sparsity", 0.5),
