@@ -22,8 +22,9 @@ layers that name their weights (``get_prunable_weights``; ``get_clusterable_weig
 wrapped layer that emits a mask (the padding mask) still emits it while it fine-tunes. A
 layer it has no support for (a custom layer such as the Transformer's blocks) is left as it
 was and named in :attr:`Compressed.left_alone`, so the report says how much of the model
-was compressed. QAT quantizes built-in layers only. Nothing here knows the pipeline: the caller gives a model factory, the
-training data and how to compile (pipeline/mobile_compression.py).
+was compressed. QAT quantizes built-in layers only. Nothing here knows the pipeline: the
+caller gives a model factory, the training data and how to compile
+(pipeline/mobile_compression.py).
 """
 
 import contextlib
