@@ -277,16 +277,17 @@ def float_layer_counts(available: int, limit: int, first: int = 1) -> List[int]:
     bound itself when it is not a power of two.
     """
     bound = min(available, limit)
-    counts, count = [], 1
-    while count < bound:
-        counts.append(count)
-        count *= 2
-    if bound >= 1:
-        counts.append(bound)
     if bound < 1:
         return []
     first = min(max(first, 1), bound)
-    return [first] + [count for count in counts if count > first]
+    counts, count = [first], 2
+    while count < bound:
+        if count > first:
+            counts.append(count)
+        count *= 2
+    if bound > first:
+        counts.append(bound)
+    return counts
 
 
 def int8_converter(concrete_function, trackable, representative_dataset):

@@ -9,6 +9,12 @@ import tensorflow as tf
 PACKAGE = "tfprod"
 
 
+def _table(sublayer: str) -> property:
+    """A sublayer's embedding table, read and replaced by name (mobile.compression)."""
+    return property(lambda self: getattr(self, sublayer).embeddings,
+                    lambda self, value: setattr(getattr(self, sublayer), "embeddings", value))
+
+
 @tf.keras.utils.register_keras_serializable(package=PACKAGE)
 class TokenAndPositionEmbedding(tf.keras.layers.Layer):
     """Token ids [N, T] -> token embedding + learned position embedding [N, T, dim].
@@ -53,21 +59,8 @@ class TokenAndPositionEmbedding(tf.keras.layers.Layer):
         return None  # the toolkit's default (one set of centroids per table)
 
     # The clustering wrapper swaps each table for its clustered values by attribute name.
-    @property
-    def token_embeddings(self):
-        return self.token_embedding.embeddings
-
-    @token_embeddings.setter
-    def token_embeddings(self, value):
-        self.token_embedding.embeddings = value
-
-    @property
-    def position_embeddings(self):
-        return self.position_embedding.embeddings
-
-    @position_embeddings.setter
-    def position_embeddings(self, value):
-        self.position_embedding.embeddings = value
+    token_embeddings = _table("token_embedding")
+    position_embeddings = _table("position_embedding")
 
     def get_config(self):
         config = super().get_config()
